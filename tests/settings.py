@@ -1,0 +1,117 @@
+"""Throwaway Django project for the test suite, ``manage.py`` and the worker.
+
+Environment knobs:
+
+- ``TRIGGERS_TEST_REDIS_URL`` / ``TRIGGERS_TEST_REDIS``: which Redis server
+  (see ``tests.redis_server``).
+- ``TRIGGERS_TEST_CACHE_BACKEND``: ``django`` (default, Django's own
+  RedisCache), ``django-redis`` or ``django-redis-cache``.
+- ``TRIGGERS_TEST_BROKER_URL``: Celery broker; default is database 2 of the
+  test Redis server.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+from urllib.parse import urlsplit
+
+from tests.redis_server import ensure_redis_url
+
+BASE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SECRET_KEY = "triggers-tests-not-a-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "triggers",
+    "tests",
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        # pytest-django runs tests against an in-memory copy; this file is only
+        # used by `manage.py` and the demo.
+        "NAME": os.environ.get(
+            "TRIGGERS_TEST_DB", os.path.join(tempfile.gettempdir(), "triggers-tests.sqlite3")
+        ),
+    }
+}
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+
+# --- Redis -----------------------------------------------------------------
+
+# Base URL without a database number, e.g. redis://127.0.0.1:6379.
+TRIGGERS_TEST_REDIS_URL = ensure_redis_url()
+REDIS_CACHE_DB = 1
+REDIS_BROKER_DB = 2
+
+_CACHE_BACKEND = os.environ.get("TRIGGERS_TEST_CACHE_BACKEND", "django")
+_CACHE_LOCATION = f"{TRIGGERS_TEST_REDIS_URL}/{REDIS_CACHE_DB}"
+
+_default_cache: dict[str, Any]
+if _CACHE_BACKEND == "django":
+    _default_cache = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": _CACHE_LOCATION,
+    }
+elif _CACHE_BACKEND == "django-redis":
+    _default_cache = {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": _CACHE_LOCATION,
+        "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
+    }
+elif _CACHE_BACKEND == "django-redis-cache":
+    # The legacy django-redis-cache package wants host:port and the db apart.
+    _redis = urlsplit(TRIGGERS_TEST_REDIS_URL)
+    _default_cache = {
+        "BACKEND": "redis_cache.RedisCache",
+        "LOCATION": f"{_redis.hostname}:{_redis.port or 6379}",
+        "OPTIONS": {"DB": REDIS_CACHE_DB},
+    }
+else:
+    raise ValueError(
+        f"TRIGGERS_TEST_CACHE_BACKEND={_CACHE_BACKEND!r} is not one of "
+        "'django', 'django-redis', 'django-redis-cache'."
+    )
+
+CACHES = {"default": _default_cache}
+
+TRIGGERS = {"CACHE": "default"}
+
+# --- Celery (read by tests.celery_app with the CELERY_ namespace) ----------
+
+CELERY_BROKER_URL = os.environ.get(
+    "TRIGGERS_TEST_BROKER_URL", f"{TRIGGERS_TEST_REDIS_URL}/{REDIS_BROKER_DB}"
+)
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_IMPORTS = ["tests.tasks", "triggers.testing"]
+# Kombu's Redis transport redelivers an unacknowledged message only after the
+# visibility timeout (an hour by default); tests that kill a worker mid-task
+# can shorten it here.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": int(os.environ.get("TRIGGERS_TEST_VISIBILITY_TIMEOUT", "3600")),
+}
+
+# --- Logging: quiet unless something is wrong ------------------------------
+
+# Records still reach loggers (and any handler the library attaches, e.g. to
+# track the highest level an instance logged); only the console is quiet.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler", "level": "WARNING"}},
+    "root": {"handlers": ["console"], "level": "INFO"},
+    "loggers": {"triggers": {"level": "DEBUG"}},
+}
