@@ -1,0 +1,54 @@
+"""The ``TRIGGERS`` setting, read in one place.
+
+Every key is optional; :data:`DEFAULTS` documents them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    # Cache alias that holds session state (a Redis cache in production).
+    "CACHE": "default",
+    # Seconds a session lives after its last change; None keeps it forever.
+    # Absent: the cache alias's own default timeout.
+    # "TIMEOUT": None,
+    # Seconds before an unrenewed session lock expires (a crashed holder
+    # blocks the session at most this long, plus LOCK_POLL).
+    "LOCK_EXPIRE": 4,
+    # Longest wait for a session lock before LockTimeoutError.
+    "LOCK_TIMEOUT": 30,
+    # Seconds a worker's claim on a running instance lasts without renewal.
+    "LEASE_EXPIRE": 10,
+    # Redis client for locks when the cache alias is not a Redis cache:
+    # a redis:// URL or the dotted path of a callable returning a client.
+    "REDIS_CLIENT": None,
+    # Registry keys used by get_trigger_manager().
+    "MANAGER": "default",
+    "STORAGE": "cache",
+    "DEFAULT_RUNNER": None,
+    # Largest trigger kwargs accepted by fire(), in bytes of JSON.
+    "MAX_KWARGS_BYTES": 256 * 1024,
+    # What fire() does when a session this process saw has vanished:
+    # 'raise' (SessionLostError) or 'restart' (start over, log a warning).
+    "ON_LOST_SESSION": "raise",
+    # Named workflows: name -> configuration dict, or a path to a JSON file.
+    "WORKFLOWS": {},
+    # Instances in 'scheduled' or 'running' longer than this many seconds are
+    # reported as stuck by triggers_inspect.
+    "STUCK_AFTER": 600,
+}
+
+
+def get(key: str) -> Any:
+    """One ``TRIGGERS`` value, falling back to :data:`DEFAULTS`."""
+    user = getattr(settings, "TRIGGERS", None) or {}
+    if key in user:
+        return user[key]
+    return DEFAULTS.get(key)
+
+
+def has(key: str) -> bool:
+    return key in (getattr(settings, "TRIGGERS", None) or {})

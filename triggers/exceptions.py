@@ -1,0 +1,164 @@
+"""One tree of exceptions: every error this library raises on purpose derives
+from :class:`TriggersError`, and also from the builtin a caller would expect
+(``ValueError``, ``TypeError``, ``KeyError``) so plain ``except`` clauses work."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+__all__ = [
+    "ConfigurationError",
+    "DispatchError",
+    "InstanceStateError",
+    "InvalidTriggerError",
+    "InvalidTriggerTypeError",
+    "LockLostError",
+    "LockTimeoutError",
+    "SessionLostError",
+    "TriggersError",
+    "UnknownInstanceError",
+    "with_context",
+]
+
+E = TypeVar("E", bound=BaseException)
+
+
+class TriggersError(Exception):
+    """Root of every exception raised by ``triggers``."""
+
+
+class ConfigurationError(TriggersError, ValueError):
+    """A task configuration (or the ``TRIGGERS`` setting) is invalid.
+
+    ``task`` and ``directive`` name the offending part; ``suggestion`` holds
+    the directive the user probably meant, for typos.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task: str | None = None,
+        directive: str | None = None,
+        suggestion: str | None = None,
+        workflow: str | None = None,
+    ) -> None:
+        self.task = task
+        self.directive = directive
+        self.suggestion = suggestion
+        self.workflow = workflow
+        parts = []
+        if workflow is not None:
+            parts.append(f"workflow {workflow!r}")
+        if task is not None:
+            parts.append(f"task {task!r}")
+        if directive is not None:
+            parts.append(f"directive {directive!r}")
+        where = ", ".join(parts)
+        text = f"{where}: {message}" if where else message
+        if suggestion:
+            text += f" (did you mean {suggestion!r}?)"
+        self.message = message
+        super().__init__(text)
+
+    def in_workflow(self, workflow: str) -> ConfigurationError:
+        """A copy of this error that also names the workflow it came from."""
+        return ConfigurationError(
+            self.message,
+            task=self.task,
+            directive=self.directive,
+            suggestion=self.suggestion,
+            workflow=workflow,
+        )
+
+
+class InvalidTriggerError(TriggersError, ValueError):
+    """A trigger name, session UID or trigger kwargs value is not acceptable."""
+
+
+class InvalidTriggerTypeError(TriggersError, TypeError):
+    """A trigger name, session UID or trigger kwargs has the wrong type."""
+
+
+class UnknownInstanceError(TriggersError, KeyError):
+    """No task instance with this name exists in the session."""
+
+    def __init__(self, name: str, uid: str | None = None) -> None:
+        self.name = name
+        self.uid = uid
+        super().__init__(name)
+
+    def __str__(self) -> str:
+        where = f" in session {self.uid!r}" if self.uid is not None else ""
+        return f"no task instance named {self.name!r}{where}"
+
+
+class InstanceStateError(TriggersError, ValueError):
+    """The instance is not in a status that allows the requested operation."""
+
+    def __init__(self, name: str, status: str, wanted: str) -> None:
+        self.name = name
+        self.status = status
+        super().__init__(f"task instance {name!r} is {status!r}; {wanted}")
+
+
+class LockTimeoutError(TriggersError):
+    """The session lock could not be acquired in time."""
+
+    def __init__(self, uid: str, waited: float) -> None:
+        self.uid = uid
+        self.waited = waited
+        super().__init__(f"could not lock session {uid!r} within {waited:.1f}s")
+
+
+class LockLostError(TriggersError):
+    """The session lock expired before the changes were written; nothing was
+    written."""
+
+    def __init__(self, uid: str) -> None:
+        self.uid = uid
+        super().__init__(
+            f"lost the lock on session {uid!r} before committing; no change was written"
+        )
+
+
+class SessionLostError(TriggersError):
+    """The session's state vanished from the cache (eviction, expiry or a Redis
+    restart without persistence) while this process was using it."""
+
+    def __init__(self, uid: str) -> None:
+        self.uid = uid
+        super().__init__(
+            f"the state of session {uid!r} has vanished from the cache "
+            "(evicted, expired or Redis restarted); refusing to start it over"
+        )
+
+
+class DispatchError(TriggersError):
+    """Some ready instances could not be handed to their runner (e.g. the broker
+    is down). The trigger itself was recorded; the instances stay unstarted
+    and ready, and ``TriggerManager.resend_ready_instances()`` sends them."""
+
+    def __init__(self, uid: str, failures: Mapping[str, BaseException]) -> None:
+        self.uid = uid
+        self.failures = dict(failures)
+        names = ", ".join(sorted(self.failures))
+        first = next(iter(self.failures.values()))
+        super().__init__(
+            f"session {uid!r}: could not dispatch {names} "
+            f"({type(first).__name__}: {first}); they stay ready and can be re-sent"
+        )
+
+
+def with_context(exc: E, context: Mapping[str, Any] | None) -> E:
+    """Attach ``context`` to ``exc`` (merged over any context already there)
+    and return the exception, so ``raise with_context(ValueError(...), {...})``
+    reads naturally. The context is stored with the failed instance and logged
+    with the exception."""
+    existing = getattr(exc, "context", None)
+    merged: dict[str, Any] = dict(existing) if isinstance(existing, Mapping) else {}
+    if context:
+        merged.update(context)
+    exc.context = merged  # type: ignore[attr-defined]
+    return exc

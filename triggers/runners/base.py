@@ -1,0 +1,99 @@
+"""What every task runner shares: the registry-facing base class, the
+message a runner sends, and finding the Celery task an instance runs."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from ..manager import TriggerManager
+    from ..task import TriggerTask
+    from ..types import TaskInstance
+
+__all__ = [
+    "DEFAULT_TASK_RUNNER",
+    "BaseTaskRunner",
+    "build_message",
+    "forced_runner",
+    "force_runner",
+]
+
+DEFAULT_TASK_RUNNER = "celery"
+
+_forced: dict[str, str | None] = {"key": None}
+_forced_lock = threading.Lock()
+
+
+def forced_runner() -> str | None:
+    """A runner key that overrides every task's (set by the test harness)."""
+    return _forced["key"]
+
+
+def force_runner(key: str | None) -> str | None:
+    """Make every task run on ``key`` (``None`` restores normal selection);
+    returns the previous override."""
+    with _forced_lock:
+        previous, _forced["key"] = _forced["key"], key
+    return previous
+
+
+def build_message(manager: TriggerManager, task_instance: TaskInstance) -> dict[str, Any]:
+    """The kwargs a worker needs to rebuild the same manager and storage and
+    run one instance. Trigger kwargs are read from storage, not sent."""
+    from ..manager import trigger_managers
+    from ..storages import storage_backends
+
+    storage = manager.storage
+    return {
+        "uid": storage.uid,
+        "instance": task_instance.name,
+        "manager": trigger_managers.key_for(type(manager)),
+        "storage": storage_backends.key_for(type(storage)),
+        "storage_kwargs": storage.get_init_kwargs(),
+    }
+
+
+class BaseTaskRunner:
+    """Hands ready instances to something that executes them."""
+
+    #: Registry key (``triggers.runners`` entry point name).
+    name = ""
+
+    def run(self, manager: TriggerManager, task_instance: TaskInstance) -> None:
+        """Start (or enqueue) ``task_instance``; called while the session is
+        locked, so the executor cannot claim it before it is marked
+        ``scheduled``. Raise to report that it could not be dispatched."""
+        raise NotImplementedError
+
+    @staticmethod
+    def resolve(target: str, task_name: str | None = None) -> TriggerTask:
+        """The registered :class:`~triggers.task.TriggerTask` called ``target``."""
+        from celery import current_app
+
+        from ..task import TriggerTask
+
+        task = current_app.tasks.get(target)
+        if task is None and "." in target:
+            # The module defining it may not have been imported in this process.
+            from importlib import import_module
+
+            module = target.rsplit(".", 1)[0]
+            try:
+                import_module(module)
+            except ImportError:
+                pass
+            task = current_app.tasks.get(target)
+        if task is None:
+            raise ConfigurationError(
+                f"no Celery task named {target!r} is registered", task=task_name, directive="run"
+            )
+        if not isinstance(task, TriggerTask):
+            raise ConfigurationError(
+                f"Celery task {target!r} is not a TriggerTask subclass",
+                task=task_name,
+                directive="run",
+            )
+        return task

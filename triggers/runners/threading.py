@@ -1,0 +1,66 @@
+"""Runs each ready instance in a thread of this process (tests, scripts)."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .base import BaseTaskRunner, build_message
+
+if TYPE_CHECKING:
+    from ..manager import TriggerManager
+    from ..types import TaskInstance
+
+
+class ThreadingTaskRunner(BaseTaskRunner):
+    name = "threading"
+
+    _threads: list[threading.Thread] = []
+    _threads_lock = threading.Lock()
+    _stop = threading.Event()
+
+    def run(self, manager: TriggerManager, task_instance: TaskInstance) -> None:
+        task = self.resolve(task_instance.config.run, task_instance.config.name)
+        message = build_message(manager, task_instance)
+        cooldown = float(task_instance.metadata.get("cooldown") or 0)
+        thread = threading.Thread(
+            target=self._execute,
+            args=(task, message, cooldown),
+            name=f"triggers-{task_instance.name}",
+            daemon=True,
+        )
+        with self._threads_lock:
+            self._threads.append(thread)
+        thread.start()
+
+    @classmethod
+    def _execute(cls, task: Any, message: dict[str, Any], cooldown: float) -> None:
+        if cooldown and cls._stop.wait(cooldown):
+            return
+        try:
+            task.execute_message(message, requeue=None)
+        except Exception:
+            # Already recorded on the instance (status 'failed'); a thread has
+            # nobody to propagate to.
+            pass
+
+    @classmethod
+    def join_all(cls, timeout: float | None = 60.0) -> None:
+        """Wait until every thread started by this runner has ended, including
+        the ones their cascades started."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with cls._threads_lock:
+                alive = [t for t in cls._threads if t.is_alive()]
+                cls._threads[:] = alive
+            if not alive:
+                return
+            for thread in alive:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                thread.join(left)
+                if deadline is not None and time.monotonic() >= deadline and thread.is_alive():
+                    raise TimeoutError(
+                        f"task threads still running after {timeout}s: {[t.name for t in alive]}"
+                    )

@@ -1,0 +1,378 @@
+"""The storage base class: the session API every backend offers.
+
+A custom backend sets ``name`` and implements two primitives:
+:meth:`BaseTriggerStorage._load_from_backend` and
+:meth:`BaseTriggerStorage._save`. Everything else (locking, loading only
+what a fire needs, inspection) has working defaults built on them; a backend
+that can do better overrides ``_fetch``/``_commit`` (see
+:class:`~triggers.storages.cache.CacheStorageBackend`).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from .. import conf
+from ..exceptions import UnknownInstanceError
+from ..types import TaskConfig, TaskInstance
+from ..validation import check_uid
+from .transaction import Changes, Snapshot, Transaction, build_index, instance_sort_key
+
+__all__ = ["BaseTriggerStorage"]
+
+
+def config_from_stored(name: str, data: Mapping[str, Any]) -> TaskConfig:
+    """Rebuild a config this library wrote (already validated)."""
+    known = {"after", "run", "andEvery", "unless", "withParams", "using"}
+    return TaskConfig(
+        name=name,
+        after=data.get("after", ()),
+        run=data["run"],
+        and_every=data.get("andEvery"),
+        unless=data.get("unless"),
+        with_params=data.get("withParams"),
+        using=data.get("using"),
+        extras={k: v for k, v in data.items() if k not in known},
+    )
+
+
+class BaseTriggerStorage:
+    """Loads, saves and locks one session's state (``tasks``, ``instances``,
+    ``metadata``).
+
+    Reads outside an operation always go to the backend, so an object kept
+    across requests or used after tasks ran never shows stale state.
+    """
+
+    #: Registry key (``triggers.storages`` entry point name).
+    name: str = ""
+
+    def __init__(self, uid: str) -> None:
+        self.uid = check_uid(uid)
+        self._configs: dict[str, TaskConfig] = {}
+        self._instances: dict[str, TaskInstance] = {}
+        self._metas: dict[str, Any] = {}
+        self._local = threading.local()
+        #: Set once this object has seen the session hold state, so a session
+        #: that vanishes afterwards is noticed (see ``ON_LOST_SESSION``).
+        self._seen_state = False
+
+    # -- primitives for custom backends ------------------------------------
+    def _load_from_backend(
+        self,
+    ) -> tuple[dict[str, TaskConfig], dict[str, TaskInstance], dict[str, Any]]:
+        """Return ``(configs, instances, metadata)`` as stored."""
+        raise NotImplementedError
+
+    def _save(self) -> None:
+        """Write ``self._configs``, ``self._instances`` and ``self._metas``
+        (``self._serialize()`` gives them as plain JSON-ready data)."""
+        raise NotImplementedError
+
+    def _make_lock(self) -> Any:
+        """The session lock: process-local unless a backend knows better."""
+        from ..locking import LocalLock
+
+        return LocalLock(f"{type(self).__name__}:{self.uid}", self.uid)
+
+    def get_init_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild this backend in another process."""
+        return {}
+
+    # -- (de)serialisation helpers -------------------------------------------
+    def _serialize(self, data: Any = None) -> Any:
+        """Plain JSON-ready data: the whole session when called without
+        arguments, or the given configs/instances (a mapping or one object)."""
+        if data is None:
+            return {
+                "tasks": self._serialize(self._configs),
+                "instances": self._serialize(self._instances),
+                "metadata": copy.deepcopy(self._metas),
+            }
+        if isinstance(data, TaskConfig):
+            return data.to_directives()
+        if isinstance(data, TaskInstance):
+            return copy.deepcopy(data.to_record())
+        if isinstance(data, Mapping):
+            return {k: self._serialize(v) for k, v in data.items()}
+        return copy.deepcopy(data)
+
+    @staticmethod
+    def _deserialize(
+        data: Mapping[str, Any] | None,
+    ) -> tuple[dict[str, TaskConfig], dict[str, TaskInstance], dict[str, Any]]:
+        """Inverse of ``_serialize()``: ``(configs, instances, metadata)``."""
+        data = data or {}
+        configs = {n: config_from_stored(n, d) for n, d in (data.get("tasks") or {}).items()}
+        instances = {
+            n: TaskInstance.from_record(n, r, configs[r["task"]])
+            for n, r in (data.get("instances") or {}).items()
+            if r.get("task") in configs
+        }
+        return configs, instances, dict(data.get("metadata") or {})
+
+    # -- fetch/commit: the generic implementation -------------------------------
+    def _fetch(
+        self,
+        triggers: list[str],
+        instances: list[str],
+        tasks: list[str],
+        everything: bool,
+    ) -> Snapshot:
+        """Load what a transaction needs. The default loads everything."""
+        configs, insts, metas = self._load_from_backend()
+        self._configs, self._instances, self._metas = configs, insts, metas
+        return self._full_snapshot(configs, insts, metas)
+
+    def _full_snapshot(
+        self,
+        configs: dict[str, TaskConfig],
+        insts: dict[str, TaskInstance],
+        metas: dict[str, Any],
+    ) -> Snapshot:
+        waiting: dict[tuple[str, str], list[str]] = {}
+        for name, inst in insts.items():
+            for trig in inst.waiting_on():
+                waiting.setdefault((inst.config.name, trig), []).append(name)
+        counters = dict(metas.get("counters") or {})
+        for name in insts:
+            task, _, number = name.rpartition("#")
+            if number.isdigit():
+                counters[task] = max(counters.get(task, 0), int(number) + 1)
+        now = time.time()
+        leases = {
+            n: int((info["expires"] - now) * 1000)
+            for n, info in (metas.get("leases") or {}).items()
+            if info["expires"] > now
+        }
+        latest = dict(metas.get("latest_kwargs") or {})
+        meta = {k: v for k, v in metas.items() if k not in ("latest_kwargs", "counters", "leases")}
+        return Snapshot(
+            meta=meta or None,
+            index=build_index(configs),
+            configs=dict(configs),
+            counters=counters,
+            waiting=waiting,
+            records={n: i.to_record() for n, i in insts.items()},
+            latest_kwargs=latest,
+            kwargs_known=set(latest),
+            leases=leases,
+            everything=True,
+        )
+
+    def _commit(self, lock: Any, changes: Changes, release: bool) -> None:
+        """Write ``changes`` (and release ``lock`` if asked). The default
+        applies them to the loaded state and calls ``_save()``."""
+        try:
+            if changes:
+                self._configs.update(changes.configs)
+                for name, inst in changes.instances.items():
+                    self._instances[name] = inst
+                metas = self._metas
+                if changes.meta is not None:
+                    for k, v in changes.meta.items():
+                        metas[k] = v
+                metas.setdefault("latest_kwargs", {}).update(changes.latest_kwargs)
+                metas.setdefault("counters", {}).update(changes.counters)
+                leases = metas.setdefault("leases", {})
+                for name, (token, ms) in changes.leases_set.items():
+                    leases[name] = {"token": token, "expires": time.time() + ms / 1000}
+                for name in changes.leases_drop:
+                    leases.pop(name, None)
+                self._save()
+        finally:
+            if release:
+                lock.release()
+
+    def _renew_lease(self, name: str, token: str, ms: int) -> bool:
+        """Extend a worker's lease on a running instance if it is still
+        ``token``'s; backends with expiring keys do this without the lock."""
+        with self.transaction() as txn:
+            txn.fetch(everything=True)
+            info = (self._metas.get("leases") or {}).get(name)
+            if not info or info.get("token") != token:
+                return False
+            txn.set_lease(name, token, ms)
+            return True
+
+    # -- transactions ---------------------------------------------------------
+    @property
+    def _current(self) -> Transaction | None:
+        return getattr(self._local, "txn", None)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Lock the session and yield a unit of work; its changes are written
+        in one step when the outermost block exits without an exception.
+
+        Nested blocks in the same thread join the open transaction.
+        """
+        current = self._current
+        if current is not None:
+            yield current
+            return
+        lock = self._make_lock()
+        lock.acquire_within(float(conf.get("LOCK_TIMEOUT")))
+        txn = Transaction(self, lock)
+        self._local.txn = txn
+        committed = False
+        try:
+            yield txn
+            self._commit(lock, txn.build_changes(), release=True)
+            committed = True
+        finally:
+            self._local.txn = None
+            if not committed:
+                try:
+                    lock.release()
+                except Exception:  # the lock may have expired meanwhile
+                    pass
+        if txn.meta is not None:
+            self._seen_state = True
+        for callback in txn.after_commit:
+            callback()
+        if txn.dispatch_failures:
+            from ..exceptions import DispatchError
+
+            raise DispatchError(self.uid, txn.dispatch_failures)
+
+    @contextmanager
+    def acquire_lock(self) -> Iterator[Any]:
+        """Hold the session lock for a block; manager calls inside it share
+        the lock (and write when the block ends)."""
+        with self.transaction() as txn:
+            yield txn.lock
+
+    # -- session-level API (always current) ---------------------------------
+    def _load_all(self) -> Snapshot:
+        return self._fetch(triggers=[], instances=[], tasks=[], everything=True)
+
+    @property
+    def tasks(self) -> dict[str, TaskConfig]:
+        return dict(sorted(self._load_all().configs.items()))
+
+    @property
+    def instances(self) -> dict[str, TaskInstance]:
+        snap = self._load_all()
+        result = {}
+        for name in sorted(snap.records, key=instance_sort_key):
+            record = snap.records[name]
+            cfg = snap.configs.get(record["task"])
+            if cfg is not None:
+                result[name] = TaskInstance.from_record(name, record, cfg)
+        return result
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        snap = self._load_all()
+        meta = dict(snap.meta or {})
+        meta["latest_kwargs"] = snap.latest_kwargs
+        meta["counters"] = snap.counters
+        return meta
+
+    @property
+    def latest_kwargs(self) -> dict[str, Any]:
+        return dict(self._load_all().latest_kwargs)
+
+    def __getitem__(self, instance_name: str) -> TaskInstance:
+        txn = self._current
+        if txn is not None:
+            return txn.get_instance(instance_name)
+        snap = self._fetch(
+            triggers=[],
+            instances=[instance_name],
+            tasks=[instance_name.rpartition("#")[0]],
+            everything=False,
+        )
+        record = snap.records.get(instance_name)
+        if record is None or record.get("task") not in snap.configs:
+            raise UnknownInstanceError(instance_name, self.uid)
+        return TaskInstance.from_record(instance_name, record, snap.configs[record["task"]])
+
+    def __contains__(self, instance_name: object) -> bool:
+        if not isinstance(instance_name, str):
+            return False
+        try:
+            self[instance_name]
+        except (UnknownInstanceError, ValueError):
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        """Instance names, in task then creation order."""
+        return iter(list(self.instances))
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    def instances_of_task(self, task: TaskConfig | str) -> list[TaskInstance]:
+        name = task.name if isinstance(task, TaskConfig) else task
+        return [i for i in self.instances.values() if i.config.name == name]
+
+    def get_unresolved_tasks(self) -> list[TaskConfig]:
+        """Tasks with no instance yet, or with an unresolved one."""
+        snap_tasks = self.tasks
+        instances = self.instances.values()
+        resolved_only = {i.config.name for i in instances}
+        unresolved = {i.config.name for i in instances if not i.is_resolved}
+        return [
+            cfg
+            for name, cfg in snap_tasks.items()
+            if name not in resolved_only or name in unresolved
+        ]
+
+    def get_unresolved_instances(self) -> list[TaskInstance]:
+        return [i for i in self.instances.values() if not i.is_resolved]
+
+    def get_instances_with_unresolved_logs(self) -> list[TaskInstance]:
+        return [i for i in self.instances.values() if not i.logs_resolved]
+
+    def create_instance(self, task_config: TaskConfig | str, **kwargs: Any) -> TaskInstance:
+        """Create and store a new instance of a task (status ``unstarted``
+        unless given)."""
+        with self.transaction() as txn:
+            name = task_config.name if isinstance(task_config, TaskConfig) else task_config
+            txn.fetch(tasks=[name])
+            if name not in txn.configs:
+                raise KeyError(f"no task named {name!r} in session {self.uid!r}")
+            inst = txn.new_instance(txn.configs[name], **kwargs)
+            txn.save(inst)
+            return inst
+
+    def clone_instance(self, task_instance: TaskInstance | str) -> TaskInstance:
+        """Store a copy of an instance as a new instance of the same task,
+        one level deeper (``metadata['parent']``/``['depth']``)."""
+        with self.transaction() as txn:
+            name = task_instance if isinstance(task_instance, str) else task_instance.name
+            source = txn.get_instance(name)
+            clone = txn.new_instance(
+                source.config,
+                kwargs=copy.deepcopy(source.kwargs),
+                abandon_state=copy.deepcopy(source.abandon_state),
+            )
+            clone.metadata["parent"] = source.name
+            clone.metadata["depth"] = int(source.metadata.get("depth", 0)) + 1
+            txn.save(clone)
+            return clone
+
+    def debug_repr(self) -> dict[str, Any]:
+        """A plain, JSON-serialisable snapshot of the whole session."""
+        snap = self._load_all()
+        return {
+            "uid": self.uid,
+            "tasks": {n: c.to_directives() for n, c in sorted(snap.configs.items())},
+            "instances": {
+                n: copy.deepcopy(snap.records[n])
+                for n in sorted(snap.records, key=instance_sort_key)
+            },
+            "metadata": copy.deepcopy(snap.meta or {}),
+            "latest_kwargs": copy.deepcopy(snap.latest_kwargs),
+        }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.uid!r}>"

@@ -1,0 +1,262 @@
+"""Session state in a Django cache.
+
+On a Redis cache (Django's built-in ``RedisCache``, django-redis or
+django-redis-cache) the session is a handful of Redis keys, read and written
+through the cache's own Redis client:
+
+=================  =======  ==================================================
+key suffix         type     contents
+=================  =======  ==================================================
+``:config``        hash     task name -> task directives (JSON)
+``:index``         hash     trigger name -> tasks that mention it (JSON list)
+``:instances``     hash     instance name -> instance record (JSON)
+``:waiting``       zset     ``task<US>trigger<US>instance`` for every unstarted
+                            instance still missing that trigger (lex ordered)
+``:counters``      hash     task name -> next instance number
+``:kwargs``        hash     trigger name -> latest kwargs it fired with (JSON)
+``:meta``          string   session metadata (JSON)
+``:lease:<inst>``  string   token of the worker running an instance (expires)
+=================  =======  ==================================================
+
+A fire reads the index entry for its trigger, the configs of those tasks and
+only the instances listed as waiting on it (one Lua script), then writes its
+changes and releases the lock in a second script that checks the lock is
+still ours, so what a fire costs does not grow with the session.
+
+Any other cache stores the session as one JSON document and locks it within
+the process only.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from importlib import resources
+from typing import Any
+
+from django.core.cache import caches
+
+from .. import conf
+from ..exceptions import ConfigurationError, LockLostError
+from ..locking import SessionLock, redis_client_for_cache, redis_client_from_setting
+from ..types import TaskConfig, TaskInstance
+from .base import BaseTriggerStorage, config_from_stored
+from .transaction import Changes, Snapshot
+
+__all__ = ["CacheStorageBackend"]
+
+SEP = "\x1f"
+_DEFAULT = object()
+_CLIENTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_SCRIPTS: dict[str, Any] = {}
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _script(client: Any, name: str) -> Any:
+    script = _SCRIPTS.get(name)
+    if script is None:
+        source = resources.files("triggers.storages").joinpath(f"lua/{name}.lua").read_text()
+        script = _SCRIPTS[name] = client.register_script(source)
+    return script
+
+
+def _client_for(cache: Any) -> Any | None:
+    try:
+        return _CLIENTS[cache]
+    except (KeyError, TypeError):
+        pass
+    setting = conf.get("REDIS_CLIENT")
+    client = redis_client_from_setting(setting) if setting else redis_client_for_cache(cache)
+    try:
+        _CLIENTS[cache] = client
+    except TypeError:
+        pass
+    return client
+
+
+class CacheStorageBackend(BaseTriggerStorage):
+    """Keeps sessions in the Django cache ``cache`` (default:
+    ``TRIGGERS['CACHE']``) for ``timeout`` seconds after their last change
+    (default: ``TRIGGERS['TIMEOUT']``, else the cache's own default;
+    ``None`` keeps them forever)."""
+
+    name = "cache"
+
+    def __init__(self, uid: str, cache: str | None = None, timeout: Any = _DEFAULT) -> None:
+        super().__init__(uid)
+        self.cache_name = cache or conf.get("CACHE")
+        try:
+            self.cache = caches[self.cache_name]
+        except Exception as exc:
+            raise ConfigurationError(
+                f"cache alias {self.cache_name!r} is not configured in CACHES ({exc})",
+                directive="CACHE",
+            ) from None
+        if timeout is _DEFAULT:
+            timeout = conf.get("TIMEOUT") if conf.has("TIMEOUT") else self.cache.default_timeout
+        if timeout is not None and timeout <= 0:
+            raise ConfigurationError(
+                f"session timeout must be positive seconds or None, not {timeout!r}",
+                directive="TIMEOUT",
+            )
+        self.timeout = timeout
+        self._redis = _client_for(self.cache)
+        # The length prefix keeps keys unambiguous whatever the uid contains.
+        self._base = str(self.cache.make_key(f"triggers:{len(self.uid)}:{self.uid}"))
+        suffixes = ("config", "index", "instances", "waiting", "counters", "kwargs", "meta")
+        self._keys = [f"{self._base}:{s}" for s in suffixes]
+        self._lease_prefix = f"{self._base}:lease:"
+
+    @property
+    def uses_redis(self) -> bool:
+        return self._redis is not None
+
+    def get_init_kwargs(self) -> dict[str, Any]:
+        return {"cache": self.cache_name, "timeout": self.timeout}
+
+    def _make_lock(self) -> Any:
+        if self._redis is None:
+            return super()._make_lock()
+        return SessionLock(
+            self._redis, f"{self._base}:lock", int(conf.get("LOCK_EXPIRE")), self.uid
+        )
+
+    # -- generic path (non-Redis caches) ------------------------------------
+    def _load_from_backend(
+        self,
+    ) -> tuple[dict[str, TaskConfig], dict[str, TaskInstance], dict[str, Any]]:
+        raw = self.cache.get(self._base)
+        return self._deserialize(json.loads(raw) if raw else None)
+
+    def _save(self) -> None:
+        self.cache.set(self._base, _dumps(self._serialize()), timeout=self.timeout)
+
+    # -- Redis path ---------------------------------------------------------
+    def _fetch(
+        self, triggers: list[str], instances: list[str], tasks: list[str], everything: bool
+    ) -> Snapshot:
+        if self._redis is None:
+            return super()._fetch(triggers, instances, tasks, everything)
+        if everything:
+            return self._fetch_all()
+        args: list[Any] = [self._lease_prefix, len(triggers), *triggers]
+        args += [len(tasks), *tasks, len(instances), *instances]
+        reply = _script(self._redis, "fetch")(keys=self._keys, args=args, client=self._redis)
+        meta_raw, index_raw, tasks_raw, waiting_raw, inst_raw, kw_raw, lease_raw = reply
+        snap = Snapshot(meta=json.loads(meta_raw) if meta_raw else None)
+        for i in range(0, len(index_raw), 2):
+            snap.index[_text(index_raw[i])] = [_text(t) for t in index_raw[i + 1]]
+        for i in range(0, len(tasks_raw), 3):
+            name = _text(tasks_raw[i])
+            if tasks_raw[i + 1]:
+                snap.configs[name] = config_from_stored(name, json.loads(tasks_raw[i + 1]))
+            snap.counters[name] = int(tasks_raw[i + 2])
+        for i in range(0, len(waiting_raw), 3):
+            key = (_text(waiting_raw[i]), _text(waiting_raw[i + 1]))
+            snap.waiting[key] = [_text(n) for n in waiting_raw[i + 2]]
+        for i in range(0, len(inst_raw), 2):
+            if inst_raw[i + 1]:
+                snap.records[_text(inst_raw[i])] = json.loads(inst_raw[i + 1])
+        for i in range(0, len(kw_raw), 2):
+            trig = _text(kw_raw[i])
+            snap.kwargs_known.add(trig)
+            if kw_raw[i + 1]:
+                snap.latest_kwargs[trig] = json.loads(kw_raw[i + 1])
+        for i in range(0, len(lease_raw), 2):
+            if int(lease_raw[i + 1]) > 0:
+                snap.leases[_text(lease_raw[i])] = int(lease_raw[i + 1])
+        return snap
+
+    def _fetch_all(self) -> Snapshot:
+        pipe = self._redis.pipeline(transaction=False)
+        config_key, _, inst_key, waiting_key, counter_key, kw_key, meta_key = self._keys
+        for key in (config_key, inst_key, counter_key, kw_key):
+            pipe.hgetall(key)
+        pipe.get(meta_key)
+        pipe.zrange(waiting_key, 0, -1)
+        configs_raw, inst_raw, counters_raw, kw_raw, meta_raw, waiting_raw = pipe.execute()
+        configs = {
+            _text(k): config_from_stored(_text(k), json.loads(v)) for k, v in configs_raw.items()
+        }
+        waiting: dict[tuple[str, str], list[str]] = {}
+        for member in waiting_raw:
+            task, trig, name = _text(member).split(SEP, 2)
+            waiting.setdefault((task, trig), []).append(name)
+        latest = {_text(k): json.loads(v) for k, v in kw_raw.items()}
+        from .transaction import build_index
+
+        return Snapshot(
+            meta=json.loads(meta_raw) if meta_raw else None,
+            index=build_index(configs),
+            configs=configs,
+            counters={_text(k): int(v) for k, v in counters_raw.items()},
+            waiting=waiting,
+            records={_text(k): json.loads(v) for k, v in inst_raw.items()},
+            latest_kwargs=latest,
+            kwargs_known=set(latest),
+            everything=True,
+        )
+
+    def _commit(self, lock: Any, changes: Changes, release: bool) -> None:
+        if self._redis is None:
+            return super()._commit(lock, changes, release)
+        ops: list[Any] = []
+        for name, cfg in changes.configs.items():
+            ops += ["H", 1, name, _dumps(cfg.to_directives())]
+        if changes.index is not None:
+            ops += ["X", 2]
+            for trig, task_names in changes.index.items():
+                ops += ["H", 2, trig, _dumps(task_names)]
+        for name, inst in changes.instances.items():
+            ops += ["H", 3, name, _dumps(inst.to_record())]
+        for task, trig, name in sorted(changes.waiting_remove):
+            ops += ["R", f"{task}{SEP}{trig}{SEP}{name}"]
+        for task, trig, name in sorted(changes.waiting_add):
+            ops += ["Z", f"{task}{SEP}{trig}{SEP}{name}"]
+        for task, number in changes.counters.items():
+            ops += ["H", 5, task, number]
+        for trig, kwargs in changes.latest_kwargs.items():
+            ops += ["H", 6, trig, _dumps(kwargs)]
+        if changes.meta is not None:
+            ops += ["S", _dumps(changes.meta)]
+        for name, (token, ms) in changes.leases_set.items():
+            ops += ["L", name, token, int(ms)]
+        for name in changes.leases_drop:
+            ops += ["U", name]
+        if not changes:
+            ttl = 0
+        elif self.timeout is None:
+            ttl = -1
+        else:
+            ttl = int(self.timeout * 1000)
+        args = [lock.id, lock.signal_expire, ttl, "1" if release else "0", self._lease_prefix, *ops]
+        keys = [*self._keys, lock.key, lock.signal_key]
+        try:
+            result = _script(self._redis, "commit")(keys=keys, args=args, client=self._redis)
+        finally:
+            if release:
+                lock.forget()
+        if result == 1:
+            raise LockLostError(self.uid)
+
+    def _renew_lease(self, name: str, token: str, ms: int) -> bool:
+        if self._redis is None:
+            return super()._renew_lease(name, token, ms)
+        script = _script(self._redis, "renew_lease")
+        return bool(script(keys=[self._lease_prefix + name], args=[token, ms], client=self._redis))
+
+    def delete(self) -> None:
+        """Remove the whole session (configuration, instances, history)."""
+        if self._redis is None:
+            self.cache.delete(self._base)
+            return
+        with self.transaction():
+            names = list(self._redis.hkeys(self._keys[2]))
+            self._redis.delete(*self._keys, *[self._lease_prefix + _text(n) for n in names])

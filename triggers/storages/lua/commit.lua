@@ -1,0 +1,54 @@
+-- Write one transaction's changes, but only while the caller still holds the
+-- session lock; then (optionally) release the lock the way python-redis-lock
+-- does, waking one waiter.
+-- KEYS: 1 config, 2 index, 3 instances, 4 waiting, 5 counters, 6 kwargs, 7 meta,
+--       8 lock key, 9 lock signal key
+-- ARGV: token, signal expire ms, ttl ms (-1 persist, 0 leave), release (1/0),
+--       lease key prefix, then operations:
+--   H <key#> <field> <value>   HSET        D <key#> <field>   HDEL
+--   Z <member>  ZADD waiting   R <member>  ZREM waiting
+--   S <value>   SET meta       X <key#>    DEL
+--   L <name> <token> <ms>      set a lease  U <name>  drop a lease
+-- Returns 0, or 1 when the lock is no longer ours (nothing written).
+if ARGV[1] ~= '' and redis.call('GET', KEYS[8]) ~= ARGV[1] then
+  return 1
+end
+local i = 6
+local n = #ARGV
+while i <= n do
+  local op = ARGV[i]
+  if op == 'H' then
+    redis.call('HSET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3]); i = i + 4
+  elseif op == 'Z' then
+    redis.call('ZADD', KEYS[4], 0, ARGV[i + 1]); i = i + 2
+  elseif op == 'R' then
+    redis.call('ZREM', KEYS[4], ARGV[i + 1]); i = i + 2
+  elseif op == 'S' then
+    redis.call('SET', KEYS[7], ARGV[i + 1]); i = i + 2
+  elseif op == 'D' then
+    redis.call('HDEL', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2]); i = i + 3
+  elseif op == 'X' then
+    redis.call('DEL', KEYS[tonumber(ARGV[i + 1])]); i = i + 2
+  elseif op == 'L' then
+    redis.call('SET', ARGV[5] .. ARGV[i + 1], ARGV[i + 2], 'PX', ARGV[i + 3]); i = i + 4
+  elseif op == 'U' then
+    redis.call('DEL', ARGV[5] .. ARGV[i + 1]); i = i + 2
+  else
+    return redis.error_reply('triggers commit: unknown operation ' .. tostring(op))
+  end
+end
+local ttl = tonumber(ARGV[3])
+for k = 1, 7 do
+  if ttl > 0 then
+    redis.call('PEXPIRE', KEYS[k], ttl)
+  elseif ttl < 0 then
+    redis.call('PERSIST', KEYS[k])
+  end
+end
+if ARGV[4] == '1' then
+  redis.call('DEL', KEYS[9])
+  redis.call('LPUSH', KEYS[9], 1)
+  redis.call('PEXPIRE', KEYS[9], ARGV[2])
+  redis.call('DEL', KEYS[8])
+end
+return 0

@@ -1,0 +1,94 @@
+-- Read what one operation on a session needs, in one round trip.
+-- KEYS: 1 config, 2 index, 3 instances, 4 waiting, 5 counters, 6 kwargs, 7 meta
+-- ARGV: lease key prefix, n, <n trigger names>, m, <m task names>, k, <k instance names>
+-- Returns {meta, index, tasks, waiting, instances, kwargs, leases} where each
+-- part is a flat array ('' stands for a missing value).
+local SEP = '\31'
+local pos = 2
+local function take()
+  local n = tonumber(ARGV[pos])
+  local out = {}
+  for i = 1, n do out[i] = ARGV[pos + i] end
+  pos = pos + n + 1
+  return out
+end
+local trigs = take()
+local req_tasks = take()
+local req_insts = take()
+
+local task_seen, task_order = {}, {}
+local function add_task(t)
+  if not task_seen[t] then task_seen[t] = true; task_order[#task_order + 1] = t end
+end
+
+local index_out, index_lists = {}, {}
+for _, trig in ipairs(trigs) do
+  local raw = redis.call('HGET', KEYS[2], trig)
+  local list = {}
+  if raw then list = cjson.decode(raw) end
+  index_lists[trig] = list
+  index_out[#index_out + 1] = trig
+  index_out[#index_out + 1] = list
+  for _, t in ipairs(list) do add_task(t) end
+end
+for _, t in ipairs(req_tasks) do add_task(t) end
+
+local tasks_out = {}
+local kw_seen, kw_order = {}, {}
+local function add_kw(t)
+  if not kw_seen[t] then kw_seen[t] = true; kw_order[#kw_order + 1] = t end
+end
+for _, trig in ipairs(trigs) do add_kw(trig) end
+for _, t in ipairs(task_order) do
+  local cfg = redis.call('HGET', KEYS[1], t) or ''
+  local ctr = redis.call('HGET', KEYS[5], t) or '0'
+  tasks_out[#tasks_out + 1] = t
+  tasks_out[#tasks_out + 1] = cfg
+  tasks_out[#tasks_out + 1] = ctr
+  if cfg ~= '' then
+    local c = cjson.decode(cfg)
+    for _, x in ipairs(c['after'] or {}) do add_kw(x) end
+    for _, x in ipairs(c['unless'] or {}) do add_kw(x) end
+  end
+end
+
+local inst_seen, inst_order = {}, {}
+local function add_inst(n)
+  if not inst_seen[n] then inst_seen[n] = true; inst_order[#inst_order + 1] = n end
+end
+local waiting_out = {}
+for _, trig in ipairs(trigs) do
+  for _, t in ipairs(index_lists[trig]) do
+    local prefix = t .. SEP .. trig .. SEP
+    local members = redis.call('ZRANGEBYLEX', KEYS[4], '[' .. prefix, '(' .. prefix .. '\255')
+    local names = {}
+    for i, m in ipairs(members) do
+      names[i] = string.sub(m, #prefix + 1)
+      add_inst(names[i])
+    end
+    waiting_out[#waiting_out + 1] = t
+    waiting_out[#waiting_out + 1] = trig
+    waiting_out[#waiting_out + 1] = names
+  end
+end
+for _, n in ipairs(req_insts) do add_inst(n) end
+
+local inst_out = {}
+for _, n in ipairs(inst_order) do
+  inst_out[#inst_out + 1] = n
+  inst_out[#inst_out + 1] = redis.call('HGET', KEYS[3], n) or ''
+end
+
+local kw_out = {}
+for _, t in ipairs(kw_order) do
+  kw_out[#kw_out + 1] = t
+  kw_out[#kw_out + 1] = redis.call('HGET', KEYS[6], t) or ''
+end
+
+local lease_out = {}
+for _, n in ipairs(req_insts) do
+  lease_out[#lease_out + 1] = n
+  lease_out[#lease_out + 1] = redis.call('PTTL', ARGV[1] .. n)
+end
+
+return {redis.call('GET', KEYS[7]) or '', index_out, tasks_out, waiting_out, inst_out, kw_out, lease_out}

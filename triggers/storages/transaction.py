@@ -1,0 +1,304 @@
+"""The unit of work behind every locked operation on a session.
+
+A :class:`Transaction` holds the session lock, loads only what an operation
+asks for (the tasks that mention a trigger, the instances waiting on it, a
+named instance), keeps every instance it touched in an identity map, and
+turns the result into one :class:`Changes` set that the storage backend
+writes in one step.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import UnknownInstanceError
+from ..types import TaskConfig, TaskInstance, now_iso
+
+if TYPE_CHECKING:
+    from .base import BaseTriggerStorage
+
+WaitKey = tuple[str, str]
+
+
+def build_index(configs: dict[str, TaskConfig]) -> dict[str, list[str]]:
+    """trigger name -> names of the tasks whose ``after``/``unless`` mention it."""
+    index: dict[str, list[str]] = defaultdict(list)
+    for name in sorted(configs):
+        for trigger in configs[name].triggers:
+            index[trigger].append(name)
+    return dict(index)
+
+
+def instance_sort_key(name: str) -> tuple[str, int]:
+    task, _, number = name.rpartition("#")
+    return task, int(number) if number.isdigit() else -1
+
+
+@dataclass
+class Snapshot:
+    """What one fetch read from the backend."""
+
+    meta: dict[str, Any] | None = None
+    index: dict[str, list[str]] = field(default_factory=dict)
+    configs: dict[str, TaskConfig] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    waiting: dict[WaitKey, list[str]] = field(default_factory=dict)
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    latest_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Triggers whose fired/not-fired state this snapshot knows.
+    kwargs_known: set[str] = field(default_factory=set)
+    #: instance name -> milliseconds its worker lease has left (absent: none).
+    leases: dict[str, int] = field(default_factory=dict)
+    everything: bool = False
+
+
+@dataclass
+class Changes:
+    """Everything one transaction writes."""
+
+    configs: dict[str, TaskConfig] = field(default_factory=dict)
+    index: dict[str, list[str]] | None = None
+    instances: dict[str, TaskInstance] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    latest_kwargs: dict[str, Any] = field(default_factory=dict)
+    waiting_add: set[tuple[str, str, str]] = field(default_factory=set)
+    waiting_remove: set[tuple[str, str, str]] = field(default_factory=set)
+    meta: dict[str, Any] | None = None
+    leases_set: dict[str, tuple[str, int]] = field(default_factory=dict)
+    leases_drop: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.configs
+            or self.index is not None
+            or self.instances
+            or self.counters
+            or self.latest_kwargs
+            or self.waiting_add
+            or self.waiting_remove
+            or self.meta is not None
+            or self.leases_set
+            or self.leases_drop
+        )
+
+
+class Transaction:
+    def __init__(self, storage: BaseTriggerStorage, lock: Any) -> None:
+        self.storage = storage
+        self.lock = lock
+        self.meta: dict[str, Any] | None = None
+        self.meta_loaded = False
+        self.index: dict[str, list[str]] = {}
+        self.configs: dict[str, TaskConfig] = {}
+        self.counters: dict[str, int] = {}
+        self.latest_kwargs: dict[str, Any] = {}
+        self._kwargs_known: set[str] = set()
+        self._waiting: dict[WaitKey, set[str]] = {}
+        self.instances: dict[str, TaskInstance] = {}
+        self._membership: dict[str, set[str]] = {}
+        self._records: dict[str, dict[str, Any]] = {}
+        self.leases: dict[str, int] = {}
+        self.everything = False
+        self._known_tasks: set[str] = set()
+        self._known_instances: set[str] = set()
+        self._known_triggers: set[str] = set()
+        self._dirty: set[str] = set()
+        self.changes = Changes()
+        self.after_commit: list[Callable[[], None]] = []
+        self.dispatch_failures: dict[str, BaseException] = {}
+
+    # -- loading -------------------------------------------------------------
+    def fetch(
+        self,
+        triggers: Iterable[str] = (),
+        instances: Iterable[str] = (),
+        tasks: Iterable[str] = (),
+        everything: bool = False,
+    ) -> None:
+        """Load what is not loaded yet (one backend round trip at most)."""
+        if self.everything:
+            return
+        triggers = [t for t in dict.fromkeys(triggers) if t not in self._known_triggers]
+        instances = [i for i in dict.fromkeys(instances) if i not in self._known_instances]
+        tasks = [t for t in dict.fromkeys(tasks) if t not in self._known_tasks]
+        # An instance's config comes with it.
+        tasks += [
+            n.rpartition("#")[0] for n in instances if n.rpartition("#")[0] not in self._known_tasks
+        ]
+        tasks = list(dict.fromkeys(tasks))
+        if not (triggers or instances or tasks or everything) and self.meta_loaded:
+            return
+        snap = self.storage._fetch(
+            triggers=triggers, instances=instances, tasks=tasks, everything=everything
+        )
+        self._absorb(snap, triggers, instances, tasks)
+
+    def _absorb(
+        self, snap: Snapshot, triggers: list[str], instances: list[str], tasks: list[str]
+    ) -> None:
+        if not self.meta_loaded:
+            self.meta = snap.meta
+            self.meta_loaded = True
+        for name, cfg in snap.configs.items():
+            self.configs.setdefault(name, cfg)
+        self._known_tasks.update(tasks)
+        self._known_tasks.update(snap.configs)
+        for name, value in snap.counters.items():
+            self.counters.setdefault(name, value)
+        for trig, task_names in snap.index.items():
+            self.index.setdefault(trig, list(task_names))
+            self._known_tasks.update(task_names)
+        self._known_triggers.update(triggers)
+        for key, names in snap.waiting.items():
+            self._waiting.setdefault(key, set()).update(names)
+        for name, record in snap.records.items():
+            if name in self.instances:
+                continue
+            cfg = self.configs.get(record["task"])
+            if cfg is None:
+                continue
+            inst = TaskInstance.from_record(name, record, cfg)
+            self.instances[name] = inst
+            self._membership[name] = inst.waiting_on()
+            self._records[name] = record
+        self._known_instances.update(instances)
+        self._known_instances.update(snap.records)
+        for trig in snap.kwargs_known:
+            if trig not in self._kwargs_known:
+                self._kwargs_known.add(trig)
+                if trig in snap.latest_kwargs:
+                    self.latest_kwargs[trig] = snap.latest_kwargs[trig]
+        for name, ms in snap.leases.items():
+            self.leases.setdefault(name, ms)
+        if snap.everything:
+            self.everything = True
+            self.index = build_index(self.configs)
+            self._kwargs_known = set(self.latest_kwargs) | {"*"}
+
+    # -- queries -------------------------------------------------------------
+    def tasks_for(self, trigger: str) -> list[TaskConfig]:
+        if self.everything:
+            names = build_index(self.configs).get(trigger, [])
+        else:
+            names = self.index.get(trigger, [])
+        return [self.configs[n] for n in sorted(names) if n in self.configs]
+
+    def waiting(self, task: str, trigger: str) -> list[TaskInstance]:
+        """Unstarted instances of ``task`` that have not received ``trigger``."""
+        names = set(self._waiting.get((task, trigger), ()))
+        names.update(n for n, i in self.instances.items() if i.config.name == task)
+        found = [
+            self.instances[n]
+            for n in names
+            if n in self.instances and trigger in self.instances[n].waiting_on()
+        ]
+        return sorted(found, key=lambda i: instance_sort_key(i.name))
+
+    def get_instance(self, name: str) -> TaskInstance:
+        if name not in self.instances:
+            self.fetch(instances=[name])
+        try:
+            return self.instances[name]
+        except KeyError:
+            raise UnknownInstanceError(name, self.storage.uid) from None
+
+    def has_instances(self, task: str) -> bool:
+        return self.counters.get(task, 0) > 0
+
+    def fired(self, trigger: str) -> bool:
+        return trigger in self.latest_kwargs
+
+    def instances_of(self, task: str) -> list[TaskInstance]:
+        """Every instance of a task (needs a full load)."""
+        self.fetch(everything=True)
+        return sorted(
+            (i for i in self.instances.values() if i.config.name == task),
+            key=lambda i: instance_sort_key(i.name),
+        )
+
+    # -- changes -------------------------------------------------------------
+    def new_instance(self, config: TaskConfig, **attrs: Any) -> TaskInstance:
+        number = self.counters.get(config.name, 0)
+        self.counters[config.name] = number + 1
+        self.changes.counters[config.name] = number + 1
+        when = now_iso()
+        inst = TaskInstance(f"{config.name}#{number}", config, **attrs)
+        inst.metadata.setdefault("timestamps", {}).update(created=when)
+        inst.set_status(inst.status, when)
+        self.instances[inst.name] = inst
+        self._membership[inst.name] = set()
+        self._known_instances.add(inst.name)
+        self._dirty.add(inst.name)
+        return inst
+
+    def save(self, inst: TaskInstance) -> None:
+        """Mark an instance from this transaction as changed."""
+        if self.instances.get(inst.name) is not inst:
+            raise RuntimeError(f"{inst.name} does not belong to this transaction")
+        self._dirty.add(inst.name)
+
+    def set_latest_kwargs(self, trigger: str, kwargs: Any) -> None:
+        self.latest_kwargs[trigger] = kwargs
+        self._kwargs_known.add(trigger)
+        self.changes.latest_kwargs[trigger] = kwargs
+
+    def set_configs(self, configs: dict[str, TaskConfig]) -> None:
+        """Replace/add task configs; needs a full load (re-indexes instances)."""
+        if not self.everything:
+            raise RuntimeError("set_configs needs fetch(everything=True)")
+        self.configs.update(configs)
+        self.changes.configs.update(configs)
+        self.index = build_index(self.configs)
+        self.changes.index = self.index
+        for inst in self.instances.values():
+            if inst.config.name in configs:
+                inst.config = configs[inst.config.name]
+                self._dirty.add(inst.name)
+
+    def set_lease(self, name: str, token: str, ms: int) -> None:
+        self.changes.leases_set[name] = (token, ms)
+        self.changes.leases_drop.discard(name)
+
+    def drop_lease(self, name: str) -> None:
+        self.changes.leases_drop.add(name)
+        self.changes.leases_set.pop(name, None)
+
+    def touch_meta(self, **values: Any) -> None:
+        meta = dict(self.meta or {})
+        meta.setdefault("created", now_iso())
+        meta.update(values)
+        self.meta = meta
+        self.changes.meta = meta
+
+    def build_changes(self) -> Changes:
+        ch = self.changes
+        for name in sorted(self._dirty):
+            inst = self.instances[name]
+            ch.instances[name] = inst
+            task = inst.config.name
+            old = self._membership.get(name, set())
+            if self.everything and name in self._records:
+                # Configs may have changed: recompute the old membership from
+                # the stored record under the old task's triggers too.
+                old = old | self._stale_membership(name)
+            new = inst.waiting_on()
+            for trig in old - new:
+                ch.waiting_remove.add((task, trig, name))
+            for trig in new - old:
+                ch.waiting_add.add((task, trig, name))
+            # Re-adding members that exist is harmless and heals an index
+            # written before a config change.
+            if self.everything:
+                for trig in new:
+                    ch.waiting_add.add((task, trig, name))
+        if ch and ch.meta is None:
+            self.touch_meta(updated=now_iso())
+        return ch
+
+    def _stale_membership(self, name: str) -> set[str]:
+        # With a full load the storage returned the raw waiting index too.
+        task = self.instances[name].config.name
+        return {trig for (t, trig), names in self._waiting.items() if t == task and name in names}

@@ -1,0 +1,404 @@
+"""Writing trigger tasks: :class:`TriggerTask` (a Celery task) and the
+:class:`TaskContext` its ``_run`` receives."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import celery
+from celery import _state as celery_state
+
+from . import conf
+from .exceptions import TriggersError
+from .locking import renewer
+from .types import TaskInstance
+from .validation import normalise_kwargs
+
+__all__ = [
+    "MaxRetriesExceeded",
+    "TaskContext",
+    "TaskResultError",
+    "TriggerTask",
+    "KwargsValidationError",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class MaxRetriesExceeded(TriggersError):
+    """A task asked to retry more often than its ``max_retries`` allows."""
+
+
+class TaskResultError(TriggersError, TypeError):
+    """``_run`` returned something other than a mapping or ``None``."""
+
+
+class KwargsValidationError(TriggersError, ValueError):
+    """``context.filter_kwargs`` rejected the trigger kwargs."""
+
+    def __init__(self, task: str, errors: Mapping[str, Any]) -> None:
+        self.errors = dict(errors)
+        super().__init__(f"invalid trigger kwargs for {task}: {self.errors}")
+
+
+class RetryRequested(Exception):
+    """Raised (via ``raise self.retry(...)``) to run the instance again."""
+
+    def __init__(
+        self,
+        exc: BaseException | None,
+        metadata: Mapping[str, Any] | None,
+        replacement_kwargs: Mapping[str, Any] | None,
+        cooldown: float | None,
+    ) -> None:
+        self.exc = exc
+        self.metadata = dict(metadata or {})
+        self.replacement_kwargs = replacement_kwargs
+        self.cooldown = cooldown
+        super().__init__(f"retry requested ({exc!r})")
+
+
+class SkipRequested(Exception):
+    """Raised (via ``raise self.skip(...)``) to mark the instance skipped."""
+
+    def __init__(self, metadata: Mapping[str, Any] | None) -> None:
+        self.metadata = dict(metadata or {})
+        super().__init__("skip requested")
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in recursively; override wins."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class _InstanceLogger(logging.LoggerAdapter):
+    """A logger that attaches the block's context to every record and keeps
+    the highest level logged for the instance."""
+
+    def __init__(self, base: logging.Logger, context: dict[str, Any], owner: TaskContext) -> None:
+        super().__init__(base, {})
+        self.context = context
+        self.owner = owner
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = dict(kwargs.get("extra") or {})
+        context = dict(self.context)
+        context.update(extra.get("context") or {})
+        extra["context"] = context
+        extra.setdefault("triggers_session", self.owner.manager.storage.uid)
+        extra.setdefault("triggers_instance", self.owner.instance_name)
+        kwargs["extra"] = extra
+        return msg, kwargs
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        self.owner._note_level(level)
+        super().log(level, msg, *args, **kwargs)
+
+
+class TaskContext:
+    """What a running task knows about itself and its session."""
+
+    def __init__(self, manager: Any, task_instance: TaskInstance, task: TriggerTask) -> None:
+        self.manager = manager
+        self.task_instance = task_instance
+        self.instance_name = task_instance.name
+        self.task = task
+        self.log_level = logging.NOTSET
+        self._logger = logging.getLogger(task.name or type(task).__module__)
+        #: Trigger kwargs keyed by trigger, with ``withParams`` merged under them.
+        self.trigger_kwargs: dict[str, Any] = deep_merge(
+            task_instance.config.with_params, task_instance.kwargs
+        )
+
+    def _note_level(self, level: int) -> None:
+        self.log_level = max(self.log_level, level)
+
+    @contextmanager
+    def get_logger_context(
+        self, context: Mapping[str, Any] | None = None
+    ) -> Iterator[_InstanceLogger]:
+        """Yield a logger for this instance; ``context`` is attached to every
+        message (``extra={'context': {...}}`` adds per message). An exception
+        leaving the block is logged with its ``with_context`` context."""
+        adapter = _InstanceLogger(self._logger, dict(context or {}), self)
+        try:
+            yield adapter
+        except (RetryRequested, SkipRequested):
+            raise
+        except Exception as exc:
+            adapter.error(
+                "%s: %s",
+                type(exc).__name__,
+                exc,
+                exc_info=True,
+                extra={"context": dict(getattr(exc, "context", None) or {})},
+            )
+            exc._triggers_logged = True  # type: ignore[attr-defined]
+            raise
+
+    def filter_kwargs(self, filters: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """Validate and convert trigger kwargs with the Filters library
+        (``{trigger: {kwarg: filter}}``); invalid input fails the instance
+        with the filters' messages. Needs ``pip install triggers[filters]``."""
+        try:
+            import filters as f
+        except ImportError as exc:  # pragma: no cover - depends on the extra
+            raise TriggersError(
+                "context.filter_kwargs needs the Filters library: pip install 'triggers[filters]'"
+            ) from exc
+        mapper = f.FilterMapper(
+            {trigger: f.FilterMapper(dict(spec)) for trigger, spec in filters.items()},
+            allow_extra_keys=True,
+            allow_missing_keys=False,
+        )
+        runner = f.FilterRunner(mapper, self.trigger_kwargs)
+        if not runner.is_valid():
+            raise KwargsValidationError(self.instance_name, runner.errors)
+        return dict(runner.cleaned_data)
+
+
+def _register_with_apps(cls: type[TriggerTask]) -> None:
+    """Register a TriggerTask class with every Celery app, now and later."""
+
+    def register(app: Any) -> None:
+        existing = app._tasks.get(cls.name) if hasattr(app, "_tasks") else None
+        if existing is None or type(existing) is not cls:
+            app.register_task(cls())
+
+    celery_state.connect_on_app_finalize(register)
+    for app in celery_state._get_active_apps():
+        if app.finalized:
+            register(app)
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class _Lease:
+    """Keeps a worker's claim on a running instance alive."""
+
+    def __init__(self, manager: Any, name: str, token: str, ms: int) -> None:
+        self.manager, self.name, self.token, self.ms = manager, name, token, ms
+
+    def renew(self) -> None:
+        self.manager._renew_lease(self.name, self.token, self.ms)
+
+
+class TriggerTask(celery.Task):
+    """Base class of trigger tasks. Subclasses implement :meth:`_run`.
+
+    Named by dotted path (``app.tasks.ImportSubject``) unless ``name`` is set,
+    and registered with the Celery app automatically. Set ``abstract = True``
+    on an intermediate base class to keep it unregistered.
+    """
+
+    abstract: ClassVar[bool] = True
+    # A worker that dies mid-task must not lose the message; running it again
+    # is safe because only the run holding the instance's claim may finish it.
+    acks_late = True
+    reject_on_worker_lost = True
+    max_retries = 3
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("abstract"):
+            return
+        cls.abstract = False
+        if not cls.__dict__.get("name"):
+            cls.name = _qualname(cls)
+        _register_with_apps(cls)
+
+    # -- to implement ----------------------------------------------------------
+    def _run(self, context: TaskContext) -> Mapping[str, Any] | None:
+        """Do the work; return the kwargs of the cascade (or ``None``)."""
+        raise NotImplementedError
+
+    def get_max_retries(self, context: TaskContext) -> int:
+        """How deep a chain of retries may go for this instance."""
+        return int(self.max_retries if self.max_retries is not None else 0)
+
+    # -- for _run to raise -------------------------------------------------
+    def retry(  # type: ignore[override]
+        self,
+        exc: BaseException | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        replacement_kwargs: Mapping[str, Any] | None = None,
+        cooldown: float | None = None,
+    ) -> RetryRequested:
+        """Return an exception that, raised from ``_run``, marks this instance
+        ``replayed`` and schedules a clone after ``cooldown`` seconds (with
+        ``replacement_kwargs`` if given)."""
+        return RetryRequested(exc, metadata, replacement_kwargs, cooldown)
+
+    def skip(self, metadata: Mapping[str, Any] | None = None) -> SkipRequested:
+        """Return an exception that, raised from ``_run``, marks this instance
+        ``skipped``."""
+        return SkipRequested(metadata)
+
+    # -- execution ---------------------------------------------------------------
+    def run(  # type: ignore[override]
+        self,
+        uid: str,
+        instance: str,
+        manager: str = "default",
+        storage: str = "cache",
+        storage_kwargs: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        message = {
+            "uid": uid,
+            "instance": instance,
+            "manager": manager,
+            "storage": storage,
+            "storage_kwargs": dict(storage_kwargs or {}),
+        }
+        return self.execute_message(message, requeue=self._requeue)
+
+    def _requeue(self, message: dict[str, Any], delay: float) -> None:
+        self.apply_async(kwargs=message, countdown=delay)
+
+    def execute_message(
+        self, message: Mapping[str, Any], requeue: Any = None
+    ) -> dict[str, Any] | None:
+        """Claim, run and finish the instance a runner message names.
+
+        ``requeue(message, delay)`` is called when another live worker owns
+        the instance; without it this call waits and tries again.
+        """
+        from .manager import trigger_managers
+        from .storages import storage_backends
+
+        storage = storage_backends.get(
+            message["storage"], message["uid"], **dict(message["storage_kwargs"])
+        )
+        manager = trigger_managers.get(message["manager"], storage)
+        name = message["instance"]
+        token = uuid.uuid4().hex
+        lease_ms = int(float(conf.get("LEASE_EXPIRE")) * 1000)
+        while True:
+            state, info = manager._claim(name, token, lease_ms)
+            if state != "busy":
+                break
+            delay = info / 1000 + 0.1
+            if requeue is not None:
+                logger.info("%s is running elsewhere; trying again in %.1fs", name, delay)
+                requeue(dict(message), delay)
+                return None
+            threading.Event().wait(min(delay, 1.0))
+        if state != "run":
+            logger.info(
+                "not running %s in session %r: %s",
+                name,
+                storage.uid,
+                info if state == "skip" else f"already {info.status}",
+            )
+            return None
+        lease = _Lease(manager, name, token, lease_ms)
+        renewer.add(lease, lease_ms / 3000)
+        try:
+            return self._execute(manager, info, token)
+        finally:
+            renewer.remove(lease)
+
+    def _execute(self, manager: Any, inst: TaskInstance, token: str) -> dict[str, Any] | None:
+        context = TaskContext(manager, inst, self)
+        started = time.monotonic()
+        meta: dict[str, Any] = {
+            "kwargs": context.trigger_kwargs,
+            "worker": f"{socket.gethostname()}:{os.getpid()}",
+        }
+
+        def finish_meta() -> dict[str, Any]:
+            meta["log_level"] = max(context.log_level, int(inst.metadata.get("log_level", 0)))
+            meta["duration"] = round(time.monotonic() - started, 6)
+            return meta
+
+        try:
+            result = self._run(context)
+            if result is None:
+                result = {}
+            if not isinstance(result, Mapping):
+                raise TaskResultError(
+                    f"{self.name}._run returned {type(result).__name__}; "
+                    "it must return a mapping (the cascade's kwargs) or None"
+                )
+            result = normalise_kwargs(f"{inst.config.name} (its result)", result)
+        except RetryRequested as req:
+            depth = int(inst.metadata.get("depth", 0))
+            limit = self.get_max_retries(context)
+            if depth < limit:
+                meta.update(req.metadata)
+                if req.exc is not None:
+                    meta.update(self._exception_meta(req.exc))
+                manager._retry_run(
+                    inst.name, token, finish_meta(), req.replacement_kwargs, req.cooldown
+                )
+                return None
+            exc = MaxRetriesExceeded(f"{inst.name} asked to retry beyond max_retries={limit}")
+            exc.__cause__ = req.exc
+            self._record_failure(manager, inst, token, context, exc, meta, finish_meta)
+            return None
+        except SkipRequested as req:
+            meta.update(req.metadata)
+            manager._end_run(inst.name, token, TaskInstance.STATUS_SKIPPED, finish_meta())
+            return None
+        except Exception as exc:
+            self._record_failure(manager, inst, token, context, exc, meta, finish_meta)
+            raise
+        manager._finish(inst.name, token, result, finish_meta())
+        return result
+
+    def _record_failure(
+        self,
+        manager: Any,
+        inst: TaskInstance,
+        token: str,
+        context: TaskContext,
+        exc: BaseException,
+        meta: dict[str, Any],
+        finish_meta: Any,
+    ) -> None:
+        if not getattr(exc, "_triggers_logged", False):
+            with context.get_logger_context() as log:
+                log.error(
+                    "%s failed: %s: %s",
+                    inst.name,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                    extra={"context": dict(getattr(exc, "context", None) or {})},
+                )
+        meta.update(self._exception_meta(exc))
+        manager._end_run(inst.name, token, TaskInstance.STATUS_FAILED, finish_meta())
+
+    @staticmethod
+    def _exception_meta(exc: BaseException) -> dict[str, Any]:
+        context = getattr(exc, "context", None)
+        try:
+            context = normalise_kwargs("exception context", context) if context else {}
+        except (TypeError, ValueError):
+            context = {"repr": repr(context)}
+        return {
+            "exc_type": _qualname(type(exc)),
+            "exc_mro": [
+                _qualname(c) for c in type(exc).__mro__ if c not in (object, BaseException)
+            ],
+            "exc_message": str(exc),
+            "exc_traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            "exc_context": context,
+        }

@@ -1,0 +1,478 @@
+"""The two value types of a session: task configurations and task instances."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from .exceptions import ConfigurationError, InvalidTriggerError, InvalidTriggerTypeError
+from .validation import check_name, dump_json
+
+__all__ = ["TaskConfig", "TaskInstance", "validate_configuration", "find_cascade_cycle"]
+
+KNOWN_DIRECTIVES = ("after", "run", "andEvery", "unless", "withParams", "using")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _suggest(directive: str) -> str | None:
+    """The known directive ``directive`` was probably meant to be, if any."""
+    folded = directive.replace("_", "").replace("-", "").lower()
+    for known in KNOWN_DIRECTIVES:
+        if known.lower() == folded:
+            return known
+    matches = difflib.get_close_matches(directive, KNOWN_DIRECTIVES, n=1, cutoff=0.75)
+    if not matches:
+        lowered = {k.lower(): k for k in KNOWN_DIRECTIVES}
+        found = difflib.get_close_matches(folded, list(lowered), n=1, cutoff=0.75)
+        matches = [lowered[found[0]]] if found else []
+    return matches[0] if matches else None
+
+
+def _names(task: str, directive: str, value: Any) -> frozenset[str]:
+    if isinstance(value, str):
+        raise ConfigurationError(
+            f"must be a list of trigger names, not the string {value!r} (write [{value!r}])",
+            task=task,
+            directive=directive,
+        )
+    if not isinstance(value, list | tuple | set | frozenset):
+        raise ConfigurationError(
+            f"must be a list of trigger names, not {type(value).__name__}",
+            task=task,
+            directive=directive,
+        )
+    names = []
+    for item in value:
+        try:
+            names.append(check_name(item, "trigger name"))
+        except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
+            raise ConfigurationError(str(exc), task=task, directive=directive) from None
+    return frozenset(names)
+
+
+class TaskConfig:
+    """A named rule: after ``after`` have all fired, run the Celery task ``run``.
+
+    Build one from JSON-style directives with :meth:`from_directives`; it
+    validates and raises :class:`~triggers.exceptions.ConfigurationError`
+    naming the task and directive.
+    """
+
+    __slots__ = ("name", "after", "run", "and_every", "unless", "with_params", "using", "extras")
+
+    def __init__(
+        self,
+        name: str,
+        after: Iterable[str],
+        run: str,
+        and_every: str | None = None,
+        unless: Iterable[str] | None = None,
+        with_params: Mapping[str, Mapping[str, Any]] | None = None,
+        using: str | None = None,
+        extras: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.after = set(after)
+        if and_every:
+            self.after.add(and_every)
+        self.run = run
+        self.and_every = and_every
+        self.unless = set(unless or ())
+        self.with_params: dict[str, dict[str, Any]] = {
+            k: dict(v) for k, v in (with_params or {}).items()
+        }
+        self.using = using
+        self.extras: dict[str, Any] = dict(extras or {})
+
+    @classmethod
+    def from_directives(cls, name: Any, directives: Any) -> TaskConfig:
+        """Validate the JSON form of one task and build its config."""
+        try:
+            check_name(name, "task name")
+        except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
+            raise ConfigurationError(
+                str(exc), task=name if isinstance(name, str) else repr(name)
+            ) from None
+        if not isinstance(directives, Mapping):
+            raise ConfigurationError(
+                f"the configuration must be a mapping of directives, "
+                f"not {type(directives).__name__}",
+                task=name,
+            )
+        extras: dict[str, Any] = {}
+        for key, value in directives.items():
+            if not isinstance(key, str):
+                raise ConfigurationError(f"directive names must be strings, not {key!r}", task=name)
+            if key in KNOWN_DIRECTIVES:
+                continue
+            suggestion = _suggest(key)
+            if suggestion is not None:
+                raise ConfigurationError(
+                    "unknown directive", task=name, directive=key, suggestion=suggestion
+                )
+            extras[key] = value
+        for required in ("after", "run"):
+            if required not in directives:
+                raise ConfigurationError("is required", task=name, directive=required)
+
+        after = _names(name, "after", directives["after"])
+        run = directives["run"]
+        if not isinstance(run, str) or not run.strip():
+            raise ConfigurationError(
+                f"must be the name of a Celery task (a non-empty string), not {run!r}",
+                task=name,
+                directive="run",
+            )
+
+        and_every = directives.get("andEvery")
+        if and_every is not None:
+            if isinstance(and_every, list | tuple | set):
+                raise ConfigurationError(
+                    "takes one trigger name, not a list", task=name, directive="andEvery"
+                )
+            try:
+                check_name(and_every, "trigger name")
+            except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
+                raise ConfigurationError(str(exc), task=name, directive="andEvery") from None
+        if not after and and_every is None:
+            raise ConfigurationError(
+                "must name at least one trigger (or give andEvery)", task=name, directive="after"
+            )
+
+        unless = _names(name, "unless", directives.get("unless") or [])
+
+        with_params = directives.get("withParams") or {}
+        if not isinstance(with_params, Mapping):
+            raise ConfigurationError(
+                f"must map trigger names to dicts of kwargs, not {type(with_params).__name__}",
+                task=name,
+                directive="withParams",
+            )
+        for trigger, params in with_params.items():
+            if not isinstance(trigger, str) or not isinstance(params, Mapping):
+                raise ConfigurationError(
+                    f"must map trigger names to dicts of kwargs; entry {trigger!r} "
+                    f"is {type(params).__name__}",
+                    task=name,
+                    directive="withParams",
+                )
+            if not all(isinstance(k, str) for k in params):
+                raise ConfigurationError(
+                    f"kwargs for {trigger!r} must have string keys",
+                    task=name,
+                    directive="withParams",
+                )
+        try:
+            dump_json(with_params, "withParams")
+        except InvalidTriggerTypeError as exc:
+            raise ConfigurationError(str(exc), task=name, directive="withParams") from None
+
+        using = directives.get("using")
+        if using is not None:
+            from .runners import task_runners
+
+            if not isinstance(using, str):
+                raise ConfigurationError(
+                    f"must be a task runner name, not {using!r}", task=name, directive="using"
+                )
+            if using not in task_runners:
+                known = sorted(task_runners.keys())
+                close = difflib.get_close_matches(using, known, n=1)
+                raise ConfigurationError(
+                    f"unknown task runner {using!r}; known runners: {', '.join(known)}",
+                    task=name,
+                    directive="using",
+                    suggestion=close[0] if close else None,
+                )
+        for key, value in extras.items():
+            try:
+                dump_json(value, f"directive {key!r}")
+            except InvalidTriggerTypeError as exc:
+                raise ConfigurationError(str(exc), task=name, directive=key) from None
+
+        return cls(
+            name=name,
+            after=after,
+            run=run,
+            and_every=and_every,
+            unless=unless,
+            with_params=copy.deepcopy(dict(with_params)),
+            using=using,
+            extras=copy.deepcopy(extras),
+        )
+
+    def to_directives(self) -> dict[str, Any]:
+        """The JSON form (inverse of :meth:`from_directives`)."""
+        data: dict[str, Any] = {"after": sorted(self.after), "run": self.run}
+        if self.and_every is not None:
+            data["andEvery"] = self.and_every
+        if self.unless:
+            data["unless"] = sorted(self.unless)
+        if self.with_params:
+            data["withParams"] = copy.deepcopy(self.with_params)
+        if self.using is not None:
+            data["using"] = self.using
+        data.update(copy.deepcopy(self.extras))
+        return data
+
+    @property
+    def triggers(self) -> set[str]:
+        """Every trigger this task reacts to (``after`` and ``unless``)."""
+        return self.after | self.unless
+
+    def uses_trigger(self, trigger_name: str) -> bool:
+        return trigger_name in self.after or trigger_name in self.unless
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TaskConfig):
+            return NotImplemented
+        return self.name == other.name and self.to_directives() == other.to_directives()
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return f"TaskConfig({self.name!r}, {self.to_directives()!r})"
+
+
+def find_cascade_cycle(configs: Mapping[str, TaskConfig]) -> list[str] | None:
+    """Tasks that wait on each other's cascades in a ring can never run.
+
+    Returns the ring (first task repeated at the end) or ``None``.
+    """
+    edges = {name: sorted(t for t in cfg.after if t in configs) for name, cfg in configs.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in edges[node]:
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for name in sorted(edges):
+        if name not in state:
+            found = visit(name)
+            if found:
+                return found
+    return None
+
+
+def validate_configuration(
+    configuration: Any, existing: Mapping[str, TaskConfig] | None = None
+) -> dict[str, TaskConfig]:
+    """Validate a whole ``{task name: directives}`` mapping.
+
+    ``existing`` are the tasks already configured; the cascade-cycle check runs
+    on the merged result. Returns the new configs; raises
+    :class:`ConfigurationError` and builds nothing on any problem.
+    """
+    if not isinstance(configuration, Mapping):
+        raise ConfigurationError(
+            f"a configuration maps task names to directives; got {type(configuration).__name__}"
+        )
+    configs = {
+        name: TaskConfig.from_directives(name, value) for name, value in configuration.items()
+    }
+    merged = dict(existing or {})
+    merged.update(configs)
+    cycle = find_cascade_cycle(merged)
+    if cycle:
+        ring = " -> ".join(cycle)
+        raise ConfigurationError(
+            f"can never run: the tasks wait on each other's cascades in a cycle ({ring})",
+            task=cycle[0],
+            directive="after",
+        )
+    return configs
+
+
+class TaskInstance:
+    """One execution of a trigger task within a session (``<task>#<n>``)."""
+
+    STATUS_UNSTARTED = "unstarted"
+    STATUS_SCHEDULED = "scheduled"
+    STATUS_RUNNING = "running"
+    STATUS_FINISHED = "finished"
+    STATUS_FAILED = "failed"
+    STATUS_REPLAYED = "replayed"
+    STATUS_SKIPPED = "skipped"
+    STATUS_ABANDONED = "abandoned"
+
+    STATUSES = (
+        STATUS_UNSTARTED,
+        STATUS_SCHEDULED,
+        STATUS_RUNNING,
+        STATUS_FINISHED,
+        STATUS_FAILED,
+        STATUS_REPLAYED,
+        STATUS_SKIPPED,
+        STATUS_ABANDONED,
+    )
+    RESOLVED_STATUSES = frozenset(
+        {STATUS_FINISHED, STATUS_ABANDONED, STATUS_REPLAYED, STATUS_SKIPPED}
+    )
+    # Statuses in which whatever the task logged no longer needs attention.
+    LOGS_IRRELEVANT_STATUSES = frozenset({STATUS_ABANDONED, STATUS_REPLAYED, STATUS_SKIPPED})
+
+    __slots__ = ("name", "config", "status", "kwargs", "abandon_state", "metadata", "token")
+
+    def __init__(
+        self,
+        name: str,
+        config: TaskConfig,
+        status: str = STATUS_UNSTARTED,
+        kwargs: Mapping[str, Any] | None = None,
+        abandon_state: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        token: str | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.status = status
+        #: Kwargs received so far, keyed by ``after`` trigger.
+        self.kwargs: dict[str, Any] = dict(kwargs or {})
+        #: Kwargs received so far, keyed by ``unless`` trigger.
+        self.abandon_state: dict[str, Any] = dict(abandon_state or {})
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        #: Identifies the worker run that currently owns a running instance.
+        self.token = token
+
+    # -- naming -------------------------------------------------------------
+    @property
+    def task_name(self) -> str:
+        return self.config.name
+
+    @property
+    def number(self) -> int:
+        return int(self.name.rsplit("#", 1)[1])
+
+    # -- meta-statuses --------------------------------------------------------
+    @property
+    def can_schedule(self) -> bool:
+        return self.status == self.STATUS_UNSTARTED
+
+    @property
+    def can_abandon(self) -> bool:
+        return (
+            self.status == self.STATUS_UNSTARTED
+            and bool(self.config.unless)
+            and self.config.unless.issubset(self.abandon_state)
+        )
+
+    @property
+    def can_run(self) -> bool:
+        return (
+            self.status == self.STATUS_UNSTARTED
+            and self.config.after.issubset(self.kwargs)
+            and not self.can_abandon
+        )
+
+    @property
+    def can_replay(self) -> bool:
+        return self.status == self.STATUS_FAILED
+
+    @property
+    def can_skip(self) -> bool:
+        return self.status == self.STATUS_FAILED
+
+    @property
+    def is_resolved(self) -> bool:
+        return self.status in self.RESOLVED_STATUSES
+
+    @property
+    def missing_triggers(self) -> set[str]:
+        """``after`` triggers this instance is still waiting on."""
+        return self.config.after - set(self.kwargs)
+
+    # -- logs ---------------------------------------------------------------
+    @property
+    def log_level(self) -> int:
+        """Highest level logged while running (``logging.NOTSET`` until it ran)."""
+        return int(self.metadata.get("log_level", logging.NOTSET))
+
+    @property
+    def log_level_name(self) -> str:
+        return logging.getLevelName(self.log_level)
+
+    @property
+    def logs_resolved(self) -> bool:
+        return (
+            self.log_level < logging.ERROR
+            or self.status in self.LOGS_IRRELEVANT_STATUSES
+            or bool(self.metadata.get("logs_resolved"))
+        )
+
+    # -- serialisation -------------------------------------------------------
+    def waiting_on(self) -> set[str]:
+        """The triggers under which the session's waiting index lists this
+        instance: everything it has not received yet, while unstarted."""
+        if self.status != self.STATUS_UNSTARTED:
+            return set()
+        return {t for t in self.config.after if t not in self.kwargs} | {
+            t for t in self.config.unless if t not in self.abandon_state
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "task": self.config.name,
+            "status": self.status,
+            "kwargs": self.kwargs,
+            "abandon_state": self.abandon_state,
+            "metadata": self.metadata,
+        }
+        if self.token is not None:
+            record["token"] = self.token
+        return record
+
+    @classmethod
+    def from_record(cls, name: str, record: Mapping[str, Any], config: TaskConfig) -> TaskInstance:
+        return cls(
+            name=name,
+            config=config,
+            status=record["status"],
+            kwargs=record.get("kwargs"),
+            abandon_state=record.get("abandon_state"),
+            metadata=record.get("metadata"),
+            token=record.get("token"),
+        )
+
+    def copy(self) -> TaskInstance:
+        return TaskInstance(
+            self.name,
+            self.config,
+            self.status,
+            copy.deepcopy(self.kwargs),
+            copy.deepcopy(self.abandon_state),
+            copy.deepcopy(self.metadata),
+            self.token,
+        )
+
+    def set_status(self, status: str, when: str | None = None) -> None:
+        """Change status and stamp the time of the change."""
+        when = when or now_iso()
+        self.status = status
+        stamps = self.metadata.setdefault("timestamps", {})
+        stamps[status] = when
+        stamps["last_modified"] = when
+
+    def touch(self, when: str | None = None) -> None:
+        self.metadata.setdefault("timestamps", {})["last_modified"] = when or now_iso()
+
+    def __repr__(self) -> str:
+        return f"<TaskInstance {self.name} {self.status}>"

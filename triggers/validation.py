@@ -1,0 +1,73 @@
+"""Checks for names and kwargs that end up in Redis keys and JSON documents."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .exceptions import InvalidTriggerError, InvalidTriggerTypeError
+
+MAX_NAME_LENGTH = 200
+MAX_UID_LENGTH = 250
+
+# Control characters (C0, DEL, C1) would let names forge key separators or
+# confuse logs; the unit separator in particular splits the waiting index.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_name(value: Any, what: str, *, max_length: int = MAX_NAME_LENGTH) -> str:
+    """Return ``value`` if it is an acceptable trigger/task/instance name."""
+    if not isinstance(value, str):
+        raise InvalidTriggerTypeError(
+            f"{what} must be a string, not {type(value).__name__} ({value!r})"
+        )
+    if not value:
+        raise InvalidTriggerError(f"{what} must not be empty")
+    if len(value) > max_length:
+        raise InvalidTriggerError(
+            f"{what} {value[:40]!r}... is {len(value)} characters long; the limit is {max_length}"
+        )
+    if _CONTROL.search(value):
+        raise InvalidTriggerError(f"{what} {value!r} contains control characters")
+    return value
+
+
+def check_uid(uid: Any) -> str:
+    return check_name(uid, "session uid", max_length=MAX_UID_LENGTH)
+
+
+def dump_json(value: Any, what: str) -> str:
+    """Serialise to compact JSON, raising a library error for what cannot be."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidTriggerTypeError(f"{what} must serialise to JSON: {exc}") from exc
+
+
+def normalise_kwargs(
+    trigger_name: str, trigger_kwargs: Any, *, max_bytes: int | None = None
+) -> dict[str, Any]:
+    """Validate trigger kwargs and return a private JSON-round-tripped copy, so
+    what a task later receives is exactly what was stored."""
+    if trigger_kwargs is None:
+        return {}
+    if not isinstance(trigger_kwargs, Mapping):
+        raise InvalidTriggerTypeError(
+            f"kwargs for trigger {trigger_name!r} must be a mapping, "
+            f"not {type(trigger_kwargs).__name__}"
+        )
+    for key in trigger_kwargs:
+        if not isinstance(key, str):
+            raise InvalidTriggerTypeError(
+                f"kwargs for trigger {trigger_name!r} must have string keys, got {key!r}"
+            )
+    text = dump_json(dict(trigger_kwargs), f"kwargs for trigger {trigger_name!r}")
+    if max_bytes is not None and len(text.encode()) > max_bytes:
+        raise InvalidTriggerError(
+            f"kwargs for trigger {trigger_name!r} are {len(text.encode())} bytes "
+            f"as JSON; the limit is {max_bytes} (TRIGGERS['MAX_KWARGS_BYTES'])"
+        )
+    result: dict[str, Any] = json.loads(text)
+    return result
