@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -87,6 +88,10 @@ TRIGGERS = {"CACHE": "default"}
 
 # --- Celery (read by tests.celery_app with the CELERY_ namespace) ----------
 
+TRIGGERS_TEST_RUN_ID = os.environ.setdefault(
+    "TRIGGERS_TEST_RUN_ID", f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+)
+
 CELERY_BROKER_URL = os.environ.get(
     "TRIGGERS_TEST_BROKER_URL", f"{TRIGGERS_TEST_REDIS_URL}/{REDIS_BROKER_DB}"
 )
@@ -102,7 +107,12 @@ CELERY_IMPORTS = ["tests.tasks", "triggers.testing"]
 # can shorten it here.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": int(os.environ.get("TRIGGERS_TEST_VISIBILITY_TIMEOUT", "3600")),
+    # Each test run (and the worker it starts, which inherits the variable)
+    # gets its own broker keys and queue, so runs side by side on one Redis
+    # or RabbitMQ never take or purge each other's messages.
+    "global_keyprefix": f"{TRIGGERS_TEST_RUN_ID}:",
 }
+CELERY_TASK_DEFAULT_QUEUE = f"triggers-tests-{TRIGGERS_TEST_RUN_ID}"
 
 # --- Logging: quiet unless something is wrong ------------------------------
 

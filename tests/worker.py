@@ -32,7 +32,8 @@ def purge_broker(app: Celery) -> int:
         # "unacked" bookkeeping and would be restored into the queue later.
         with app.connection_for_write() as connection:
             client = connection.default_channel.client
-            client.delete("unacked", "unacked_index", "unacked_mutex")
+            prefix = app.conf.broker_transport_options.get("global_keyprefix", "")
+            client.delete(*(f"{prefix}{k}" for k in ("unacked", "unacked_index", "unacked_mutex")))
     return purged
 
 
