@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from tests.utils import wait_for
 from triggers.manager import TriggerManager
 from triggers.storages.cache import CacheStorageBackend
 from triggers.types import TaskInstance
-from tests.utils import wait_for
 
 
 def status_of(manager: TriggerManager, name: str) -> str | None:
