@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from . import conf
@@ -225,7 +226,13 @@ class TriggerManager:
                     name, inst.status, "only ready, scheduled or running instances can be re-sent"
                 )
             if inst.status == TaskInstance.STATUS_RUNNING:
-                txn.fetch(instances=[name])
+                left = txn.leases.get(name, 0)
+                if left > 0:
+                    # Its worker is alive and renewing its claim; a second
+                    # run would only be thrown away.
+                    raise InstanceStateError(
+                        name, inst.status, f"its worker still holds it ({left / 1000:.1f}s left)"
+                    )
                 inst.metadata["resent_from_running"] = True
             self._dispatch(txn, inst)
             return inst.copy()
@@ -470,6 +477,39 @@ class TriggerManager:
         return self.storage._renew_lease(name, token, lease_ms)
 
     # -- inspection helpers -------------------------------------------------
+    def find_stuck_instances(self, older_than: float | None = None) -> list[TaskInstance]:
+        """Instances that stopped moving: ``scheduled`` or ``running`` for more
+        than ``older_than`` seconds (default ``TRIGGERS['STUCK_AFTER']``), or
+        ready but never sent (a failed dispatch) for that long.
+
+        A ``running`` instance whose worker still renews its lease is busy,
+        not stuck, and is left out. Each one can be re-sent with
+        :meth:`resend_instance`.
+        """
+        limit = float(conf.get("STUCK_AFTER") if older_than is None else older_than)
+        now = datetime.now(UTC)
+        found: list[TaskInstance] = []
+        for inst in self.storage.instances.values():
+            if inst.status in (TaskInstance.STATUS_SCHEDULED, TaskInstance.STATUS_RUNNING):
+                stamp = inst.metadata.get("timestamps", {}).get(inst.status)
+            elif inst.can_run:
+                stamp = inst.metadata.get("timestamps", {}).get("last_modified")
+            else:
+                continue
+            try:
+                since = datetime.fromisoformat(stamp) if stamp else None
+            except (TypeError, ValueError):
+                since = None
+            if since is None or (now - since).total_seconds() >= limit:
+                found.append(inst)
+        running = [i.name for i in found if i.status == TaskInstance.STATUS_RUNNING]
+        if running:
+            leases = self.storage._fetch(
+                triggers=[], instances=running, tasks=[], everything=False
+            ).leases
+            found = [i for i in found if leases.get(i.name, 0) <= 0]
+        return found
+
     def waiting_on(self) -> dict[str, list[str]]:
         """For every unstarted instance, the ``after`` triggers it still needs."""
         return {
