@@ -25,21 +25,35 @@ DEFAULTS: dict[str, Any] = {
     # Redis client for locks when the cache alias is not a Redis cache:
     # a redis:// URL or the dotted path of a callable returning a client.
     "REDIS_CLIENT": None,
-    # Registry keys used by get_trigger_manager().
+    # Registry keys used by triggers.shortcuts.get_trigger_manager(): a
+    # registered name or the dotted path of a class.
     "MANAGER": "default",
     "STORAGE": "cache",
+    # Extra keyword arguments for the storage class (besides the uid).
+    "STORAGE_OPTIONS": {},
+    # Runner for tasks without 'using'; None keeps the manager's own default.
     "DEFAULT_RUNNER": None,
     # Largest trigger kwargs accepted by fire(), in bytes of JSON.
     "MAX_KWARGS_BYTES": 256 * 1024,
     # What fire() does when a session this process saw has vanished:
     # 'raise' (SessionLostError) or 'restart' (start over, log a warning).
     "ON_LOST_SESSION": "raise",
-    # Named workflows: name -> configuration dict, or a path to a JSON file.
+    # Named workflows: name -> configuration dict, or a path to a JSON file
+    # (relative paths are resolved against WORKFLOWS_DIR).
     "WORKFLOWS": {},
+    # Base directory of relative workflow file paths; None: settings.BASE_DIR
+    # when the project defines it, else the current directory.
+    "WORKFLOWS_DIR": None,
+    # Workflow start_session() uses when none is named.
+    "DEFAULT_WORKFLOW": None,
     # Instances in 'scheduled' or 'running' longer than this many seconds are
     # reported as stuck by triggers_inspect.
     "STUCK_AFTER": 600,
 }
+
+
+#: Every key ``TRIGGERS`` understands (``TIMEOUT`` has no default on purpose).
+KNOWN_KEYS = frozenset(DEFAULTS) | {"TIMEOUT"}
 
 
 def get(key: str) -> Any:
@@ -52,3 +66,22 @@ def get(key: str) -> Any:
 
 def has(key: str) -> bool:
     return key in (getattr(settings, "TRIGGERS", None) or {})
+
+
+def user_settings() -> Any:
+    """The raw ``TRIGGERS`` setting as the project wrote it (``{}`` if absent);
+    the system checks validate its shape."""
+    return getattr(settings, "TRIGGERS", None) or {}
+
+
+def workflows_dir() -> str:
+    """Directory that relative workflow file paths are resolved against."""
+    configured = get("WORKFLOWS_DIR")
+    if configured:
+        return str(configured)
+    base = getattr(settings, "BASE_DIR", None)
+    return str(base) if base else "."
+
+
+def cache_configured(alias: str) -> bool:
+    return alias in getattr(settings, "CACHES", {})
