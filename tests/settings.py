@@ -83,8 +83,25 @@ else:
     )
 
 CACHES = {"default": _default_cache}
+# Extra aliases for the storage contract suite: the same Redis database through
+# Django's own backend and through django-redis, whatever the default is, and a
+# process-local cache that exercises the generic (non-Redis) storage path.
+CACHES["builtin-redis"] = {
+    "BACKEND": "django.core.cache.backends.redis.RedisCache",
+    "LOCATION": _CACHE_LOCATION,
+}
+CACHES["djredis"] = {
+    "BACKEND": "django_redis.cache.RedisCache",
+    "LOCATION": _CACHE_LOCATION,
+    "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
+}
+CACHES["locmem"] = {
+    "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+    "LOCATION": "triggers-tests",
+}
 
-TRIGGERS = {"CACHE": "default"}
+# Fault tests restart the worker with a short lease to see takeovers quickly.
+TRIGGERS = {"CACHE": "default", "LEASE_EXPIRE": float(os.environ.get("TRIGGERS_TEST_LEASE", "10"))}
 
 # --- Celery (read by tests.celery_app with the CELERY_ namespace) ----------
 
