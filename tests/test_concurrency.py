@@ -160,9 +160,7 @@ def test_and_every_fires_from_4_processes_make_one_instance_each(
 # -- no stale reads ----------------------------------------------------------------
 
 
-def test_a_manager_made_before_the_worker_ran_sees_what_the_worker_did(
-    celery_worker, unique_uid
-):
+def test_a_manager_made_before_the_worker_ran_sees_what_the_worker_did(celery_worker, unique_uid):
     # Given a manager and storage object created, and read, before tasks ran
     manager = TriggerManager(CacheStorageBackend(unique_uid))
     manager.update_configuration(
@@ -176,8 +174,10 @@ def test_a_manager_made_before_the_worker_ran_sees_what_the_worker_did(
 
     # When the worker runs the workflow (watched through a fresh object)
     wait_for(
-        lambda: statuses(CacheStorageBackend(unique_uid)).get("t_second#0")
-        == TaskInstance.STATUS_FINISHED,
+        lambda: (
+            statuses(CacheStorageBackend(unique_uid)).get("t_second#0")
+            == TaskInstance.STATUS_FINISHED
+        ),
         timeout=20,
         message="t_second#0 finished",
     )
