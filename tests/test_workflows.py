@@ -105,7 +105,8 @@ def test_a_typo_names_workflow_task_directive_and_the_fix(settings, unique_uid):
         start_session(unique_uid, workflow="survey")
     # Then the error names the workflow, the task and the directive, and suggests the fix
     error = caught.value
-    assert (error.workflow, error.task, error.directive) == ("survey", "t_importResponses", "andevery")
+    where = (error.workflow, error.task, error.directive)
+    assert where == ("survey", "t_importResponses", "andevery")
     assert error.suggestion == "andEvery"
     assert "did you mean 'andEvery'?" in str(error)
     # And nothing was stored for the session

@@ -1,2 +1,232 @@
-"""Django system checks for the ``TRIGGERS`` setting (filled in by the Django
-integration work)."""
+"""Django system checks for the ``TRIGGERS`` setting and every declared
+workflow (``manage.py check``, tag ``triggers``).
+
+======================  ========================================================
+id                      problem
+======================  ========================================================
+``triggers.E001``       ``TRIGGERS`` is not a dict
+``triggers.E002``       a ``TRIGGERS`` value is invalid (numbers, choices,
+                        registry keys, ``DEFAULT_WORKFLOW``, ``WORKFLOWS_DIR``)
+``triggers.E003``       the cache alias for session state is not in ``CACHES``
+``triggers.E004``       ``WORKFLOWS`` (or one workflow) is neither a dict nor a
+                        file path
+``triggers.E005``       a workflow file cannot be read, is not JSON, or holds
+                        no JSON object
+``triggers.E006``       a malformed directive (missing, misspelt, wrong type)
+``triggers.E007``       ``using`` names an unknown task runner
+``triggers.E008``       ``run`` names no registered ``TriggerTask``
+``triggers.E009``       tasks wait on each other's cascades in a cycle
+``triggers.W001``       an unknown ``TRIGGERS`` key (probably a typo)
+``triggers.W002``       a non-Redis cache without ``REDIS_CLIENT``: session
+                        locks then only work within one process
+``triggers.W003``       ``run`` is a bare task name that cannot be looked up yet
+======================  ========================================================
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from django.core.checks import CheckMessage, Error, Warning, register
+
+from . import conf
+from .exceptions import ConfigurationError
+from .workflows import Problem, configured_workflows, find_problems
+
+__all__ = ["WORKFLOW_CHECK_IDS", "check_settings", "check_workflows", "problem_message"]
+
+#: Check id for each kind of workflow problem (see triggers.workflows.Problem).
+WORKFLOW_CHECK_IDS = {
+    "shape": "triggers.E004",
+    "file": "triggers.E005",
+    "directive": "triggers.E006",
+    "using": "triggers.E007",
+    "run": "triggers.E008",
+    "cycle": "triggers.E009",
+    "run-unverified": "triggers.W003",
+}
+
+_POSITIVE_NUMBERS = (
+    "LOCK_EXPIRE",
+    "LOCK_TIMEOUT",
+    "LEASE_EXPIRE",
+    "STUCK_AFTER",
+    "MAX_KWARGS_BYTES",
+)
+_CHOICES = {"ON_LOST_SESSION": ("raise", "restart")}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _invalid(key: str, message: str, hint: str | None = None) -> Error:
+    return Error(f"TRIGGERS[{key!r}] {message}", hint=hint, obj="TRIGGERS", id="triggers.E002")
+
+
+def _check_values(user: Mapping[str, Any]) -> list[CheckMessage]:
+    from .manager import trigger_managers
+    from .runners import task_runners
+    from .storages import storage_backends
+
+    found: list[CheckMessage] = []
+    for key in user:
+        if key not in conf.KNOWN_KEYS:
+            close = difflib.get_close_matches(str(key), sorted(conf.KNOWN_KEYS), n=1)
+            found.append(
+                Warning(
+                    f"TRIGGERS has an unknown key {key!r}; it is ignored",
+                    hint=f"Did you mean {close[0]!r}?" if close else None,
+                    obj="TRIGGERS",
+                    id="triggers.W001",
+                )
+            )
+    for key in _POSITIVE_NUMBERS:
+        value = conf.get(key)
+        if not _is_number(value) or value <= 0:
+            found.append(_invalid(key, f"must be a positive number, not {value!r}"))
+    if conf.has("TIMEOUT"):
+        value = conf.get("TIMEOUT")
+        if value is not None and (not _is_number(value) or value <= 0):
+            found.append(
+                _invalid("TIMEOUT", f"must be positive seconds or None (forever), not {value!r}")
+            )
+    for key, choices in _CHOICES.items():
+        if conf.get(key) not in choices:
+            found.append(
+                _invalid(
+                    key, f"must be one of {', '.join(map(repr, choices))}, not {conf.get(key)!r}"
+                )
+            )
+    registries: list[tuple[str, Any, bool]] = [
+        ("MANAGER", trigger_managers, False),
+        ("STORAGE", storage_backends, False),
+        ("DEFAULT_RUNNER", task_runners, True),
+    ]
+    for key, registry, optional in registries:
+        value = conf.get(key)
+        if value is None and optional:
+            continue
+        try:
+            registry.get_class(value)
+        except (KeyError, ImportError, TypeError, AttributeError) as exc:
+            close = difflib.get_close_matches(str(value), registry.keys(), n=1)
+            found.append(
+                _invalid(
+                    key,
+                    f"names nothing registered in {registry.group}: {exc}",
+                    f"Did you mean {close[0]!r}?"
+                    if close
+                    else f"Use one of {', '.join(registry.keys())} or a dotted class path.",
+                )
+            )
+    if not isinstance(conf.get("STORAGE_OPTIONS") or {}, Mapping):
+        found.append(_invalid("STORAGE_OPTIONS", "must be a dict of keyword arguments"))
+    directory = conf.get("WORKFLOWS_DIR")
+    if directory is not None and not os.path.isdir(directory):
+        found.append(_invalid("WORKFLOWS_DIR", f"is not a directory: {directory!r}"))
+    return found
+
+
+def _check_cache() -> list[CheckMessage]:
+    from django.core.cache import caches
+
+    from .locking import redis_client_for_cache
+    from .storages import storage_backends
+    from .storages.cache import CacheStorageBackend
+
+    try:
+        storage = storage_backends.get_class(conf.get("STORAGE"))
+    except (KeyError, ImportError, TypeError, AttributeError):
+        return []  # reported by _check_values
+    if not (isinstance(storage, type) and issubclass(storage, CacheStorageBackend)):
+        return []
+    options = conf.get("STORAGE_OPTIONS") or {}
+    alias = (options.get("cache") if isinstance(options, Mapping) else None) or conf.get("CACHE")
+    if not conf.cache_configured(alias):
+        return [
+            Error(
+                f"the cache alias {alias!r} that holds trigger sessions is not in CACHES",
+                hint="Add a Redis cache under that alias to CACHES, or point TRIGGERS['CACHE'] "
+                "at an existing one.",
+                obj="TRIGGERS",
+                id="triggers.E003",
+            )
+        ]
+    if conf.get("REDIS_CLIENT"):
+        return []
+    try:
+        client = redis_client_for_cache(caches[alias])
+    except Exception:  # a cache that cannot even be built is Django's to report
+        return []
+    if client is None:
+        return [
+            Warning(
+                f"the cache alias {alias!r} is not a Redis cache and TRIGGERS['REDIS_CLIENT'] "
+                "is not set: session locks then only work within one process, so fires from "
+                "several processes or servers can lose updates",
+                hint="Use a Redis cache (django.core.cache.backends.redis.RedisCache or "
+                "django-redis) or set TRIGGERS['REDIS_CLIENT'] to a redis:// URL.",
+                obj="TRIGGERS",
+                id="triggers.W002",
+            )
+        ]
+    return []
+
+
+@register("triggers")
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Validate the ``TRIGGERS`` setting."""
+    user = conf.user_settings()
+    if not isinstance(user, Mapping):
+        return [
+            Error(
+                f"TRIGGERS must be a dict, not {type(user).__name__}",
+                hint="See the settings reference for the keys TRIGGERS understands.",
+                obj="TRIGGERS",
+                id="triggers.E001",
+            )
+        ]
+    return _check_values(user) + _check_cache()
+
+
+def problem_message(problem: Problem) -> CheckMessage:
+    """A workflow problem as a system-check message."""
+    level = Error if problem.is_error else Warning
+    where = "TRIGGERS['WORKFLOWS']"
+    if problem.workflow is not None:
+        where += f"[{problem.workflow!r}]"
+    return level(problem.message, hint=problem.hint, obj=where, id=WORKFLOW_CHECK_IDS[problem.kind])
+
+
+@register("triggers")
+def check_workflows(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Validate every workflow in ``TRIGGERS['WORKFLOWS']`` the way
+    ``update_configuration`` would, and that their tasks are registered."""
+    if not isinstance(conf.user_settings(), Mapping):
+        return []  # E001
+    try:
+        workflows = configured_workflows()
+    except ConfigurationError as exc:
+        return [problem_message(Problem("shape", str(exc)))]
+    found: list[CheckMessage] = []
+    default = conf.get("DEFAULT_WORKFLOW")
+    if default is not None and default not in workflows:
+        found.append(
+            _invalid(
+                "DEFAULT_WORKFLOW",
+                f"names no declared workflow: {default!r}",
+                f"Declared: {', '.join(map(repr, workflows)) or 'none'}.",
+            )
+        )
+    for name, source in workflows.items():
+        if not isinstance(name, str) or not name:
+            found.append(
+                problem_message(Problem("shape", f"workflow names must be strings, not {name!r}"))
+            )
+            continue
+        found += [problem_message(p) for p in find_problems(source, name)]
+    return found

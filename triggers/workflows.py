@@ -81,9 +81,7 @@ def resolve_workflow_path(path: str | os.PathLike[str]) -> Path:
     return resolved
 
 
-def read_workflow_file(
-    path: str | os.PathLike[str], workflow: str | None = None
-) -> dict[str, Any]:
+def read_workflow_file(path: str | os.PathLike[str], workflow: str | None = None) -> dict[str, Any]:
     """The JSON object in a workflow file (not yet validated)."""
     resolved = resolve_workflow_path(path)
     try:
@@ -119,8 +117,7 @@ def _load_source(source: Any, workflow: str | None) -> Any:
     if isinstance(source, Mapping):
         return copy.deepcopy(dict(source))
     raise ConfigurationError(
-        "must be a configuration dict or the path of a JSON file, "
-        f"not {type(source).__name__}",
+        f"must be a configuration dict or the path of a JSON file, not {type(source).__name__}",
         workflow=workflow,
     )
 

@@ -1,0 +1,166 @@
+"""What a session is doing, for people: which instances wait on which
+triggers, which failed and why, which look stuck. ``triggers_inspect`` prints
+:func:`render_session_table` of :func:`inspect_session`; the same report is
+available from Python and as JSON.
+
+.. code-block:: python
+
+    >>> describe_waiting(manager.storage["t_importSubject#0"])
+    'waiting on 1 of 2: questionnaireComplete'
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from .manager import TriggerManager
+from .types import TaskConfig, TaskInstance
+
+__all__ = [
+    "describe_instance",
+    "describe_waiting",
+    "inspect_session",
+    "render_session_table",
+    "waiting_on",
+]
+
+#: Longest result shown in the table (the JSON report has it whole).
+RESULT_WIDTH = 60
+
+
+def waiting_on(instance: TaskInstance) -> list[str]:
+    """The ``after`` triggers an unstarted instance still needs (sorted);
+    empty for any other status."""
+    if instance.status != TaskInstance.STATUS_UNSTARTED:
+        return []
+    return sorted(instance.missing_triggers)
+
+
+def _waiting_text(missing: Iterable[str], config: TaskConfig) -> str:
+    missing = list(missing)
+    return f"waiting on {len(missing)} of {len(config.after)}: {', '.join(missing)}"
+
+
+def describe_waiting(instance: TaskInstance) -> str:
+    """``'waiting on 1 of 2: questionnaireComplete'`` for an unstarted
+    instance; ``''`` when it waits on nothing."""
+    missing = waiting_on(instance)
+    return _waiting_text(missing, instance.config) if missing else ""
+
+
+def _short_type(qualified: str) -> str:
+    return qualified.removeprefix("builtins.")
+
+
+def _compact(value: Any, width: int = RESULT_WIDTH) -> str:
+    text = json.dumps(value, separators=(", ", ": "), sort_keys=True, default=str)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def describe_instance(
+    instance: TaskInstance, *, stuck: bool = False, replayed_as: str | None = None
+) -> str:
+    """One line saying what an instance is doing or how it ended."""
+    meta = instance.metadata
+    status = instance.status
+    if status == TaskInstance.STATUS_UNSTARTED:
+        if instance.can_run:
+            error = meta.get("dispatch_error")
+            return f"ready, not sent: {error}" if error else "ready"
+        return describe_waiting(instance)
+    if status in (TaskInstance.STATUS_SCHEDULED, TaskInstance.STATUS_RUNNING):
+        since = meta.get("timestamps", {}).get(status, "?")
+        text = f"{status} since {since}"
+        if status == TaskInstance.STATUS_RUNNING and meta.get("worker"):
+            text += f" on {meta['worker']}"
+        return f"STUCK: {text}" if stuck else text
+    if status == TaskInstance.STATUS_FINISHED:
+        return f"result: {_compact(meta.get('result', {}))}"
+    if status == TaskInstance.STATUS_FAILED:
+        return f"{_short_type(meta.get('exc_type', 'Exception'))}: {meta.get('exc_message', '')}"
+    if status == TaskInstance.STATUS_REPLAYED:
+        return f"replayed as {replayed_as}" if replayed_as else "replayed"
+    if status == TaskInstance.STATUS_ABANDONED:
+        return f"unless {', '.join(sorted(instance.config.unless))} fired"
+    return ""
+
+
+def inspect_session(manager: TriggerManager, stuck_after: float | None = None) -> dict[str, Any]:
+    """A JSON-ready report of one session: its tasks, every instance with
+    status and detail, what unstarted ones wait on, and which look stuck
+    (``TriggerManager.find_stuck_instances``; ``stuck_after`` defaults to
+    ``TRIGGERS['STUCK_AFTER']``)."""
+    storage = manager.storage
+    tasks = storage.tasks
+    instances = storage.instances
+    metadata = storage.metadata
+    stuck = {i.name for i in manager.find_stuck_instances(stuck_after)}
+    clones = {
+        inst.metadata["parent"]: name
+        for name, inst in instances.items()
+        if inst.metadata.get("parent")
+    }
+    rows = []
+    for name, inst in instances.items():
+        meta = inst.metadata
+        row: dict[str, Any] = {
+            "name": name,
+            "task": inst.config.name,
+            "status": inst.status,
+            "detail": describe_instance(inst, stuck=name in stuck, replayed_as=clones.get(name)),
+            "waiting_on": waiting_on(inst),
+            "after": sorted(inst.config.after),
+            "stuck": name in stuck,
+            "timestamps": meta.get("timestamps", {}),
+        }
+        if inst.status == TaskInstance.STATUS_FINISHED:
+            row["result"] = meta.get("result", {})
+        if "exc_type" in meta:
+            row["exception"] = {"type": meta["exc_type"], "message": meta.get("exc_message", "")}
+        if meta.get("parent"):
+            row["parent"] = meta["parent"]
+        rows.append(row)
+    with_instances = {inst.config.name for inst in instances.values()}
+    fired = set(metadata.get("latest_kwargs") or {})
+    pending = [
+        {
+            "task": name,
+            "waiting_on": sorted(config.after - fired),
+            "after": sorted(config.after),
+        }
+        for name, config in tasks.items()
+        if name not in with_instances
+    ]
+    return {
+        "uid": storage.uid,
+        "workflow": metadata.get("workflow"),
+        "exists": bool(tasks or instances or fired),
+        "tasks": {name: config.to_directives() for name, config in tasks.items()},
+        "fired": sorted(fired),
+        "instances": rows,
+        "tasks_without_instances": pending,
+        "summary": dict(sorted(Counter(inst.status for inst in instances.values()).items())),
+    }
+
+
+def render_session_table(report: dict[str, Any]) -> str:
+    """The report of :func:`inspect_session` as an aligned text table."""
+    workflow = f" (workflow {report['workflow']})" if report.get("workflow") else ""
+    counts = ", ".join(f"{n} {status}" for status, n in report["summary"].items())
+    lines = [
+        f"Session {report['uid']!r}{workflow}: {len(report['tasks'])} tasks, "
+        f"{len(report['instances'])} instances" + (f" ({counts})" if counts else "")
+    ]
+    table = [("INSTANCE", "STATUS", "DETAIL")]
+    table += [(row["name"], row["status"], row["detail"]) for row in report["instances"]]
+    for task in report["tasks_without_instances"]:
+        missing = task["waiting_on"]
+        detail = f"no instance yet; waiting on {len(missing)} of {len(task['after'])}"
+        table.append((task["task"], "-", f"{detail}: {', '.join(missing)}" if missing else detail))
+    widths = [max(len(r[i]) for r in table) for i in range(2)]
+    for name, status, detail in table:
+        lines.append(f"  {name.ljust(widths[0])}  {status.ljust(widths[1])}  {detail}".rstrip())
+    return "\n".join(lines)
