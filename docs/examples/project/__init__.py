@@ -1,0 +1,5 @@
+"""A minimal Django project for the questionnaire example."""
+
+from .celery import app as celery_app
+
+__all__ = ["celery_app"]

@@ -1,0 +1,52 @@
+"""Views of the questionnaire application: they only fire triggers.
+
+Each request may be served by a different process or server; the session
+state in Redis is what ties the requests together.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_POST
+
+from triggers.manager import TriggerManager
+from triggers.storages.cache import CacheStorageBackend
+
+from .workflow import WORKFLOW
+
+
+def get_manager(questionnaire_id: str) -> TriggerManager:
+    # One session per questionnaire; the prefix keeps these UIDs apart from
+    # other workflows kept in the same cache.
+    return TriggerManager(CacheStorageBackend(f"questionnaire:{questionnaire_id}"))
+
+
+@require_POST
+def start(request: HttpRequest, questionnaire_id: str) -> JsonResponse:
+    get_manager(questionnaire_id).update_configuration(WORKFLOW)
+    return JsonResponse({"started": questionnaire_id})
+
+
+@require_POST
+def submit_page(request: HttpRequest, questionnaire_id: str, page: int) -> JsonResponse:
+    data = json.loads(request.body)
+    manager = get_manager(questionnaire_id)
+    if page == 1:
+        manager.fire("firstPageReceived", {"name": data["name"], "email": data["email"]})
+    scheduled = manager.fire("pageReceived", {"page": page, "answers": data["answers"]})
+    return JsonResponse({"scheduled": [instance.name for instance in scheduled]})
+
+
+@require_POST
+def finish(request: HttpRequest, questionnaire_id: str) -> JsonResponse:
+    data = json.loads(request.body)
+    get_manager(questionnaire_id).fire("questionnaireComplete", {"answers": data["answers"]})
+    return JsonResponse({"finished": questionnaire_id})
+
+
+@require_POST
+def withdraw(request: HttpRequest, questionnaire_id: str) -> JsonResponse:
+    get_manager(questionnaire_id).fire("questionnaireWithdrawn")
+    return JsonResponse({"withdrawn": questionnaire_id})

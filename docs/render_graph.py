@@ -1,0 +1,36 @@
+"""Render the questionnaire workflow as docs/_static/questionnaire.svg.
+
+Run after changing docs/examples/questionnaire/workflow.py (needs Graphviz's
+``dot``)::
+
+    .venv/bin/python docs/render_graph.py
+
+The DOT source comes from :mod:`triggers.graph`, the same code behind the
+``triggers_graph`` management command.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    sys.path[:0] = [str(HERE.parent), str(HERE / "examples")]
+    from questionnaire.workflow import WORKFLOW
+
+    from triggers.graph import build_graph, to_dot
+    from triggers.types import validate_configuration
+
+    dot = to_dot(build_graph(validate_configuration(WORKFLOW)), "questionnaire")
+    svg = subprocess.run(
+        ["dot", "-Tsvg"], input=dot, capture_output=True, text=True, check=True
+    ).stdout
+    (HERE / "_static" / "questionnaire.svg").write_text(svg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""The documentation's examples run, and say what the library does.
+
+Every Python example in docs/ is either a doctest in an .rst page (run here
+with the standard doctest module) or a file under docs/examples/ included
+with ``literalinclude`` (imported and exercised here).
+"""
+
+from __future__ import annotations
+
+import doctest
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from django.test import RequestFactory
+
+from triggers.runners.threading import ThreadingTaskRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+EXAMPLES = DOCS / "examples"
+PAGES = sorted(DOCS.glob("*.rst"))
+DOCTEST_PAGES = [p for p in PAGES if re.search(r"^>>> ", p.read_text(), re.M)]
+
+
+@pytest.fixture
+def docs_env(settings, monkeypatch):
+    """What the docs assume: the example packages importable, tasks run in
+    threads of this process (``DEFAULT_RUNNER='threading'``), and a cache
+    alias of their own so the pages' fixed session UIDs never meet another
+    run's."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    caches = dict(django_settings.CACHES)
+    caches["docs"] = dict(caches["default"], KEY_PREFIX=f"docs-{uuid.uuid4().hex}")
+    settings.CACHES = caches
+    settings.TRIGGERS = dict(
+        django_settings.TRIGGERS, CACHE="docs", DEFAULT_RUNNER="threading", TIMEOUT=600
+    )
+    yield
+    ThreadingTaskRunner.join_all()
+
+
+def test_some_pages_have_doctests():
+    assert {p.name for p in DOCTEST_PAGES} >= {"getting-started.rst", "configuration.rst"}
+
+
+@pytest.mark.parametrize("page", DOCTEST_PAGES, ids=lambda p: p.name)
+def test_page_examples_run(page, docs_env, mailoutbox):
+    # Given the page's examples, in order, in one namespace
+    # When doctest runs them against the real Redis-backed storage
+    result = doctest.testfile(
+        str(page),
+        module_relative=False,
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+        verbose=False,
+        report=True,
+    )
+    # Then every shown output is what the library produced
+    assert result.attempted > 0
+    assert result.failed == 0, f"{result.failed} example(s) in {page.name} failed; see above"
+
+
+def test_python_examples_are_tested_forms_only():
+    # Untested code-blocks would drift from the library; Python goes in
+    # doctests or literalinclude'd files, other blocks are shell/JSON/ini.
+    for page in PAGES:
+        text = page.read_text()
+        blocks = re.findall(r"^\.\. code-block:: *(\S+)", text, re.M)
+        assert not [b for b in blocks if b.startswith(("python", "py"))], page.name
+        for target in re.findall(r"^\.\. literalinclude:: *(\S+)", text, re.M):
+            assert (DOCS / target).is_file(), f"{page.name} includes missing {target}"
+
+
+def test_every_example_file_is_shown_in_the_docs():
+    shown = set()
+    for page in PAGES:
+        shown |= set(re.findall(r"^\.\. literalinclude:: *(\S+)", page.read_text(), re.M))
+    files = {
+        str(p.relative_to(DOCS))
+        for p in EXAMPLES.rglob("*.py")
+        if p.name != "__init__.py" and "__pycache__" not in p.parts
+    }
+    assert files <= shown, f"example files no page includes: {sorted(files - shown)}"
+
+
+def _post(view, body=None, **kwargs):
+    request = RequestFactory().post("/", data=json.dumps(body or {}), content_type="application/json")
+    response = view(request, **kwargs)
+    assert response.status_code == 200, response.content
+    return json.loads(response.content)
+
+
+def test_questionnaire_views_run_the_workflow_end_to_end(docs_env, mailoutbox):
+    from questionnaire import views
+
+    qid = uuid.uuid4().hex
+    # Given a started questionnaire
+    _post(views.start, questionnaire_id=qid)
+
+    # When the respondent submits two pages and finishes
+    _post(views.submit_page, {"answers": {"q1": 3}}, questionnaire_id=qid, page=2)
+    first = _post(
+        views.submit_page,
+        {"name": "Ada", "email": "Ada@Example.com", "answers": {"q2": 5}},
+        questionnaire_id=qid,
+        page=1,
+    )
+    _post(views.finish, {"answers": {"q1": 3, "q2": 5}}, questionnaire_id=qid)
+    ThreadingTaskRunner.join_all()
+
+    # Then every page was imported, the score computed and one report sent
+    manager = views.get_manager(qid)
+    statuses = {name: inst.status for name, inst in manager.storage.instances.items()}
+    assert statuses == {
+        "t_importResponses#0": "finished",
+        "t_importResponses#1": "finished",
+        "t_importSubject#0": "finished",
+        "t_scoreQuestionnaire#0": "finished",
+        "t_sendReport#0": "finished",
+    }
+    assert first["scheduled"] in ([], ["t_importResponses#1"])
+    assert manager.storage["t_scoreQuestionnaire#0"].metadata["result"]["score"] == 80.0
+    assert [m.to for m in mailoutbox] == [["ada@example.com"]]
+    assert "80.0%" in mailoutbox[0].body
+
+
+def test_withdrawn_questionnaire_is_never_scored(docs_env, mailoutbox):
+    from questionnaire import views
+
+    qid = uuid.uuid4().hex
+    # Given a respondent who withdrew after the first page
+    _post(views.start, questionnaire_id=qid)
+    _post(
+        views.submit_page,
+        {"name": "Bob", "email": "bob@example.com", "answers": {}},
+        questionnaire_id=qid,
+        page=1,
+    )
+    _post(views.withdraw, questionnaire_id=qid)
+
+    # When the questionnaire is completed anyway
+    _post(views.finish, {"answers": {"q1": 1}}, questionnaire_id=qid)
+    ThreadingTaskRunner.join_all()
+
+    # Then scoring was abandoned and no report went out
+    storage = views.get_manager(qid).storage
+    assert storage["t_scoreQuestionnaire#0"].status == "abandoned"
+    assert "t_sendReport#0" not in storage
+    assert mailoutbox == []
+
+
+def test_example_project_settings_and_celery_app_work(tmp_path):
+    # Given the example project's settings and Celery app, in a fresh process
+    code = (
+        "import django; django.setup()\n"
+        "from django.conf import settings\n"
+        "from project import celery_app\n"
+        "celery_app.loader.import_default_modules()\n"
+        "assert settings.TRIGGERS['CACHE'] in settings.CACHES\n"
+        "names = sorted(n for n in celery_app.tasks if n.startswith('questionnaire.'))\n"
+        "print(' '.join(names))\n"
+    )
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="project.settings",
+        PYTHONPATH=os.pathsep.join([str(EXAMPLES), str(ROOT)]),
+    )
+    # When Django and Celery load them
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    # Then every task named by the workflow is registered with the app
+    assert done.returncode == 0, done.stderr
+    from questionnaire.workflow import WORKFLOW  # noqa: F401 - path set below
+
+    runs = sorted({cfg["run"] for cfg in _workflow()["WORKFLOW"].values()})
+    assert done.stdout.split() == runs
+
+
+def _workflow() -> dict:
+    namespace: dict = {}
+    exec((EXAMPLES / "questionnaire" / "workflow.py").read_text(), namespace)
+    return namespace
+
+
+def test_workflow_picture_shows_every_task_and_trigger():
+    svg = (DOCS / "_static" / "questionnaire.svg").read_text()
+    workflow = _workflow()["WORKFLOW"]
+    names = set(workflow)
+    for cfg in workflow.values():
+        names |= set(cfg["after"]) | set(cfg.get("unless", []))
+        names |= {cfg["andEvery"]} if "andEvery" in cfg else set()
+    missing = sorted(n for n in names if f">{n}<" not in svg)
+    assert not missing, f"questionnaire.svg lacks {missing}; regenerate it (docs/README)"
