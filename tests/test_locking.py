@@ -1,0 +1,272 @@
+"""Session locks across real processes: short expiry, renewal while held, a
+killed holder blocks the session for seconds only, and no deadlock under
+contention (python-redis-lock 4 underneath)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import select
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.tasks import RecordingTask
+from tests.utils import wait_for
+from triggers import conf
+from triggers.manager import TriggerManager
+from triggers.storages.cache import CacheStorageBackend
+from triggers.types import TaskInstance
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A child process: Django set up, a manager on session argv[1], and say()
+# to report to the test as one JSON object per line.
+CHILD_PRELUDE = """
+import json, os, sys, time
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+import django
+django.setup()
+from triggers.manager import TriggerManager
+from triggers.storages.cache import CacheStorageBackend
+manager = TriggerManager(CacheStorageBackend(sys.argv[1]))
+def say(**message):
+    print(json.dumps(message), flush=True)
+"""
+
+
+def start_child(uid: str, body: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD_PRELUDE + textwrap.dedent(body), uid],
+        cwd=ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_message(child: subprocess.Popen[str], timeout: float = 30.0) -> dict[str, Any]:
+    """The child's next report; fails if it exits or stays silent."""
+    assert child.stdout is not None
+    ready, _, _ = select.select([child.stdout], [], [], timeout)
+    line = child.stdout.readline() if ready else ""
+    if not line:
+        child.kill()
+        raise AssertionError(f"child {child.pid} sent nothing within {timeout}s")
+    return json.loads(line)
+
+
+@pytest.fixture
+def children() -> Iterator[list[subprocess.Popen[str]]]:
+    """Child processes started by a test, killed and reaped afterwards."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for child in started:
+        if child.poll() is None:
+            child.kill()
+        child.wait(timeout=10)
+        for stream in (child.stdin, child.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def lock_holder(redis_client, key: str) -> str | None:
+    value = redis_client.get(key)
+    return value.decode() if value is not None else None
+
+
+# -- expiry and renewal -----------------------------------------------------------
+
+
+def test_a_lock_held_past_its_expiry_is_renewed_and_a_waiting_fire_then_succeeds(
+    settings, redis_client, unique_uid, children
+):
+    # Given locks that expire after 1 s unless renewed, and another process
+    # ready to fire into the session
+    settings.TRIGGERS = {**settings.TRIGGERS, "LOCK_EXPIRE": 1}
+    manager = TriggerManager(CacheStorageBackend(unique_uid))
+    manager.update_configuration({"t_a": {"after": ["ping", "pong"], "run": RecordingTask.name}})
+    child = start_child(
+        unique_uid,
+        """
+        say(ready=True)
+        sys.stdin.readline()
+        started = time.monotonic()
+        manager.fire("ping", {"pid": os.getpid()})
+        say(waited=time.monotonic() - started)
+        """,
+    )
+    children.append(child)
+    assert read_message(child) == {"ready": True}
+
+    # When this process holds the session lock for three expiry periods
+    # while the other process tries to fire
+    hold = 3.0
+    with manager.storage.acquire_lock() as lock:
+        held_since = time.monotonic()
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+
+        def still_ours_until_hold_ends() -> bool:
+            # Then the lock stays ours (renewed, never older than its expiry)
+            # and the other fire cannot get in
+            assert lock_holder(redis_client, lock.key) == lock.id
+            assert 0 < redis_client.pttl(lock.key) <= 1000
+            assert "ping" not in CacheStorageBackend(unique_uid).latest_kwargs
+            return time.monotonic() - held_since >= hold
+
+        wait_for(still_ours_until_hold_ends, timeout=hold + 5, interval=0.05)
+        released_at = time.monotonic()
+
+    # Then the waiting fire goes through once the lock is released
+    report = read_message(child)
+    assert time.monotonic() - released_at < 2
+    assert report["waited"] >= hold - 0.2
+    storage = CacheStorageBackend(unique_uid)
+    assert storage.latest_kwargs == {"ping": {"pid": child.pid}}
+    assert storage["t_a#0"].kwargs == {"ping": {"pid": child.pid}}
+    assert redis_client.exists(lock.key) == 0
+
+
+def test_a_killed_lock_holder_blocks_the_session_for_seconds_only(
+    redis_client, unique_uid, children
+):
+    # Given the default lock settings, and a process that fired twice and then
+    # took the session lock
+    assert conf.get("LOCK_EXPIRE") == 4
+    manager = TriggerManager(CacheStorageBackend(unique_uid))
+    manager.update_configuration(
+        {"t_a": {"after": ["first", "second", "third", "never"], "run": RecordingTask.name}}
+    )
+    child = start_child(
+        unique_uid,
+        """
+        manager.fire("first", {"n": 1})
+        manager.fire("second", {"n": 2})
+        with manager.storage.acquire_lock() as lock:
+            say(locked=True, key=lock.key, id=lock.id)
+            sys.stdin.readline()
+        """,
+    )
+    children.append(child)
+    report = read_message(child)
+    assert lock_holder(redis_client, report["key"]) == report["id"]
+
+    # When that process is killed while it holds the lock
+    child.kill()
+    child.wait(timeout=10)
+    killed_at = time.monotonic()
+    left_ms = redis_client.pttl(report["key"])
+    assert 0 < left_ms <= 4000
+
+    # ... and this process fires into the session
+    manager.fire("third", {"n": 3})
+    blocked_for = time.monotonic() - killed_at
+
+    # Then the fire waited only until the dead holder's lock expired
+    print(f"session blocked {blocked_for:.2f}s after the holder was killed (lock had {left_ms} ms)")
+    assert left_ms / 1000 - 0.1 <= blocked_for <= 5.5
+    # ... and everything the killed process committed before is still there
+    storage = CacheStorageBackend(unique_uid)
+    expected = {"first": {"n": 1}, "second": {"n": 2}, "third": {"n": 3}}
+    assert storage.latest_kwargs == expected
+    (inst,) = storage.instances.values()
+    assert inst.name == "t_a#0"
+    assert inst.status == TaskInstance.STATUS_UNSTARTED
+    assert inst.kwargs == expected
+
+
+# -- contention ----------------------------------------------------------------------
+
+THREADS = 4
+FIRES_PER_THREAD = 25
+
+
+_start_together: Any = None
+
+
+def _init_process(barrier: Any) -> None:
+    global _start_together
+    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+    import django
+
+    django.setup()
+    _start_together = barrier
+
+
+def _hammer(uid: str, source: str, barrier: Any = None) -> dict[str, Any]:
+    """Fire 'hit' from THREADS threads sharing one manager, FIRES_PER_THREAD
+    times each, once every process has reached the barrier."""
+    manager = TriggerManager(CacheStorageBackend(uid))
+    (barrier or _start_together).wait(timeout=60)
+    began = time.time()
+
+    def thread(t: int) -> int:
+        for n in range(FIRES_PER_THREAD):
+            manager.fire("hit", {"source": source, "thread": t, "n": n})
+            # Reads without the lock, in between, must not disturb writers.
+            if n % 5 == 0:
+                len(manager.storage.instances)
+        return FIRES_PER_THREAD
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(THREADS) as pool:
+        fired = sum(pool.map(thread, range(THREADS)))
+    return {
+        "fired": fired,
+        "seconds": time.monotonic() - started,
+        "pid": os.getpid(),
+        "began": began,
+        "ended": time.time(),
+    }
+
+
+def test_threads_and_processes_hammering_one_session_never_deadlock(unique_uid):
+    # Given a task that gets a new instance on every 'hit' (and never runs)
+    manager = TriggerManager(CacheStorageBackend(unique_uid))
+    manager.update_configuration(
+        {"t_hit": {"after": ["hit", "never"], "andEvery": "hit", "run": RecordingTask.name}}
+    )
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(3)
+    started = time.monotonic()
+    with ProcessPoolExecutor(
+        2, mp_context=context, initializer=_init_process, initargs=(barrier,)
+    ) as pool:
+        # When 2 other processes and this one each fire from 4 threads at once
+        remote = [pool.submit(_hammer, unique_uid, f"child{i}") for i in range(2)]
+        local = _hammer(unique_uid, "parent", barrier)
+        reports = [local] + [future.result(timeout=60) for future in remote]
+    elapsed = time.monotonic() - started
+
+    # Then every fire completed within a bounded time ...
+    total = 3 * THREADS * FIRES_PER_THREAD
+    assert sum(r["fired"] for r in reports) == total
+    assert len({r["pid"] for r in reports}) == 3
+    assert max(r["began"] for r in reports) < min(r["ended"] for r in reports)
+    print(f"{total} contended fires in {max(r['seconds'] for r in reports):.2f}s")
+    assert elapsed < 45
+    # ... and each made exactly one instance holding its own kwargs
+    instances = manager.storage.instances
+    assert list(instances) == [f"t_hit#{n}" for n in range(total)]
+    received = sorted(
+        (i.kwargs["hit"]["source"], i.kwargs["hit"]["thread"], i.kwargs["hit"]["n"])
+        for i in instances.values()
+    )
+    expected = sorted(
+        (source, t, n)
+        for source in ("parent", "child0", "child1")
+        for t in range(THREADS)
+        for n in range(FIRES_PER_THREAD)
+    )
+    assert received == expected
