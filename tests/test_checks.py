@@ -1,0 +1,152 @@
+"""``manage.py check`` validates TRIGGERS and every declared workflow, with
+stable ids and hints."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+from triggers.checks import check_settings, check_workflows
+
+PASS = "triggers.testing.PassThruTask"
+GOOD = {"t_a": {"after": ["a"], "run": PASS}}
+LOCMEM = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+
+
+def ids(messages) -> list[str]:
+    return sorted(m.id for m in messages)
+
+
+def by_id(messages, check_id):
+    [found] = [m for m in messages if m.id == check_id]
+    return found
+
+
+def test_the_test_project_is_clean():
+    # Given the suite's own settings (Redis cache, no workflows)
+    # Then neither check reports anything
+    assert check_settings() == [] and check_workflows() == []
+
+
+@override_settings(TRIGGERS=["CACHE", "default"])
+def test_triggers_must_be_a_dict():
+    assert ids(check_settings()) == ["triggers.E001"]
+    assert check_workflows() == []
+
+
+@override_settings(
+    TRIGGERS={
+        "LOCK_EXPIRE": 0,
+        "TIMEOUT": -5,
+        "ON_LOST_SESSION": "ignore",
+        "MANAGER": "defualt",
+        "STORAGE": "nowhere.Storage",
+        "DEFAULT_RUNNER": "celeri",
+        "LOCK_EXPIRY": 3,
+    }
+)
+def test_bad_values_and_typos_in_triggers():
+    # Given settings with bad values and a misspelt key; when checked
+    messages = check_settings()
+    # Then each bad value is an error, the unknown key a warning with the likely key
+    assert ids(messages) == ["triggers.E002"] * 6 + ["triggers.W001"]
+    texts = "\n".join(m.msg for m in messages)
+    assert "TRIGGERS['LOCK_EXPIRE'] must be a positive number, not 0" in texts
+    assert "TRIGGERS['TIMEOUT'] must be positive seconds or None" in texts
+    assert "TRIGGERS['ON_LOST_SESSION'] must be one of 'raise', 'restart'" in texts
+    hints = {m.msg.split("]")[0]: m.hint for m in messages}
+    assert hints["TRIGGERS['MANAGER'"] == "Did you mean 'default'?"
+    assert hints["TRIGGERS['DEFAULT_RUNNER'"] == "Did you mean 'celery'?"
+    assert by_id(messages, "triggers.W001").hint == "Did you mean 'LOCK_EXPIRE'?"
+
+
+@override_settings(TRIGGERS={"CACHE": "triggers"})
+def test_missing_cache_alias():
+    error = by_id(check_settings(), "triggers.E003")
+    assert "'triggers' that holds trigger sessions is not in CACHES" in error.msg
+
+
+@override_settings(CACHES={"default": LOCMEM}, TRIGGERS={})
+def test_a_non_redis_cache_without_a_lock_client_is_a_warning():
+    # Given session state in a local-memory cache and no REDIS_CLIENT
+    warning = by_id(check_settings(), "triggers.W002")
+    # Then the operator learns locks only work within one process, and how to fix it
+    assert "only work within one process" in warning.msg
+    assert "REDIS_CLIENT" in warning.hint
+
+
+@override_settings(CACHES={"default": LOCMEM}, TRIGGERS={"REDIS_CLIENT": "redis://127.0.0.1:1"})
+def test_a_lock_client_silences_the_non_redis_warning():
+    assert check_settings() == []
+
+
+def test_workflow_problems_have_ids_hints_and_names(tmp_path):
+    # Given workflows with every kind of problem
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    workflows = {
+        "good": GOOD,
+        "typo": {"t_a": {"after": ["a"], "run": PASS, "andevery": "a"}},
+        "runner": {"t_a": {"after": ["a"], "run": PASS, "using": "threadin"}},
+        "unregistered": {"t_a": {"after": ["a"], "run": "tests.tasks.NotATask"}},
+        "bare": {"t_a": {"after": ["a"], "run": "import_subject"}},
+        "cycle": {"t_a": {"after": ["t_b"], "run": PASS}, "t_b": {"after": ["t_a"], "run": PASS}},
+        "file": str(broken),
+        "missing": str(tmp_path / "missing.json"),
+        "number": 42,
+    }
+    with override_settings(TRIGGERS={"WORKFLOWS": workflows}):
+        # When checked
+        messages = check_workflows()
+    # Then each problem has its own id, names where it is, and carries a hint
+    found = {m.obj: m for m in messages}
+    expected = {
+        "typo": "triggers.E006",
+        "runner": "triggers.E007",
+        "unregistered": "triggers.E008",
+        "bare": "triggers.W003",
+        "cycle": "triggers.E009",
+        "file": "triggers.E005",
+        "missing": "triggers.E005",
+        "number": "triggers.E004",
+    }
+    assert {obj: m.id for obj, m in found.items()} == {
+        f"TRIGGERS['WORKFLOWS'][{name!r}]": check_id for name, check_id in expected.items()
+    }
+    typo = found["TRIGGERS['WORKFLOWS']['typo']"]
+    assert typo.msg.startswith("workflow 'typo', task 't_a', directive 'andevery'")
+    assert typo.hint == "Did you mean 'andEvery'?"
+    assert found["TRIGGERS['WORKFLOWS']['runner']"].hint == "Did you mean 'threading'?"
+    assert "t_a -> t_b -> t_a" in found["TRIGGERS['WORKFLOWS']['cycle']"].msg
+    assert all(m.hint for m in messages)
+
+
+@override_settings(TRIGGERS={"WORKFLOWS": {"good": GOOD}, "DEFAULT_WORKFLOW": "god"})
+def test_default_workflow_must_be_declared():
+    error = by_id(check_workflows(), "triggers.E002")
+    assert "DEFAULT_WORKFLOW" in error.msg and "'good'" in error.hint
+
+
+@override_settings(TRIGGERS={"WORKFLOWS": ["a.json"]})
+def test_workflows_must_be_a_dict():
+    assert ids(check_workflows()) == ["triggers.E004"]
+
+
+def test_manage_py_check_fails_on_a_bad_workflow(tmp_path):
+    # Given a project whose workflow file has a misspelt directive
+    path = tmp_path / "survey.json"
+    path.write_text(json.dumps({"t_a": {"after": ["a"], "run": PASS, "unles": ["b"]}}))
+    with override_settings(TRIGGERS={"WORKFLOWS": {"survey": str(path)}}):
+        # When `manage.py check` runs
+        with pytest.raises(SystemCheckError) as caught:
+            call_command("check", stdout=io.StringIO(), stderr=io.StringIO())
+    # Then it stops with the id, the place and the hint
+    text = str(caught.value)
+    assert "triggers.E006" in text
+    assert "workflow 'survey', task 't_a', directive 'unles': unknown directive" in text
+    assert "HINT: Did you mean 'unless'?" in text
