@@ -1,6 +1,6 @@
 """Render the questionnaire workflow as docs/_static/questionnaire.svg.
 
-Run after changing docs/examples/questionnaire/workflow.py (needs Graphviz's
+Run after changing docs/examples/questionnaire/workflow.json (needs Graphviz's
 ``dot``)::
 
     .venv/bin/python docs/render_graph.py
@@ -11,21 +11,21 @@ The DOT source comes from :mod:`triggers.graph`, the same code behind the
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+WORKFLOW = HERE / "examples" / "questionnaire" / "workflow.json"
 
 
 def main() -> None:
-    sys.path[:0] = [str(HERE.parent), str(HERE / "examples")]
-    from questionnaire.workflow import WORKFLOW
-
+    sys.path.insert(0, str(HERE.parent))
     from triggers.graph import build_graph, to_dot
     from triggers.types import validate_configuration
 
-    dot = to_dot(build_graph(validate_configuration(WORKFLOW)), "questionnaire")
+    dot = to_dot(build_graph(validate_configuration(json.loads(WORKFLOW.read_text()))), "questionnaire")
     svg = subprocess.run(
         ["dot", "-Tsvg"], input=dot, capture_output=True, text=True, check=True
     ).stdout

@@ -21,10 +21,12 @@ from django.conf import settings as django_settings
 from django.test import RequestFactory
 
 from triggers.runners.threading import ThreadingTaskRunner
+from triggers.shortcuts import get_trigger_manager
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 EXAMPLES = DOCS / "examples"
+WORKFLOW_FILE = EXAMPLES / "questionnaire" / "workflow.json"
 PAGES = sorted(DOCS.glob("*.rst"))
 DOCTEST_PAGES = [p for p in PAGES if re.search(r"^>>> ", p.read_text(), re.M)]
 
@@ -40,7 +42,11 @@ def docs_env(settings, monkeypatch):
     caches["docs"] = dict(caches["default"], KEY_PREFIX=f"docs-{uuid.uuid4().hex}")
     settings.CACHES = caches
     settings.TRIGGERS = dict(
-        django_settings.TRIGGERS, CACHE="docs", DEFAULT_RUNNER="threading", TIMEOUT=600
+        django_settings.TRIGGERS,
+        CACHE="docs",
+        DEFAULT_RUNNER="threading",
+        TIMEOUT=600,
+        WORKFLOWS={"questionnaire": str(WORKFLOW_FILE)},
     )
     yield
     ThreadingTaskRunner.join_all()
@@ -83,8 +89,8 @@ def test_every_example_file_is_shown_in_the_docs():
         shown |= set(re.findall(r"^\.\. literalinclude:: *(\S+)", page.read_text(), re.M))
     files = {
         str(p.relative_to(DOCS))
-        for p in EXAMPLES.rglob("*.py")
-        if p.name != "__init__.py" and "__pycache__" not in p.parts
+        for p in EXAMPLES.rglob("*")
+        if p.suffix in (".py", ".json") and p.name != "__init__.py"
     }
     assert files <= shown, f"example files no page includes: {sorted(files - shown)}"
 
@@ -115,7 +121,7 @@ def test_questionnaire_views_run_the_workflow_end_to_end(docs_env, mailoutbox):
     ThreadingTaskRunner.join_all()
 
     # Then every page was imported, the score computed and one report sent
-    manager = views.get_manager(qid)
+    manager = get_trigger_manager(views.session_uid(qid))
     statuses = {name: inst.status for name, inst in manager.storage.instances.items()}
     assert statuses == {
         "t_importResponses#0": "finished",
@@ -149,7 +155,7 @@ def test_withdrawn_questionnaire_is_never_scored(docs_env, mailoutbox):
     ThreadingTaskRunner.join_all()
 
     # Then scoring was abandoned and no report went out
-    storage = views.get_manager(qid).storage
+    storage = get_trigger_manager(views.session_uid(qid)).storage
     assert storage["t_scoreQuestionnaire#0"].status == "abandoned"
     assert "t_sendReport#0" not in storage
     assert mailoutbox == []
@@ -163,6 +169,8 @@ def test_example_project_settings_and_celery_app_work(tmp_path):
         "from project import celery_app\n"
         "celery_app.loader.import_default_modules()\n"
         "assert settings.TRIGGERS['CACHE'] in settings.CACHES\n"
+        "from triggers.workflows import load_workflow\n"
+        "assert load_workflow('questionnaire')\n"
         "names = sorted(n for n in celery_app.tasks if n.startswith('questionnaire.'))\n"
         "print(' '.join(names))\n"
     )
@@ -178,24 +186,16 @@ def test_example_project_settings_and_celery_app_work(tmp_path):
     )  # fmt: skip
     # Then every task named by the workflow is registered with the app
     assert done.returncode == 0, done.stderr
-    from questionnaire.workflow import WORKFLOW  # noqa: F401 - path set below
-
-    runs = sorted({cfg["run"] for cfg in _workflow()["WORKFLOW"].values()})
+    runs = sorted({cfg["run"] for cfg in json.loads(WORKFLOW_FILE.read_text()).values()})
     assert done.stdout.split() == runs
-
-
-def _workflow() -> dict:
-    namespace: dict = {}
-    exec((EXAMPLES / "questionnaire" / "workflow.py").read_text(), namespace)
-    return namespace
 
 
 def test_workflow_picture_shows_every_task_and_trigger():
     svg = (DOCS / "_static" / "questionnaire.svg").read_text()
-    workflow = _workflow()["WORKFLOW"]
+    workflow = json.loads(WORKFLOW_FILE.read_text())
     names = set(workflow)
     for cfg in workflow.values():
         names |= set(cfg["after"]) | set(cfg.get("unless", []))
         names |= {cfg["andEvery"]} if "andEvery" in cfg else set()
     missing = sorted(n for n in names if f">{n}<" not in svg)
-    assert not missing, f"questionnaire.svg lacks {missing}; regenerate it (docs/README)"
+    assert not missing, f"questionnaire.svg lacks {missing}; regenerate it with docs/render_graph.py"

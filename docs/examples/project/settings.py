@@ -1,6 +1,9 @@
 """Settings of the example project: what triggers needs, and little else."""
 
 import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "not-a-secret")
 INSTALLED_APPS = [
@@ -29,6 +32,8 @@ CACHES = {
 
 TRIGGERS = {
     "CACHE": "triggers",
+    # Workflows by name; relative file paths are resolved against BASE_DIR.
+    "WORKFLOWS": {"questionnaire": "questionnaire/workflow.json"},
 }
 
 CELERY_BROKER_URL = f"{REDIS_URL}/2"

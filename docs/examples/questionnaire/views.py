@@ -11,28 +11,26 @@ import json
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_POST
 
-from triggers.manager import TriggerManager
-from triggers.storages.cache import CacheStorageBackend
-
-from .workflow import WORKFLOW
+from triggers.shortcuts import get_trigger_manager, start_session
 
 
-def get_manager(questionnaire_id: str) -> TriggerManager:
-    # One session per questionnaire; the prefix keeps these UIDs apart from
-    # other workflows kept in the same cache.
-    return TriggerManager(CacheStorageBackend(f"questionnaire:{questionnaire_id}"))
+def session_uid(questionnaire_id: str) -> str:
+    # The prefix keeps these sessions apart from other workflows' sessions
+    # kept in the same cache.
+    return f"questionnaire:{questionnaire_id}"
 
 
 @require_POST
 def start(request: HttpRequest, questionnaire_id: str) -> JsonResponse:
-    get_manager(questionnaire_id).update_configuration(WORKFLOW)
+    # Configures the session with the workflow declared in settings.
+    start_session(session_uid(questionnaire_id), workflow="questionnaire")
     return JsonResponse({"started": questionnaire_id})
 
 
 @require_POST
 def submit_page(request: HttpRequest, questionnaire_id: str, page: int) -> JsonResponse:
     data = json.loads(request.body)
-    manager = get_manager(questionnaire_id)
+    manager = get_trigger_manager(session_uid(questionnaire_id))
     if page == 1:
         manager.fire("firstPageReceived", {"name": data["name"], "email": data["email"]})
     scheduled = manager.fire("pageReceived", {"page": page, "answers": data["answers"]})
@@ -42,11 +40,12 @@ def submit_page(request: HttpRequest, questionnaire_id: str, page: int) -> JsonR
 @require_POST
 def finish(request: HttpRequest, questionnaire_id: str) -> JsonResponse:
     data = json.loads(request.body)
-    get_manager(questionnaire_id).fire("questionnaireComplete", {"answers": data["answers"]})
+    manager = get_trigger_manager(session_uid(questionnaire_id))
+    manager.fire("questionnaireComplete", {"answers": data["answers"]})
     return JsonResponse({"finished": questionnaire_id})
 
 
 @require_POST
 def withdraw(request: HttpRequest, questionnaire_id: str) -> JsonResponse:
-    get_manager(questionnaire_id).fire("questionnaireWithdrawn")
+    get_trigger_manager(session_uid(questionnaire_id)).fire("questionnaireWithdrawn")
     return JsonResponse({"withdrawn": questionnaire_id})
