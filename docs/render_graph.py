@@ -25,7 +25,9 @@ def main() -> None:
     from triggers.graph import build_graph, to_dot
     from triggers.types import validate_configuration
 
-    dot = to_dot(build_graph(validate_configuration(json.loads(WORKFLOW.read_text()))), "questionnaire")
+    dot = to_dot(
+        build_graph(validate_configuration(json.loads(WORKFLOW.read_text()))), "questionnaire"
+    )
     svg = subprocess.run(
         ["dot", "-Tsvg"], input=dot, capture_output=True, text=True, check=True
     ).stdout

@@ -96,7 +96,9 @@ def test_every_example_file_is_shown_in_the_docs():
 
 
 def _post(view, body=None, **kwargs):
-    request = RequestFactory().post("/", data=json.dumps(body or {}), content_type="application/json")
+    request = RequestFactory().post(
+        "/", data=json.dumps(body or {}), content_type="application/json"
+    )
     response = view(request, **kwargs)
     assert response.status_code == 200, response.content
     return json.loads(response.content)
@@ -198,4 +200,6 @@ def test_workflow_picture_shows_every_task_and_trigger():
         names |= set(cfg["after"]) | set(cfg.get("unless", []))
         names |= {cfg["andEvery"]} if "andEvery" in cfg else set()
     missing = sorted(n for n in names if f">{n}<" not in svg)
-    assert not missing, f"questionnaire.svg lacks {missing}; regenerate it with docs/render_graph.py"
+    assert not missing, (
+        f"questionnaire.svg lacks {missing}; regenerate it with docs/render_graph.py"
+    )

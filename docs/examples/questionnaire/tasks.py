@@ -49,9 +49,8 @@ class ScoreQuestionnaire(TriggerTask):
         with context.get_logger_context({"subjectId": subject["subjectId"]}) as logger:
             out_of_range = sorted(q for q, value in answers.items() if not 1 <= value <= scale)
             if out_of_range:
-                logger.warning("ignoring out-of-range answers", extra={"context": {
-                    "questions": out_of_range,
-                }})  # fmt: skip
+                details = {"questions": out_of_range}
+                logger.warning("ignoring out-of-range answers", extra={"context": details})
             valid = [value for q, value in answers.items() if q not in out_of_range]
             score = round(100 * sum(valid) / (scale * len(valid)), 1) if valid else 0.0
             logger.info("scored %s answers", len(valid))
