@@ -1,0 +1,1 @@
+"""Runnable examples of triggers (see README.rst, ``make demo``)."""
