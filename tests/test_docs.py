@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import unittest
 import uuid
 from pathlib import Path
 
@@ -161,6 +162,22 @@ def test_withdrawn_questionnaire_is_never_scored(docs_env, mailoutbox):
     assert storage["t_scoreQuestionnaire#0"].status == "abandoned"
     assert "t_sendReport#0" not in storage
     assert mailoutbox == []
+
+
+def test_the_testing_page_example_tests_pass(docs_env):
+    # Given the questionnaire's own workflow tests (docs/examples/questionnaire/tests.py)
+    from questionnaire import tests as example_tests
+
+    suite = unittest.defaultTestLoader.loadTestsFromModule(example_tests)
+    result = unittest.TestResult()
+
+    # When they run
+    suite.run(result)
+
+    # Then all of them pass
+    problems = [f"{test}: {trace}" for test, trace in result.errors + result.failures]
+    assert not problems, "\n".join(problems)
+    assert result.testsRun == 4
 
 
 def test_example_project_settings_and_celery_app_work(tmp_path):
