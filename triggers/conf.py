@@ -33,6 +33,10 @@ DEFAULTS: dict[str, Any] = {
     "STORAGE_OPTIONS": {},
     # Runner for tasks without 'using'; None keeps the manager's own default.
     "DEFAULT_RUNNER": None,
+    # Seconds a Redis broker socket may block when publishing a task (set on
+    # the Celery app's transport options unless they already say); a hung
+    # broker then fails the dispatch instead of blocking the fire. None: off.
+    "BROKER_TIMEOUT": 5,
     # Largest trigger kwargs accepted by fire(), in bytes of JSON.
     "MAX_KWARGS_BYTES": 256 * 1024,
     # What fire() does when a session this process saw has vanished:

@@ -16,6 +16,8 @@ key suffix         type     contents
 ``:kwargs``        hash     trigger name -> latest kwargs it fired with (JSON)
 ``:meta``          string   session metadata (JSON)
 ``:lease:<inst>``  string   token of the worker running an instance (expires)
+``:commits``       list     lock tokens of the last 32 commits, so a commit
+                            retried after a lost reply is not applied twice
 =================  =======  ==================================================
 
 A fire reads the index entry for its trigger, the configs of those tasks and
@@ -237,7 +239,7 @@ class CacheStorageBackend(BaseTriggerStorage):
         else:
             ttl = int(self.timeout * 1000)
         args = [lock.id, lock.signal_expire, ttl, "1" if release else "0", self._lease_prefix, *ops]
-        keys = [*self._keys, lock.key, lock.signal_key]
+        keys = [*self._keys, lock.key, lock.signal_key, f"{self._base}:commits"]
         try:
             result = _script(self._redis, "commit")(keys=keys, args=args, client=self._redis)
         finally:
@@ -259,4 +261,5 @@ class CacheStorageBackend(BaseTriggerStorage):
             return
         with self.transaction():
             names = list(self._redis.hkeys(self._keys[2]))
-            self._redis.delete(*self._keys, *[self._lease_prefix + _text(n) for n in names])
+            leases = [self._lease_prefix + _text(n) for n in names]
+            self._redis.delete(*self._keys, f"{self._base}:commits", *leases)

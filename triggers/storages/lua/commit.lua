@@ -2,7 +2,8 @@
 -- session lock; then (optionally) release the lock the way python-redis-lock
 -- does, waking one waiter.
 -- KEYS: 1 config, 2 index, 3 instances, 4 waiting, 5 counters, 6 kwargs, 7 meta,
---       8 lock key, 9 lock signal key
+--       8 lock key, 9 lock signal key, 10 recent commits (list of lock
+--       tokens; optional)
 -- ARGV: token, signal expire ms, ttl ms (-1 persist, 0 leave), release (1/0),
 --       lease key prefix, then operations:
 --   H <key#> <field> <value>   HSET        D <key#> <field>   HDEL
@@ -10,6 +11,11 @@
 --   S <value>   SET meta       X <key#>    DEL
 --   L <name> <token> <ms>      set a lease  U <name>  drop a lease
 -- Returns 0, or 1 when the lock is no longer ours (nothing written).
+-- A client that lost the reply and sends the script again finds its token
+-- among the recent commits and gets 0 without writing twice.
+if ARGV[1] ~= '' and KEYS[10] and redis.call('LPOS', KEYS[10], ARGV[1]) then
+  return 0
+end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[8]) ~= ARGV[1] then
   return 1
 end
@@ -37,14 +43,20 @@ while i <= n do
     return redis.error_reply('triggers commit: unknown operation ' .. tostring(op))
   end
 end
+if ARGV[1] ~= '' and KEYS[10] then
+  redis.call('LPUSH', KEYS[10], ARGV[1])
+  redis.call('LTRIM', KEYS[10], 0, 31)
+end
 local ttl = tonumber(ARGV[3])
-for k = 1, 7 do
+local function expire(key)
   if ttl > 0 then
-    redis.call('PEXPIRE', KEYS[k], ttl)
+    redis.call('PEXPIRE', key, ttl)
   elseif ttl < 0 then
-    redis.call('PERSIST', KEYS[k])
+    redis.call('PERSIST', key)
   end
 end
+for k = 1, 7 do expire(KEYS[k]) end
+if KEYS[10] then expire(KEYS[10]) end
 if ARGV[4] == '1' then
   redis.call('DEL', KEYS[9])
   redis.call('LPUSH', KEYS[9], 1)

@@ -1,0 +1,113 @@
+"""Test-only parts for the fault tests (``tests/test_faults.py``) and the soak
+(``benchmarks/soak.py``). The worker imports this module through
+``tests.tasks``.
+
+- :class:`GatedTask` records every start of its body, then (if asked) waits
+  for a gate key, so a test can kill the process that runs it mid-task.
+- :class:`CountingTask` records every run and returns at once (the soak and
+  cascade counting).
+- :class:`DyingManager` SIGKILLs its own process right before the commit that
+  finishes an instance and fires its cascade, once per armed session.
+
+Everything they record is a Redis list on the cache database named by
+:func:`events_key`, so tests read it whichever process wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import redis
+
+from triggers.manager import TriggerManager
+from triggers.task import TaskContext, TriggerTask
+
+#: Recorded lists outlive a test run by this much.
+EVENT_TTL = 900
+
+_clients: dict[int, redis.Redis] = {}
+
+
+def client() -> redis.Redis:
+    """A client on the cache database, one per process (safe after fork)."""
+    found = _clients.get(os.getpid())
+    if found is None:
+        from django.conf import settings
+
+        url = f"{settings.TRIGGERS_TEST_REDIS_URL}/{settings.REDIS_CACHE_DB}"
+        found = _clients[os.getpid()] = redis.Redis.from_url(url)
+    return found
+
+
+def events_key(uid: str, kind: str) -> str:
+    return f"triggers-faults:{kind}:{uid}"
+
+
+def record(uid: str, kind: str, **entry: Any) -> None:
+    entry.setdefault("pid", os.getpid())
+    key = events_key(uid, kind)
+    pipe = client().pipeline()
+    pipe.rpush(key, json.dumps(entry))
+    pipe.expire(key, EVENT_TTL)
+    pipe.execute()
+
+
+def events(uid: str, kind: str) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in client().lrange(events_key(uid, kind), 0, -1)]
+
+
+def gate_key(uid: str) -> str:
+    return f"triggers-faults:gate:{uid}"
+
+
+def die_key(uid: str) -> str:
+    return f"triggers-faults:die-before-finish:{uid}"
+
+
+class CountingTask(TriggerTask):
+    """Records each run (instance, kwargs) and returns ``{'from': <instance>}``."""
+
+    def _run(self, context: TaskContext) -> dict[str, Any]:
+        uid = context.manager.storage.uid
+        record(uid, "runs", instance=context.instance_name, kwargs=context.trigger_kwargs)
+        return {"from": context.instance_name}
+
+
+class GatedTask(TriggerTask):
+    """Records that its body started; if any trigger kwargs hold
+    ``{'gated': true}`` it then waits (up to 60 s) for :func:`gate_key`."""
+
+    def _run(self, context: TaskContext) -> dict[str, Any]:
+        uid = context.manager.storage.uid
+        record(uid, "started", instance=context.instance_name)
+        gated = any(
+            isinstance(kw, dict) and kw.get("gated") for kw in context.trigger_kwargs.values()
+        )
+        if gated:
+            deadline = time.monotonic() + 60
+            pause = threading.Event()
+            while not client().exists(gate_key(uid)):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{context.instance_name}: gate never opened")
+                pause.wait(0.01)
+        record(uid, "runs", instance=context.instance_name)
+        return {"from": context.instance_name}
+
+
+class DyingManager(TriggerManager):
+    """Dies (SIGKILL, no cleanup) right before the commit that would store an
+    instance's result and fire its cascade, if :func:`die_key` is set for the
+    session; the key is consumed, so the redelivered run goes through."""
+
+    def _finish(
+        self, name: str, token: str, result: dict[str, Any], metadata: dict[str, Any]
+    ) -> bool:
+        if client().getdel(die_key(self.storage.uid)):
+            record(self.storage.uid, "dying", instance=name)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super()._finish(name, token, result, metadata)
