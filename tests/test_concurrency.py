@@ -237,10 +237,17 @@ def test_a_late_scheduled_never_overwrites_a_fast_worker(celery_worker, unique_u
     )
 
     # When many instances are scheduled and finish as fast as the worker can
-    # (the held ones first: a worker process blocked on this session's lock
-    # could not start the message the held fire waits for)
+    # (the held ones first, one at a time: a held fire waits for a free
+    # worker process, so none may be blocked on this session's lock)
     for n in range(3):
         manager.fire("hold", {"n": n})
+        held = f"t_held#{n}"
+        wait_for(
+            lambda held=held: read_events(
+                deliveries_key(unique_uid), event="postrun", instance=held
+            ),
+            message=f"{held} processed",
+        )
     for n in range(30):
         manager.fire("tick", {"n": n})
     total = 33
