@@ -205,6 +205,7 @@ def test_a_manager_used_after_join_all_sees_the_threads_work(unique_uid):
     )
     scheduled = manager.fire("start")
     assert [i.name for i in scheduled] == ["t_first#0"]
+    assert "t_first#0" in statuses(manager.storage)
 
     # When every thread (cascades included) has ended
     ThreadingTaskRunner.join_all(timeout=20)
