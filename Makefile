@@ -33,8 +33,11 @@ ensure-redis: install
 bench: install
 	$(PY) benchmarks/run.py
 
-demo: install
-	$(PY) -m examples.questionnaire.demo
+# The questionnaire workflow end to end: a real worker, two firing processes,
+# Redis on 127.0.0.1:6379 or an embedded one. Options: make demo DEMO_ARGS=--help
+DEMO_ARGS ?=
+demo: install ensure-redis
+	$(PY) -m examples.questionnaire.demo $(DEMO_ARGS)
 
 lint: install
 	$(PY) -m pip install -q --disable-pip-version-check ruff

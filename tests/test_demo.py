@@ -1,0 +1,92 @@
+"""``make demo`` runs the questionnaire workflow end to end in real processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import redis
+
+from examples.embedded_redis import free_port, ping
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = [sys.executable, "-m", "examples.questionnaire.demo"]
+
+
+def run_demo(*args: str, timeout: float = 100) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.pop("DJANGO_SETTINGS_MODULE", None)  # the demo has its own settings
+    return subprocess.run(
+        [*DEMO, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def leftover_processes(run_id: str) -> list[int]:
+    """Live (not zombie) processes that belong to a demo run: the demo exports
+    its run id to the worker and the firing processes it starts."""
+    marker = f"QUESTIONNAIRE_DEMO_RUN_ID={run_id}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker not in environ.read_bytes().split(b"\0"):
+                continue
+            stat = (environ.parent / "stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2] != "Z":
+            found.append(int(environ.parent.name))
+    return found
+
+
+def test_the_demo_runs_the_workflow_and_passes(redis_url):
+    # Given the test Redis server
+    # When the demo runs against it
+    result = run_demo("--redis-url", redis_url, "--seed", "11")
+    # Then it exits 0 after printing the timeline and the final sessions
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "Timeline (A and B are the firing processes" in out
+    assert re.search(r"A \d+ +web +fire firstPageReceived", out) or re.search(
+        r"B \d+ +web +fire firstPageReceived", out
+    )
+    assert re.search(r"worker \d+ +web +t_importSubject#0 imported subject", out)
+    # And the session tables are triggers_inspect's, with every instance as the workflow says
+    assert "  INSTANCE                   STATUS" in out
+    assert re.search(r"t_importBrowserMetadata#0 +abandoned +unless embeddedApp fired", out)
+    assert re.search(r"t_importResponses#3 +finished +result: \{\"page\": \d", out)
+    assert "Result: every instance ended as the workflow says." in out
+    # And it stopped every process it started and removed its keys
+    run_id = re.search(r"Questionnaire demo, run (\w+)", out).group(1)
+    assert leftover_processes(run_id) == []
+    demo_db = redis.Redis.from_url(f"{redis_url}/3")
+    try:
+        assert list(demo_db.scan_iter(match=f"qdemo-{run_id}:*")) == []
+    finally:
+        demo_db.close()
+
+
+def test_without_a_redis_server_the_demo_starts_its_own():
+    # Given a Redis URL where nothing answers
+    url = f"redis://127.0.0.1:{free_port()}"
+    # When the demo runs
+    result = run_demo("--redis-url", url, "--pages", "2")
+    # Then it starts an embedded server, runs the workflow on it, and passes
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"No Redis answers at {url}; starting an embedded redis-server." in result.stdout
+    assert "(embedded redis-server (" in result.stdout
+    assert "Result: every instance ended as the workflow says." in result.stdout
+    # And that server is gone afterwards
+    embedded = re.search(r"Redis +(redis://127.0.0.1:\d+)/3", result.stdout).group(1)
+    assert not ping(embedded, timeout=0.2)
+    run_id = re.search(r"Questionnaire demo, run (\w+)", result.stdout).group(1)
+    assert leftover_processes(run_id) == []
+
+
+def test_demo_help_explains_the_options():
+    result = run_demo("--help", timeout=30)
+    assert result.returncode == 0
+    for option in ("--redis-url", "--embedded-redis", "--seed", "--pages", "--timeout", "--keep"):
+        assert option in result.stdout
