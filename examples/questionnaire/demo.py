@@ -167,8 +167,9 @@ def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     process.wait(timeout=timeout)
-    # Killed pool processes are reaped by init; wait until the group is gone.
-    deadline = time.monotonic() + timeout
+    # Killed pool processes are reaped by init; wait (briefly: an init that
+    # never reaps would leave zombies) until the group is gone.
+    deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:
             os.killpg(process.pid, 0)
