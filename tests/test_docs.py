@@ -220,3 +220,37 @@ def test_workflow_picture_shows_every_task_and_trigger():
     assert not missing, (
         f"questionnaire.svg lacks {missing}; regenerate it with docs/render_graph.py"
     )
+
+
+# -- the reference pages keep up with the code ---------------------------------
+
+
+def test_settings_reference_covers_every_key():
+    from triggers import conf
+
+    text = (DOCS / "settings.rst").read_text()
+    missing = sorted(k for k in conf.KNOWN_KEYS if f"\n``{k}``\n" not in text)
+    assert not missing, f"settings.rst does not document TRIGGERS keys {missing}"
+
+
+def test_commands_page_covers_every_command_and_check():
+    text = (DOCS / "commands.rst").read_text()
+    commands = sorted(
+        p.stem for p in (ROOT / "triggers" / "management" / "commands").glob("triggers_*.py")
+    )
+    assert commands, "no management commands found"
+    assert not [c for c in commands if f"``{c}``" not in text]
+    ids = set(re.findall(r"triggers\.[EW]\d{3}", (ROOT / "triggers" / "checks.py").read_text()))
+    assert not sorted(i for i in ids if i not in text)
+
+
+def test_api_reference_covers_every_public_module():
+    documented = set(re.findall(r"^\.\. automodule:: *(\S+)", (DOCS / "api.rst").read_text(), re.M))
+    internal = {"triggers.apps", "triggers.checks", "triggers.validation"}
+    modules = {
+        ".".join(("triggers", *p.relative_to(ROOT / "triggers").with_suffix("").parts))
+        for p in (ROOT / "triggers").rglob("*.py")
+        if not p.name.startswith("_") and "management" not in p.parts
+    }
+    internal |= {m for m in modules if m.endswith(".transaction")}
+    assert not sorted(modules - internal - documented)
