@@ -13,13 +13,15 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import redis_lock
 
 from .exceptions import LockTimeoutError
 
 logger = logging.getLogger(__name__)
+R = TypeVar("R")
 
 #: Longest single wait on the lock's release signal before trying again; a
 #: waiter notices an expired lock at most this long after it expired.
@@ -39,16 +41,23 @@ class _Renewer:
         self._items: dict[int, tuple[weakref.ref[Any], float, float]] = {}
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        #: When the thread wakes up next on its own (monotonic clock).
+        self._wake_at = 0.0
 
     def add(self, item: Renewable, interval: float) -> None:
         with self._cond:
-            self._items[id(item)] = (weakref.ref(item), interval, time.monotonic() + interval)
+            due = time.monotonic() + interval
+            self._items[id(item)] = (weakref.ref(item), interval, due)
             if self._thread is None or not self._thread.is_alive():
+                self._wake_at = due
                 self._thread = threading.Thread(
                     target=self._loop, name="triggers-renewer", daemon=True
                 )
                 self._thread.start()
-            else:
+            elif due < self._wake_at:
+                # Waking the thread costs a context switch per lock; only do
+                # it when it would otherwise sleep past this item's renewal.
+                self._wake_at = due
                 self._cond.notify()
 
     def remove(self, item: Renewable) -> None:
@@ -59,6 +68,7 @@ class _Renewer:
         while True:
             with self._cond:
                 if not self._items:
+                    self._wake_at = time.monotonic() + 30
                     self._cond.wait(timeout=30)
                     if not self._items:
                         continue
@@ -81,8 +91,11 @@ class _Renewer:
                 except Exception:  # a failed renewal shows up as a lost lock later
                     logger.warning("could not renew %r", item, exc_info=True)
             with self._cond:
+                # Items added while renewing may be due sooner.
+                next_due = min((when for _, _, when in self._items.values()), default=next_due)
                 delay = max(0.0, next_due - time.monotonic())
                 if delay:
+                    self._wake_at = next_due
                     self._cond.wait(timeout=delay)
 
     def _after_fork(self) -> None:
@@ -91,6 +104,7 @@ class _Renewer:
         self._items = {}
         self._cond = threading.Condition()
         self._thread = None
+        self._wake_at = 0.0
 
 
 renewer = _Renewer()
@@ -103,13 +117,24 @@ class SessionLock(redis_lock.Lock):
     The base class asks Redis (one round trip) before every acquisition just
     to refuse re-acquiring a held lock; a fresh lock object never holds, so we
     keep that fact in memory.
+
+    With ``deferred=True``, :meth:`acquire_within` only starts the clock: the
+    storage takes the lock in the same script as its first read
+    (:meth:`take_with`), saving a round trip per operation. Anything that needs
+    the lock without reading first calls :meth:`ensure`.
     """
 
     _acquired = False
+    _pending = False
+    _deadline = 0.0
+    _timeout = 0.0
 
-    def __init__(self, client: Any, name: str, expire: int, uid: str) -> None:
+    def __init__(
+        self, client: Any, name: str, expire: int, uid: str, deferred: bool = False
+    ) -> None:
         super().__init__(client, name, expire=max(1, int(expire)), strict=False)
         self.uid = uid
+        self.deferred = deferred
 
     @property
     def _held(self) -> bool:  # type: ignore[override]
@@ -127,17 +152,60 @@ class SessionLock(redis_lock.Lock):
     def signal_expire(self) -> int:
         return int(self._signal_expire)
 
+    @property
+    def expire_ms(self) -> int:
+        assert self._expire is not None
+        return int(self._expire * 1000)
+
+    @property
+    def pending(self) -> bool:
+        """Deferred and not taken yet: the next read must take it."""
+        return self._pending
+
     def acquire_within(self, timeout: float) -> None:
-        """Block until acquired or raise :class:`LockTimeoutError`."""
-        deadline = time.monotonic() + timeout
+        """Block until acquired or raise :class:`LockTimeoutError` (a deferred
+        lock is taken later, within the same time limit)."""
+        self._timeout = timeout
+        self._deadline = time.monotonic() + timeout
+        if self.deferred:
+            self._pending = True
+            return
+        self._acquire_until_deadline()
+
+    def _acquire_until_deadline(self) -> None:
         while True:
             if self.acquire(blocking=True, timeout=LOCK_POLL):
-                self._acquired = True
-                assert self._expire is not None
-                renewer.add(self, self._expire / 3)
+                self._taken()
                 return
-            if time.monotonic() >= deadline:
-                raise LockTimeoutError(self.uid, timeout)
+            if time.monotonic() >= self._deadline:
+                raise LockTimeoutError(self.uid, self._timeout)
+
+    def _taken(self) -> None:
+        self._pending = False
+        self._acquired = True
+        assert self._expire is not None
+        renewer.add(self, self._expire / 3)
+
+    def take_with(self, attempt: Callable[[], R]) -> R:
+        """Take a pending lock with ``attempt``, a call that sets the lock key
+        (``SET NX PX`` with :attr:`id` and :attr:`expire_ms`) in the same
+        script as a read and returns ``None`` when the lock is busy. Waits for
+        the holder's release signal between attempts."""
+        while True:
+            result = attempt()
+            if result is not None:
+                self._taken()
+                return result
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise LockTimeoutError(self.uid, self._timeout)
+            # Woken by the holder's release (commit.lua pushes the signal).
+            self._client.blpop(self._signal, max(1, min(LOCK_POLL, int(left + 0.999))))
+
+    def ensure(self) -> None:
+        """Take a pending lock now (for work that does not start with a read)."""
+        if self._pending:
+            self._acquire_until_deadline()
 
     def renew(self) -> None:
         if self._acquired:
@@ -147,8 +215,13 @@ class SessionLock(redis_lock.Lock):
         """Stop renewing after the lock was released by a commit script."""
         renewer.remove(self)
         self._acquired = False
+        self._pending = False
 
     def release(self) -> None:
+        if not self._acquired:
+            # A deferred lock that was never taken: nothing to release.
+            self._pending = False
+            return
         self.forget()
         super().release()
 

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import json
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 
@@ -127,8 +129,23 @@ class CacheStorageBackend(BaseTriggerStorage):
         if self._redis is None:
             return super()._make_lock()
         return SessionLock(
-            self._redis, f"{self._base}:lock", int(conf.get("LOCK_EXPIRE")), self.uid
+            self._redis, f"{self._base}:lock", int(conf.get("LOCK_EXPIRE")), self.uid, deferred=True
         )
+
+    def _lock_to_take(self) -> SessionLock | None:
+        """The current operation's lock if it is deferred and not taken yet."""
+        txn = self._current
+        if txn is not None and isinstance(txn.lock, SessionLock) and txn.lock.pending:
+            return txn.lock
+        return None
+
+    @contextmanager
+    def acquire_lock(self) -> Iterator[Any]:
+        with super().acquire_lock() as lock:
+            # A block may guard work that never reads the session.
+            if isinstance(lock, SessionLock):
+                lock.ensure()
+            yield lock
 
     # -- generic path (non-Redis caches) ------------------------------------
     def _load_from_backend(
@@ -146,11 +163,20 @@ class CacheStorageBackend(BaseTriggerStorage):
     ) -> Snapshot:
         if self._redis is None:
             return super()._fetch(triggers, instances, tasks, everything)
+        lock = self._lock_to_take()
         if everything:
+            if lock is not None:
+                lock.ensure()
             return self._fetch_all()
         args: list[Any] = [self._lease_prefix, len(triggers), *triggers]
         args += [len(tasks), *tasks, len(instances), *instances]
-        reply = _script(self._redis, "fetch")(keys=self._keys, args=args, client=self._redis)
+        script = _script(self._redis, "fetch")
+        if lock is None:
+            reply = script(keys=self._keys, args=["", 0, *args], client=self._redis)
+        else:
+            keys = [*self._keys, lock.key]
+            args = [lock.id, lock.expire_ms, *args]
+            reply = lock.take_with(lambda: script(keys=keys, args=args, client=self._redis))
         meta_raw, index_raw, tasks_raw, waiting_raw, inst_raw, kw_raw, lease_raw = reply
         snap = Snapshot(meta=json.loads(meta_raw) if meta_raw else None)
         for i in range(0, len(index_raw), 2):
@@ -209,6 +235,13 @@ class CacheStorageBackend(BaseTriggerStorage):
     def _commit(self, lock: Any, changes: Changes, release: bool) -> None:
         if self._redis is None:
             return super()._commit(lock, changes, release)
+        if isinstance(lock, SessionLock) and lock.pending:
+            if not changes:
+                # Nothing read, nothing to write: the lock was never needed.
+                if release:
+                    lock.forget()
+                return
+            lock.ensure()
         ops: list[Any] = []
         for name, cfg in changes.configs.items():
             ops += ["H", 1, name, _dumps(cfg.to_directives())]
@@ -259,7 +292,7 @@ class CacheStorageBackend(BaseTriggerStorage):
         if self._redis is None:
             self.cache.delete(self._base)
             return
-        with self.transaction():
+        with self.acquire_lock():
             names = list(self._redis.hkeys(self._keys[2]))
             leases = [self._lease_prefix + _text(n) for n in names]
             self._redis.delete(*self._keys, f"{self._base}:commits", *leases)

@@ -1,10 +1,18 @@
--- Read what one operation on a session needs, in one round trip.
--- KEYS: 1 config, 2 index, 3 instances, 4 waiting, 5 counters, 6 kwargs, 7 meta
--- ARGV: lease key prefix, n, <n trigger names>, m, <m task names>, k, <k instance names>
--- Returns {meta, index, tasks, waiting, instances, kwargs, leases} where each
--- part is a flat array ('' stands for a missing value).
+-- Read what one operation on a session needs, in one round trip; the first
+-- read of an operation also takes the session lock.
+-- KEYS: 1 config, 2 index, 3 instances, 4 waiting, 5 counters, 6 kwargs, 7 meta,
+--       8 lock key (only when taking the lock)
+-- ARGV: lock token ('' reads without taking the lock), lock expiry ms,
+--       lease key prefix, n, <n trigger names>, m, <m task names>,
+--       k, <k instance names>
+-- Returns nil when the lock is held by someone else (nothing read), else
+-- {meta, index, tasks, waiting, instances, kwargs, leases} where each part is
+-- a flat array ('' stands for a missing value).
+if ARGV[1] ~= '' and not redis.call('SET', KEYS[8], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return false
+end
 local SEP = '\31'
-local pos = 2
+local pos = 4
 local function take()
   local n = tonumber(ARGV[pos])
   local out = {}
@@ -88,7 +96,7 @@ end
 local lease_out = {}
 for _, n in ipairs(req_insts) do
   lease_out[#lease_out + 1] = n
-  lease_out[#lease_out + 1] = redis.call('PTTL', ARGV[1] .. n)
+  lease_out[#lease_out + 1] = redis.call('PTTL', ARGV[3] .. n)
 end
 
 return {redis.call('GET', KEYS[7]) or '', index_out, tasks_out, waiting_out, inst_out, kw_out, lease_out}
