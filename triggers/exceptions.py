@@ -125,12 +125,17 @@ class LockLostError(TriggersError):
 
 class SessionLostError(TriggersError):
     """The session's state vanished from the cache (eviction, expiry or a Redis
-    restart without persistence) while this process was using it."""
+    restart without persistence): all of it, seen by a storage object that
+    knew the session, or part of it (``missing`` says which), seen by any."""
 
-    def __init__(self, uid: str) -> None:
+    def __init__(self, uid: str, missing: str | None = None) -> None:
         self.uid = uid
+        self.missing = missing
+        what = f"the state of session {uid!r}"
+        if missing:
+            what = f"part of {what} ({missing})"
         super().__init__(
-            f"the state of session {uid!r} has vanished from the cache "
+            f"{what} has vanished from the cache "
             "(evicted, expired or Redis restarted); refusing to start it over"
         )
 

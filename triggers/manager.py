@@ -86,7 +86,10 @@ class TriggerManager:
                 )
         raise AssertionError("unreachable")
 
-    def _check_session(self, txn: Transaction) -> None:
+    def _check_session(self, txn: Transaction, trigger: str) -> None:
+        """Refuse to fire into a session whose state vanished, wholly (noticed
+        by a storage object that saw it before) or partly (noticed by any
+        process: parts that only exist together are missing)."""
         if txn.meta is None and self.storage._seen_state:
             if conf.get("ON_LOST_SESSION") == "restart":
                 logger.warning(
@@ -95,6 +98,28 @@ class TriggerManager:
                 self.storage._seen_state = False
                 return
             raise SessionLostError(self.storage.uid)
+        missing = self._missing_state(txn, trigger)
+        if missing:
+            # Partial state cannot be started over from: always refuse.
+            raise SessionLostError(self.storage.uid, missing)
+
+    def _missing_state(self, txn: Transaction, trigger: str) -> str | None:
+        if txn.meta is None:
+            parts = self.storage._existing_parts()
+            return f"metadata (still there: {', '.join(sorted(parts))})" if parts else None
+        tasks = txn.index.get(trigger, [])
+        lost = [t for t in tasks if t not in txn.configs]
+        if lost:
+            return f"configuration of {', '.join(lost)}"
+        waiting = {n for t in tasks for n in txn.waiting_names(t, trigger)}
+        lost = sorted(waiting - set(txn.instances))
+        if lost:
+            return f"instances {', '.join(lost)}"
+        if not tasks and txn.meta.get("configured"):
+            parts = self.storage._existing_parts()
+            if parts is not None and not {"config", "index"} <= parts:
+                return "configuration"
+        return None
 
     def _runner_key(self, config: TaskConfig) -> str:
         return forced_runner() or config.using or self.default_task_runner_name
@@ -115,6 +140,9 @@ class TriggerManager:
             txn.fetch(everything=True)
             configs = validate_configuration(configuration, existing=txn.configs)
             txn.set_configs(configs)
+            if configs:
+                # Lets a fire notice later that the configuration vanished.
+                txn.touch_meta(configured=True)
 
         self._atomic(op)
 
@@ -136,7 +164,7 @@ class TriggerManager:
 
         def op(txn: Transaction) -> list[TaskInstance]:
             txn.fetch(triggers=[trigger_name])
-            self._check_session(txn)
+            self._check_session(txn, trigger_name)
             return self._apply_trigger(txn, trigger_name, kwargs)
 
         return self._atomic(op)

@@ -80,6 +80,12 @@ class BaseTriggerStorage:
 
         return LocalLock(f"{type(self).__name__}:{self.uid}", self.uid)
 
+    def _existing_parts(self) -> set[str] | None:
+        """Which parts of the session's state exist (``'config'``, ``'index'``,
+        ``'instances'``, ``'counters'``, ``'kwargs'``), for backends that keep
+        them apart and can lose one; ``None`` if the backend cannot tell."""
+        return None
+
     def get_init_kwargs(self) -> dict[str, Any]:
         """Keyword arguments that rebuild this backend in another process."""
         return {}

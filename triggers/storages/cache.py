@@ -16,8 +16,9 @@ key suffix         type     contents
 ``:kwargs``        hash     trigger name -> latest kwargs it fired with (JSON)
 ``:meta``          string   session metadata (JSON)
 ``:lease:<inst>``  string   token of the worker running an instance (expires)
-``:commits``       list     lock tokens of the last 32 commits, so a commit
-                            retried after a lost reply is not applied twice
+``:commits``       string   lock tokens of the last commits (1 KB at most), so
+                            a commit retried after a lost reply is not
+                            applied twice
 =================  =======  ==================================================
 
 A fire reads the index entry for its trigger, the configs of those tasks and
@@ -121,6 +122,15 @@ class CacheStorageBackend(BaseTriggerStorage):
     @property
     def uses_redis(self) -> bool:
         return self._redis is not None
+
+    def _existing_parts(self) -> set[str] | None:
+        if self._redis is None:
+            return None
+        names = ("config", "index", "instances", "counters", "kwargs")
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(f"{self._base}:{name}")
+        return {name for name, found in zip(names, pipe.execute(), strict=True) if found}
 
     def get_init_kwargs(self) -> dict[str, Any]:
         return {"cache": self.cache_name, "timeout": self.timeout}

@@ -197,6 +197,10 @@ class Transaction:
         ]
         return sorted(found, key=lambda i: instance_sort_key(i.name))
 
+    def waiting_names(self, task: str, trigger: str) -> set[str]:
+        """Names the waiting index lists under ``(task, trigger)``."""
+        return set(self._waiting.get((task, trigger), ()))
+
     def get_instance(self, name: str) -> TaskInstance:
         if name not in self.instances:
             self.fetch(instances=[name])

@@ -2,8 +2,8 @@
 -- session lock; then (optionally) release the lock the way python-redis-lock
 -- does, waking one waiter.
 -- KEYS: 1 config, 2 index, 3 instances, 4 waiting, 5 counters, 6 kwargs, 7 meta,
---       8 lock key, 9 lock signal key, 10 recent commits (list of lock
---       tokens; optional)
+--       8 lock key, 9 lock signal key, 10 recent commits (optional: the
+--       lock tokens of the last commits, " tok1 tok2 ... ", at most 1 KB)
 -- ARGV: token, signal expire ms, ttl ms (-1 persist, 0 leave), release (1/0),
 --       lease key prefix, then operations:
 --   H <key#> <field> <value>   HSET        D <key#> <field>   HDEL
@@ -13,7 +13,8 @@
 -- Returns 0, or 1 when the lock is no longer ours (nothing written).
 -- A client that lost the reply and sends the script again finds its token
 -- among the recent commits and gets 0 without writing twice.
-if ARGV[1] ~= '' and KEYS[10] and redis.call('LPOS', KEYS[10], ARGV[1]) then
+local recent = KEYS[10] and redis.call('GET', KEYS[10])
+if ARGV[1] ~= '' and recent and string.find(recent, ' ' .. ARGV[1] .. ' ', 1, true) then
   return 0
 end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[8]) ~= ARGV[1] then
@@ -44,8 +45,12 @@ while i <= n do
   end
 end
 if ARGV[1] ~= '' and KEYS[10] then
-  redis.call('LPUSH', KEYS[10], ARGV[1])
-  redis.call('LTRIM', KEYS[10], 0, 31)
+  local kept = ' ' .. ARGV[1] .. (recent or ' ')
+  if #kept > 1024 then
+    kept = string.sub(kept, 1, 1024)
+    kept = string.sub(kept, 1, string.find(kept, ' [^ ]*$'))
+  end
+  redis.call('SET', KEYS[10], kept)
 end
 local ttl = tonumber(ARGV[3])
 local function expire(key)
