@@ -43,6 +43,7 @@ def test_triggers_must_be_a_dict():
     TRIGGERS={
         "LOCK_EXPIRE": 0,
         "TIMEOUT": -5,
+        "BROKER_TIMEOUT": "5",
         "ON_LOST_SESSION": "ignore",
         "MANAGER": "defualt",
         "STORAGE": "nowhere.Storage",
@@ -54,10 +55,11 @@ def test_bad_values_and_typos_in_triggers():
     # Given settings with bad values and a misspelt key; when checked
     messages = check_settings()
     # Then each bad value is an error, the unknown key a warning with the likely key
-    assert ids(messages) == ["triggers.E002"] * 6 + ["triggers.W001"]
+    assert ids(messages) == ["triggers.E002"] * 7 + ["triggers.W001"]
     texts = "\n".join(m.msg for m in messages)
     assert "TRIGGERS['LOCK_EXPIRE'] must be a positive number, not 0" in texts
-    assert "TRIGGERS['TIMEOUT'] must be positive seconds or None" in texts
+    assert "TRIGGERS['TIMEOUT'] must be positive seconds or None, not -5" in texts
+    assert "TRIGGERS['BROKER_TIMEOUT'] must be positive seconds or None, not '5'" in texts
     assert "TRIGGERS['ON_LOST_SESSION'] must be one of 'raise', 'restart'" in texts
     hints = {m.msg.split("]")[0]: m.hint for m in messages}
     assert hints["TRIGGERS['MANAGER'"] == "Did you mean 'default'?"

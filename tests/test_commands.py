@@ -108,6 +108,7 @@ def test_inspect_flags_instances_stuck_in_scheduled(unique_uid):
     text = run("triggers_inspect", unique_uid, "--stuck-after", "0")
     # Then it is reported as stuck
     assert "STUCK: scheduled since" in text
+    assert f"1 instance(s) look stuck; `manage.py triggers_resend {unique_uid}`" in text
     assert json.loads(run("triggers_inspect", unique_uid, "--json", "--stuck-after", "0"))[
         "instances"
     ][0]["stuck"]

@@ -56,6 +56,7 @@ _POSITIVE_NUMBERS = (
     "STUCK_AFTER",
     "MAX_KWARGS_BYTES",
 )
+_POSITIVE_OR_NONE = ("TIMEOUT", "BROKER_TIMEOUT")
 _CHOICES = {"ON_LOST_SESSION": ("raise", "restart")}
 
 
@@ -88,12 +89,10 @@ def _check_values(user: Mapping[str, Any]) -> list[CheckMessage]:
         value = conf.get(key)
         if not _is_number(value) or value <= 0:
             found.append(_invalid(key, f"must be a positive number, not {value!r}"))
-    if conf.has("TIMEOUT"):
-        value = conf.get("TIMEOUT")
+    for key in _POSITIVE_OR_NONE:
+        value = conf.get(key)
         if value is not None and (not _is_number(value) or value <= 0):
-            found.append(
-                _invalid("TIMEOUT", f"must be positive seconds or None (forever), not {value!r}")
-            )
+            found.append(_invalid(key, f"must be positive seconds or None, not {value!r}"))
     for key, choices in _CHOICES.items():
         if conf.get(key) not in choices:
             found.append(

@@ -163,4 +163,10 @@ def render_session_table(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(2)]
     for name, status, detail in table:
         lines.append(f"  {name.ljust(widths[0])}  {status.ljust(widths[1])}  {detail}".rstrip())
+    stuck = [row["name"] for row in report["instances"] if row["stuck"]]
+    if stuck:
+        lines.append(
+            f"{len(stuck)} instance(s) look stuck; `manage.py triggers_resend "
+            f"{report['uid']}` sends them to their runner again."
+        )
     return "\n".join(lines)
