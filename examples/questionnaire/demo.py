@@ -307,6 +307,20 @@ def deal(fires: list[Fire], rng: random.Random) -> tuple[list[Fire], list[Fire]]
 # -- reporting -----------------------------------------------------------------------
 
 
+def describe_workflow(configs: dict[str, Any]) -> str:
+    """The workflow's rules, one line per task."""
+    width = max(len(name) for name in configs)
+    lines = ["Workflow 'questionnaire' (examples/questionnaire/workflow.json):"]
+    for name, config in configs.items():
+        rule = "after " + " + ".join(sorted(config.after))
+        if config.and_every:
+            rule += f", again for every {config.and_every}"
+        if config.unless:
+            rule += ", unless " + " + ".join(sorted(config.unless))
+        lines.append(f"  {name:<{width}}  {rule}")
+    return "\n".join(lines)
+
+
 def _describe_fire(event: dict[str, Any]) -> str:
     kwargs = event.get("kwargs") or {}
     text = f"fire {event['trigger']}"
@@ -438,6 +452,7 @@ def run(args: argparse.Namespace, cleanup: list[Callable[[], None]]) -> int:
     from examples.questionnaire import records
     from triggers.inspection import inspect_session, render_session_table
     from triggers.shortcuts import get_trigger_manager, start_session
+    from triggers.workflows import load_workflow
 
     if not args.keep:
         cleanup.append(lambda: _delete_keys(records.client(), settings.KEY_PREFIX))
@@ -459,6 +474,8 @@ def run(args: argparse.Namespace, cleanup: list[Callable[[], None]]) -> int:
     for r in respondents:
         how = "embedded app" if r.embedded else "web browser"
         say(f"  Session  {r.label:<9} {r.uid}: {r.pages} pages, {how}")
+    say()
+    say(describe_workflow(load_workflow("questionnaire")))
     worker.wait_ready()
     for client in clients:
         client.wait_ready()
