@@ -19,7 +19,7 @@ from tests.managers import (
 )
 from tests.tasks import RecordingTask, SlowTask
 from tests.utils import wait_for
-from triggers.exceptions import ConfigurationError, DispatchError
+from triggers.exceptions import ConfigurationError, DispatchError, InstanceStateError
 from triggers.manager import TriggerManager
 from triggers.runners.base import BaseTaskRunner, build_message
 from triggers.storages.cache import CacheStorageBackend
@@ -63,6 +63,12 @@ def test_a_message_delivered_twice_runs_finishes_and_cascades_once(
         message="the duplicate delivery ended",
     )
     assert len(read_events(runs_key(unique_uid), instance="t_slow#0")) == 1
+    assert manager.storage["t_slow#0"].status == TaskInstance.STATUS_RUNNING
+
+    # When an operator also tries to re-send it, taking it for stuck, it is
+    # refused while the running worker keeps its claim alive
+    with pytest.raises(InstanceStateError, match="still holds it"):
+        manager.resend_instance("t_slow#0")
     assert manager.storage["t_slow#0"].status == TaskInstance.STATUS_RUNNING
 
     # When the first run is let finish
