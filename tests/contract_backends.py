@@ -83,8 +83,12 @@ def raw_redis_state(client: redis.Redis, uid: str) -> dict[bytes, Any]:
             state[key] = sorted(client.hgetall(key).items())
         elif kind == b"zset":
             state[key] = client.zrange(key, 0, -1, withscores=True)
-        else:
+        elif kind == b"string":
             state[key] = client.get(key)
+        elif kind == b"list":
+            state[key] = client.lrange(key, 0, -1)
+        else:  # lists, sets, streams: their exact serialised form
+            state[key] = client.dump(key)
     return state
 
 

@@ -21,7 +21,7 @@ from .exceptions import (
 from .registry import Registry
 from .runners import task_runners
 from .runners.base import DEFAULT_TASK_RUNNER, forced_runner
-from .storages.base import BaseTriggerStorage
+from .storages.base import MAX_INSTANCE_NAME_LENGTH, BaseTriggerStorage
 from .storages.transaction import Transaction
 from .types import TaskConfig, TaskInstance, validate_configuration
 from .validation import check_name, normalise_kwargs
@@ -37,7 +37,9 @@ LOCK_LOST_RETRIES = 3
 
 
 def _name_of(instance: TaskInstance | str) -> str:
-    return instance.name if isinstance(instance, TaskInstance) else instance
+    if isinstance(instance, TaskInstance):
+        return instance.name
+    return check_name(instance, "task instance name", max_length=MAX_INSTANCE_NAME_LENGTH)
 
 
 class TriggerManager:

@@ -20,10 +20,13 @@ from typing import Any
 from .. import conf
 from ..exceptions import UnknownInstanceError
 from ..types import TaskConfig, TaskInstance
-from ..validation import check_uid
+from ..validation import MAX_NAME_LENGTH, check_name, check_uid
 from .transaction import Changes, Snapshot, Transaction, build_index, instance_sort_key
 
 __all__ = ["BaseTriggerStorage"]
+
+#: A task name, "#" and a 20-digit instance number.
+MAX_INSTANCE_NAME_LENGTH = MAX_NAME_LENGTH + 21
 
 
 def config_from_stored(name: str, data: Mapping[str, Any]) -> TaskConfig:
@@ -286,6 +289,7 @@ class BaseTriggerStorage:
         return dict(self._load_all().latest_kwargs)
 
     def __getitem__(self, instance_name: str) -> TaskInstance:
+        check_name(instance_name, "task instance name", max_length=MAX_INSTANCE_NAME_LENGTH)
         txn = self._current
         if txn is not None:
             return txn.get_instance(instance_name)
@@ -354,7 +358,12 @@ class BaseTriggerStorage:
         """Store a copy of an instance as a new instance of the same task,
         one level deeper (``metadata['parent']``/``['depth']``)."""
         with self.transaction() as txn:
-            name = task_instance if isinstance(task_instance, str) else task_instance.name
+            if isinstance(task_instance, TaskInstance):
+                name = task_instance.name
+            else:
+                name = check_name(
+                    task_instance, "task instance name", max_length=MAX_INSTANCE_NAME_LENGTH
+                )
             source = txn.get_instance(name)
             clone = txn.new_instance(
                 source.config,
