@@ -127,10 +127,14 @@ def test_200_triggers_fired_from_4_processes_run_the_waiting_task_once(
 def test_and_every_fires_from_4_processes_make_one_instance_each(
     celery_worker, process_pool, unique_uid
 ):
-    # Given a task that runs once per 'tick'
+    # Given a task that runs once per 'tick', and one that runs once per
+    # cascade of the first (fired by the worker while the processes fire)
     manager = TriggerManager(CacheStorageBackend(unique_uid))
     manager.update_configuration(
-        {"t_each": {"after": ["tick"], "andEvery": "tick", "run": RecordingTask.name}}
+        {
+            "t_each": {"after": ["tick"], "andEvery": "tick", "run": RecordingTask.name},
+            "t_then": {"after": ["t_each"], "andEvery": "t_each", "run": RecordingTask.name},
+        }
     )
     fires_total = 48
 
@@ -140,21 +144,27 @@ def test_and_every_fires_from_4_processes_make_one_instance_each(
     )
 
     # Then every fire scheduled its own new instance, none twice
-    expected_names = [f"t_each#{n}" for n in range(fires_total)]
+    each_names = [f"t_each#{n}" for n in range(fires_total)]
+    then_names = [f"t_then#{n}" for n in range(fires_total)]
     scheduled = [name for r in reports for name in r["scheduled"]]
-    assert sorted(scheduled, key=lambda n: int(n.split("#")[1])) == expected_names
-    # ... the worker runs each of them exactly once
+    assert sorted(scheduled, key=lambda n: int(n.split("#")[1])) == each_names
+    # ... the worker runs each of them, and each cascade's instance, exactly once
     wait_for(
-        lambda: len(read_events(deliveries_key(unique_uid), event="postrun")) >= fires_total,
+        lambda: len(read_events(deliveries_key(unique_uid), event="postrun")) >= 2 * fires_total,
         timeout=30,
-        message=f"{fires_total} messages processed",
+        message=f"{2 * fires_total} messages processed",
     )
     runs = read_events(runs_key(unique_uid))
-    assert sorted(r["instance"] for r in runs) == sorted(expected_names)
-    # ... and each fire's kwargs went to exactly one instance
-    assert sorted(r["kwargs"]["tick"]["n"] for r in runs) == list(range(fires_total))
-    storage = manager.storage
-    assert statuses(storage) == {name: TaskInstance.STATUS_FINISHED for name in expected_names}
+    assert sorted(r["instance"] for r in runs) == sorted(each_names + then_names)
+    # ... and each fire's kwargs went to exactly one instance, and each
+    # cascade's to exactly one downstream instance
+    ticks = [r["kwargs"]["tick"]["n"] for r in runs if r["instance"].startswith("t_each#")]
+    assert sorted(ticks) == list(range(fires_total))
+    cascades = [r["kwargs"]["t_each"] for r in runs if r["instance"].startswith("t_then#")]
+    assert sorted(c["instance"] for c in cascades) == sorted(each_names)
+    assert statuses(manager.storage) == {
+        name: TaskInstance.STATUS_FINISHED for name in each_names + then_names
+    }
 
 
 # -- no stale reads ----------------------------------------------------------------

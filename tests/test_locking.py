@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import select
+import signal
 import subprocess
 import sys
 import textwrap
@@ -184,6 +185,57 @@ def test_a_killed_lock_holder_blocks_the_session_for_seconds_only(
     assert inst.name == "t_a#0"
     assert inst.status == TaskInstance.STATUS_UNSTARTED
     assert inst.kwargs == expected
+
+
+def test_a_holder_paused_past_its_lock_expiry_cannot_overwrite_newer_work(
+    redis_client, unique_uid, children
+):
+    # Given a process whose locks expire after 1 s, in the middle of a fire
+    # that created t_each#0 but has not been written yet
+    manager = TriggerManager(CacheStorageBackend(unique_uid))
+    manager.update_configuration(
+        {"t_each": {"after": ["tick", "never"], "andEvery": "tick", "run": RecordingTask.name}}
+    )
+    child = start_child(
+        unique_uid,
+        """
+        from django.conf import settings
+        settings.TRIGGERS = {**settings.TRIGGERS, "LOCK_EXPIRE": 1}
+        try:
+            with manager.storage.acquire_lock() as lock:
+                manager.fire("tick", {"from": "child"})
+                say(ready=True, key=lock.key)
+                sys.stdin.readline()
+        except Exception as exc:
+            say(error=type(exc).__name__)
+        manager.fire("tick", {"from": "child, again"})
+        say(done=True)
+        """,
+    )
+    children.append(child)
+    report = read_message(child)
+
+    # When it is paused (SIGSTOP: its renewer thread stops too) until its lock
+    # expires, and this process fires meanwhile
+    os.kill(child.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: not redis_client.exists(report["key"]), timeout=5, message="lock expired")
+        manager.fire("tick", {"from": "parent"})
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+    assert child.stdin is not None
+    child.stdin.write("go\n")
+    child.stdin.flush()
+
+    # Then its stale write is refused (nothing of it lands), and its next
+    # fire works on the current state
+    assert read_message(child) == {"error": "LockLostError"}
+    assert read_message(child) == {"done": True}
+    instances = manager.storage.instances
+    assert {name: inst.kwargs["tick"] for name, inst in instances.items()} == {
+        "t_each#0": {"from": "parent"},
+        "t_each#1": {"from": "child, again"},
+    }
 
 
 # -- contention ----------------------------------------------------------------------
