@@ -114,6 +114,7 @@ def test_replay_with_replacement_kwargs_runs_a_clone_at_once(
     target: Any = "t_fix#0" if by == "name" else manager.storage["t_fix#0"]
     # When it is replayed with corrected kwargs
     clone = manager.replay_failed_instance(target, replacement_kwargs={"a": {"fixed": True}})
+    assert clone.status == "scheduled"  # handed to the runner at once
     settle()
     # Then it is marked replayed and its clone ran (and cascaded) with the new kwargs
     storage = manager.storage

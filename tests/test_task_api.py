@@ -20,6 +20,7 @@ from triggers.manager import TriggerManager
 from triggers.runners.base import build_message
 from triggers.task import MaxRetriesExceeded, TaskContext, TriggerTask
 from triggers.testing import FailingTask, SelfRetryingTask
+from triggers.types import TaskInstance
 
 pytestmark = pytest.mark.usefixtures("threaded")
 
@@ -106,18 +107,24 @@ class FilteredTask(TriggerTask):
         return {"cleaned": cleaned}
 
 
-def test_run_returning_none_finishes_with_an_empty_result(manager: TriggerManager) -> None:
-    # Given a task whose _run returns None, and a task after it
+def run_before_a_follower(manager: TriggerManager, task: type[TriggerTask]) -> TaskInstance:
+    """Run ``task`` as t_x, with t_next waiting for its cascade; return t_x#0."""
     manager.update_configuration(
         {
-            "t_x": {"after": ["a"], "run": ReturnsNone.name},
+            "t_x": {"after": ["a"], "run": task.name},
             "t_next": {"after": ["t_x"], "run": ReturnsNone.name},
         }
     )
     manager.fire("a")
     settle()
+    return manager.storage["t_x#0"]
+
+
+def test_run_returning_none_finishes_with_an_empty_result(manager: TriggerManager) -> None:
+    # Given a task whose _run returns None, and a task after it
+    inst = run_before_a_follower(manager, ReturnsNone)
     # Then it finished with {} and cascaded {}
-    assert manager.storage["t_x#0"].metadata["result"] == {}
+    assert inst.metadata["result"] == {}
     assert manager.storage["t_next#0"].kwargs == {"t_x": {}}
 
 
@@ -125,16 +132,8 @@ def test_run_returning_a_non_mapping_fails_with_a_clear_message(
     manager: TriggerManager,
 ) -> None:
     # Given a task whose _run returns a list
-    manager.update_configuration(
-        {
-            "t_x": {"after": ["a"], "run": ReturnsList.name},
-            "t_next": {"after": ["t_x"], "run": ReturnsNone.name},
-        }
-    )
-    manager.fire("a")
-    settle()
+    inst = run_before_a_follower(manager, ReturnsList)
     # Then the instance failed saying what _run must return, and nothing cascaded
-    inst = manager.storage["t_x#0"]
     assert inst.status == "failed"
     assert inst.metadata["exc_type"] == "triggers.task.TaskResultError"
     assert "returned list" in inst.metadata["exc_message"]
@@ -209,16 +208,8 @@ def test_self_retrying_task_honours_retries_max(manager: TriggerManager) -> None
 
 def test_skip_marks_the_instance_skipped_without_cascade(manager: TriggerManager) -> None:
     # Given a task that skips itself, and a task after it
-    manager.update_configuration(
-        {
-            "t_x": {"after": ["a"], "run": SkipsItself.name},
-            "t_next": {"after": ["t_x"], "run": ReturnsNone.name},
-        }
-    )
-    manager.fire("a")
-    settle()
+    inst = run_before_a_follower(manager, SkipsItself)
     # Then it is skipped with its metadata, and nothing cascaded
-    inst = manager.storage["t_x#0"]
     assert inst.status == "skipped"
     assert inst.metadata["reason"] == "nothing to import"
     assert "t_next#0" not in manager.storage

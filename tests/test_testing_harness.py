@@ -91,21 +91,27 @@ def check_every_assertion_fails_when_wrong(case: Any) -> None:
         raise AssertionError(f"assertion did not fail: {check}")
 
 
+class SharedChecks:
+    """Tests both harness flavours run (as unittest and as pytest methods)."""
+
+    manager: TriggerManager
+
+    def test_every_assertion(self) -> None:
+        # The mixin makes tasks run in threads while the test runs
+        assert forced_runner() == "threading"
+        fire_workflow(self.manager)
+        check_every_assertion(self)
+
+    def test_every_assertion_fails_when_wrong(self) -> None:
+        fire_workflow(self.manager)
+        check_every_assertion_fails_when_wrong(self)
+
+
 def make_unittest_case() -> type[unittest.TestCase]:
-    class WorkflowTest(TriggerManagerTestCaseMixin, unittest.TestCase):
+    class WorkflowTest(SharedChecks, TriggerManagerTestCaseMixin, unittest.TestCase):
         def setUp(self) -> None:
             super().setUp()
             self.manager = TriggerManager(CacheStorageBackend(new_uid("unittest")))
-
-        def test_every_assertion(self) -> None:
-            # The mixin makes tasks run in threads while the test runs
-            assert forced_runner() == "threading"
-            fire_workflow(self.manager)
-            check_every_assertion(self)
-
-        def test_every_assertion_fails_when_wrong(self) -> None:
-            fire_workflow(self.manager)
-            check_every_assertion_fails_when_wrong(self)
 
         def test_a_wrong_expectation(self) -> None:
             fire_workflow(self.manager)
@@ -140,21 +146,12 @@ def test_mixin_under_unittest_runner() -> None:
     assert forced_runner() is None
 
 
-class TestMixinUnderPlainPytest(TriggerManagerTestCaseMixin):
+class TestMixinUnderPlainPytest(SharedChecks, TriggerManagerTestCaseMixin):
     """A plain pytest class: setup_method/teardown_method force the runner."""
 
     def setup_method(self, method: Any = None) -> None:
         super().setup_method(method)
         self.manager = TriggerManager(CacheStorageBackend(new_uid("pytest")))
-
-    def test_every_assertion(self) -> None:
-        assert forced_runner() == "threading"
-        fire_workflow(self.manager)
-        check_every_assertion(self)
-
-    def test_every_assertion_fails_when_wrong(self) -> None:
-        fire_workflow(self.manager)
-        check_every_assertion_fails_when_wrong(self)
 
     def test_missing_instance_message_lists_the_instances(self) -> None:
         self.manager.update_configuration({"t_x": {"after": ["a", "b"], "run": DEV}})
