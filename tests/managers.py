@@ -9,7 +9,7 @@ imports this module, and the worker imports ``tests.tasks``).
   until a worker process has started on the message. That widens the window
   in which a late ``scheduled`` could overwrite the worker's ``running``.
 - Helpers to record and read such events (Redis lists of JSON entries on the
-  cache database).
+  cache database), and to set up processes the tests ``spawn``.
 """
 
 from __future__ import annotations
@@ -82,6 +82,27 @@ def deliveries_key(uid: str) -> str:
 def release_key(uid: str) -> str:
     """Set this key to let ``SlowTask`` instances of session ``uid`` finish."""
     return f"triggers-tests:release:{uid}"
+
+
+# -- spawned processes (multiprocessing 'spawn' start method) -----------------
+
+_start_barrier: Any = None
+
+
+def init_spawned_process(barrier: Any = None) -> None:
+    """Pool initialiser: set Django up like any other process of the project
+    would, and keep ``barrier`` for :func:`start_together`."""
+    global _start_barrier
+    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+    import django
+
+    django.setup()
+    _start_barrier = barrier
+
+
+def start_together(timeout: float = 60.0) -> None:
+    """Wait until every process sharing the initialiser's barrier is here."""
+    _start_barrier.wait(timeout=timeout)
 
 
 class RecordingManager(TriggerManager):

@@ -79,26 +79,24 @@ class NonJsonResultTask(TriggerTask):
 # Celery task id, so tests can see duplicates arrive and end.
 
 
-@signals.task_prerun.connect
-def _record_prerun(task_id: str = "", task: Any = None, kwargs: Any = None, **_: Any) -> None:
+def _record_delivery(event: str, task_id: str, task: Any, kwargs: Any, **extra: Any) -> None:
     if isinstance(task, TriggerTask) and isinstance(kwargs, dict) and "uid" in kwargs:
         record_event(
             deliveries_key(kwargs["uid"]),
-            event="prerun",
+            event=event,
             task_id=task_id,
             instance=kwargs.get("instance"),
+            **extra,
         )
+
+
+@signals.task_prerun.connect
+def _record_prerun(task_id: str = "", task: Any = None, kwargs: Any = None, **_: Any) -> None:
+    _record_delivery("prerun", task_id, task, kwargs)
 
 
 @signals.task_postrun.connect
 def _record_postrun(
     task_id: str = "", task: Any = None, kwargs: Any = None, state: Any = None, **_: Any
 ) -> None:
-    if isinstance(task, TriggerTask) and isinstance(kwargs, dict) and "uid" in kwargs:
-        record_event(
-            deliveries_key(kwargs["uid"]),
-            event="postrun",
-            task_id=task_id,
-            instance=kwargs.get("instance"),
-            state=state,
-        )
+    _record_delivery("postrun", task_id, task, kwargs, state=state)

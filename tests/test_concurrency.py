@@ -16,7 +16,13 @@ from typing import Any
 
 import pytest
 
-from tests.managers import deliveries_key, read_events, runs_key
+from tests.managers import (
+    deliveries_key,
+    init_spawned_process,
+    read_events,
+    runs_key,
+    start_together,
+)
 from tests.tasks import RecordingTask
 from tests.utils import wait_for
 from triggers.manager import TriggerManager
@@ -28,23 +34,12 @@ PROCESSES = 4
 
 # -- runs in the spawned processes -------------------------------------------
 
-_start_together: Any = None
-
-
-def _init_process(barrier: Any) -> None:
-    global _start_together
-    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
-    import django
-
-    django.setup()
-    _start_together = barrier
-
 
 def _fire_batch(uid: str, fires: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """Fire ``fires`` in order on session ``uid``, starting together with the
     other processes; report what each fire scheduled."""
     manager = TriggerManager(CacheStorageBackend(uid))
-    _start_together.wait(timeout=60)
+    start_together()
     started = time.time()
     scheduled: list[str] = []
     for trigger, kwargs in fires:
@@ -61,7 +56,7 @@ def process_pool() -> Iterator[ProcessPoolExecutor]:
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(PROCESSES)
     with ProcessPoolExecutor(
-        PROCESSES, mp_context=context, initializer=_init_process, initargs=(barrier,)
+        PROCESSES, mp_context=context, initializer=init_spawned_process, initargs=(barrier,)
     ) as pool:
         yield pool
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.managers import init_spawned_process, start_together
 from tests.tasks import RecordingTask
 from tests.utils import wait_for
 from triggers import conf
@@ -244,23 +245,14 @@ THREADS = 4
 FIRES_PER_THREAD = 25
 
 
-_start_together: Any = None
-
-
-def _init_process(barrier: Any) -> None:
-    global _start_together
-    os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
-    import django
-
-    django.setup()
-    _start_together = barrier
-
-
 def _hammer(uid: str, source: str, barrier: Any = None) -> dict[str, Any]:
     """Fire 'hit' from THREADS threads sharing one manager, FIRES_PER_THREAD
     times each, once every process has reached the barrier."""
     manager = TriggerManager(CacheStorageBackend(uid))
-    (barrier or _start_together).wait(timeout=60)
+    if barrier is None:
+        start_together()
+    else:
+        barrier.wait(timeout=60)
     began = time.time()
 
     def thread(t: int) -> int:
@@ -293,7 +285,7 @@ def test_threads_and_processes_hammering_one_session_never_deadlock(unique_uid):
     barrier = context.Barrier(3)
     started = time.monotonic()
     with ProcessPoolExecutor(
-        2, mp_context=context, initializer=_init_process, initargs=(barrier,)
+        2, mp_context=context, initializer=init_spawned_process, initargs=(barrier,)
     ) as pool:
         # When 2 other processes and this one each fire from 4 threads at once
         remote = [pool.submit(_hammer, unique_uid, f"child{i}") for i in range(2)]
