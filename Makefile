@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.triggers-installed
 PYTEST_ARGS ?=
 
-.PHONY: test install ensure-redis bench demo lint clean
+.PHONY: test install ensure-redis bench soak demo lint clean
 
 test: install ensure-redis
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -32,6 +32,11 @@ ensure-redis: install
 
 bench: install
 	$(PY) benchmarks/run.py
+
+# Bounded soak with a real worker (about a minute): zero lost triggers, zero
+# duplicate runs, fire throughput and latency percentiles.
+soak: install ensure-redis
+	$(PY) benchmarks/soak.py
 
 # The questionnaire workflow end to end: a real worker, two firing processes,
 # Redis on 127.0.0.1:6379 or an embedded one. Options: make demo DEMO_ARGS=--help
