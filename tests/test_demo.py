@@ -24,6 +24,12 @@ def run_demo(*args: str, timeout: float = 100) -> subprocess.CompletedProcess[st
     )
 
 
+def found(pattern: str, text: str) -> str:
+    match = re.search(pattern, text)
+    assert match, f"{pattern!r} not in the demo's output:\n{text}"
+    return match.group(1)
+
+
 def leftover_processes(run_id: str) -> list[int]:
     """Live (not zombie) processes that belong to a demo run: the demo exports
     its run id to the worker and the firing processes it starts."""
@@ -49,9 +55,9 @@ def test_the_demo_runs_the_workflow_and_passes(redis_url):
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "Timeline (A and B are the firing processes" in out
-    assert re.search(r"A \d+ +web +fire firstPageReceived", out) or re.search(
-        r"B \d+ +web +fire firstPageReceived", out
-    )
+    # (fires from both firing processes, tasks from the worker's pool processes)
+    assert re.search(r"A \d+ +(web|embedded) +fire ", out)
+    assert re.search(r"B \d+ +(web|embedded) +fire ", out)
     assert re.search(r"worker \d+ +web +t_importSubject#0 imported subject", out)
     # And the session tables are triggers_inspect's, with every instance as the workflow says
     assert "  INSTANCE                   STATUS" in out
@@ -59,7 +65,7 @@ def test_the_demo_runs_the_workflow_and_passes(redis_url):
     assert re.search(r"t_importResponses#3 +finished +result: \{\"page\": \d", out)
     assert "Result: every instance ended as the workflow says." in out
     # And it stopped every process it started and removed its keys
-    run_id = re.search(r"Questionnaire demo, run (\w+)", out).group(1)
+    run_id = found(r"Questionnaire demo, run (\w+)", out)
     assert leftover_processes(run_id) == []
     demo_db = redis.Redis.from_url(f"{redis_url}/3")
     try:
@@ -79,9 +85,9 @@ def test_without_a_redis_server_the_demo_starts_its_own():
     assert "(embedded redis-server (" in result.stdout
     assert "Result: every instance ended as the workflow says." in result.stdout
     # And that server is gone afterwards
-    embedded = re.search(r"Redis +(redis://127.0.0.1:\d+)/3", result.stdout).group(1)
+    embedded = found(r"Redis +(redis://127.0.0.1:\d+)/3", result.stdout)
     assert not ping(embedded, timeout=0.2)
-    run_id = re.search(r"Questionnaire demo, run (\w+)", result.stdout).group(1)
+    run_id = found(r"Questionnaire demo, run (\w+)", result.stdout)
     assert leftover_processes(run_id) == []
 
 
@@ -90,3 +96,34 @@ def test_demo_help_explains_the_options():
     assert result.returncode == 0
     for option in ("--redis-url", "--embedded-redis", "--seed", "--pages", "--timeout", "--keep"):
         assert option in result.stdout
+
+
+def test_the_demo_fails_when_an_instance_did_not_end_as_the_workflow_says():
+    # Given the demo's expectations for a 2-page web respondent
+    from examples.questionnaire.demo import Respondent, verify
+    from triggers.types import TaskConfig, TaskInstance
+
+    respondent = Respondent("web", "uid", 2, False, "Ada", "ada@example.com", "Firefox")
+
+    def instance(name: str, status: str) -> TaskInstance:
+        task = name.partition("#")[0]
+        return TaskInstance(name, TaskConfig(task, ["x"], "run.Task"), status)
+
+    # When the second page's import failed and was therefore never recorded
+    instances = {
+        "t_importSubject#0": instance("t_importSubject#0", "finished"),
+        "t_importResponses#0": instance("t_importResponses#0", "finished"),
+        "t_importResponses#1": instance("t_importResponses#1", "failed"),
+        "t_importBrowserMetadata#0": instance("t_importBrowserMetadata#0", "finished"),
+    }
+    imported = [
+        {"what": "subject", "subjectId": "s1"},
+        {"what": "responses", "subjectId": "s1", "page": 1},
+        {"what": "browser metadata"},
+    ]
+    problems = verify(respondent, instances, imported)
+    # Then the demo reports both the wrong status and the missing import
+    assert problems == [
+        "instances t_importResponses#1: failed (expected finished)",
+        "responses imported for pages [1], expected 1..2 once each",
+    ]

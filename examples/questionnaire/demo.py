@@ -298,7 +298,7 @@ def deal(fires: list[Fire], rng: random.Random) -> tuple[list[Fire], list[Fire]]
     hands: tuple[list[Fire], list[Fire]] = ([], [])
     for fire in fires:
         hands[rng.randrange(2)].append(fire)
-    if fires and not all(hands):
+    if len(fires) >= 2 and not all(hands):
         full, empty = (hands[0], hands[1]) if hands[0] else (hands[1], hands[0])
         empty.append(full.pop())
     return hands
