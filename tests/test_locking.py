@@ -52,18 +52,23 @@ def start_child(uid: str, body: str) -> subprocess.Popen[str]:
         env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
 
 
 def read_message(child: subprocess.Popen[str], timeout: float = 30.0) -> dict[str, Any]:
-    """The child's next report; fails if it exits or stays silent."""
+    """The child's next report; fails, with its stderr, if it exits or stays
+    silent."""
     assert child.stdout is not None
     ready, _, _ = select.select([child.stdout], [], [], timeout)
     line = child.stdout.readline() if ready else ""
     if not line:
+        exited = child.poll()
         child.kill()
-        raise AssertionError(f"child {child.pid} sent nothing within {timeout}s")
+        _, err = child.communicate(timeout=10)
+        why = f"exited with {exited}" if exited is not None else f"sent nothing in {timeout}s"
+        raise AssertionError(f"child {child.pid} {why}; stderr:\n{err}")
     return json.loads(line)
 
 
@@ -75,10 +80,7 @@ def children() -> Iterator[list[subprocess.Popen[str]]]:
     for child in started:
         if child.poll() is None:
             child.kill()
-        child.wait(timeout=10)
-        for stream in (child.stdin, child.stdout):
-            if stream is not None:
-                stream.close()
+        child.communicate(timeout=10)
 
 
 def lock_holder(redis_client, key: str) -> str | None:
