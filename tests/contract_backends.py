@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -268,12 +268,3 @@ class BlockingTask(TriggerTask):
     def _run(self, context: TaskContext) -> dict[str, Any]:
         opened = gate(context.manager.storage.uid, context.instance_name).wait(20)
         return {"opened": opened}
-
-
-def call_recorder() -> tuple[list[Any], Callable[..., None]]:
-    calls: list[Any] = []
-
-    def record(*args: Any) -> None:
-        calls.append(args)
-
-    return calls, record
