@@ -5,7 +5,6 @@ backend that implements only ``name``, ``_load_from_backend`` and ``_save``."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 import pytest
 
@@ -29,8 +28,6 @@ from triggers.testing import FailingTask
 from triggers.types import TaskConfig, TaskInstance
 
 pytestmark = pytest.mark.usefixtures("threaded")
-
-Factory = Callable[[], TriggerManager]
 
 WORKFLOW = {
     "t_first": {"after": ["start"], "run": PASS},
