@@ -137,7 +137,7 @@ class SessionLock(redis_lock.Lock):
         self.deferred = deferred
 
     @property
-    def _held(self) -> bool:  # type: ignore[override]
+    def _held(self) -> bool:
         return self._acquired
 
     @property

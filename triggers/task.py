@@ -234,7 +234,7 @@ class TriggerTask(celery.Task):
         return int(self.max_retries if self.max_retries is not None else 0)
 
     # -- for _run to raise -------------------------------------------------
-    def retry(  # type: ignore[override]
+    def retry(
         self,
         exc: BaseException | None = None,
         metadata: Mapping[str, Any] | None = None,
@@ -252,7 +252,7 @@ class TriggerTask(celery.Task):
         return SkipRequested(metadata)
 
     # -- execution ---------------------------------------------------------------
-    def run(  # type: ignore[override]
+    def run(
         self,
         uid: str,
         instance: str,

@@ -22,7 +22,7 @@ task_runners: Registry[BaseTaskRunner] = Registry(
 )
 
 
-def __getattr__(name: str):  # lazy: importing Celery is not free
+def __getattr__(name: str) -> type[BaseTaskRunner]:  # lazy: importing Celery is not free
     if name == "CeleryTaskRunner":
         from .celery import CeleryTaskRunner
 

@@ -157,10 +157,10 @@ class Transaction:
         for name, record in snap.records.items():
             if name in self.instances:
                 continue
-            cfg = self.configs.get(record["task"])
-            if cfg is None:
+            config = self.configs.get(record["task"])
+            if config is None:
                 continue
-            inst = TaskInstance.from_record(name, record, cfg)
+            inst = TaskInstance.from_record(name, record, config)
             self.instances[name] = inst
             self._membership[name] = inst.waiting_on()
             self._records[name] = record

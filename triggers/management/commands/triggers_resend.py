@@ -3,6 +3,7 @@ their runner again."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from django.core.management.base import CommandParser
@@ -44,9 +45,9 @@ class Command(TriggersCommand):
         sent = []
         for name in names:
             if options["dry_run"]:
-                inst = self.call(lambda name=name: manager.storage[name])
+                inst = self.call(partial(manager.storage.__getitem__, name))
             else:
-                inst = self.call(lambda name=name: manager.resend_instance(name))
+                inst = self.call(partial(manager.resend_instance, name))
             sent.append({"instance": inst.name, "status": inst.status})
         if options["json"]:
             self.write_json({"uid": uid, "dry_run": options["dry_run"], "resent": sent})
