@@ -178,38 +178,40 @@ class CacheStorageBackend(BaseTriggerStorage):
             if lock is not None:
                 lock.ensure()
             return self._fetch_all()
-        args: list[Any] = [self._lease_prefix, len(triggers), *triggers]
-        args += [len(tasks), *tasks, len(instances), *instances]
+        wanted = json.dumps([triggers, tasks, instances], ensure_ascii=False)
         script = _script(self._redis, "fetch")
         if lock is None:
-            reply = script(keys=self._keys, args=["", 0, *args], client=self._redis)
+            args: list[Any] = ["", 0, self._lease_prefix, wanted]
+            reply = script(keys=self._keys, args=args, client=self._redis)
         else:
             keys = [*self._keys, lock.key]
-            args = [lock.id, lock.expire_ms, *args]
+            args = [lock.id, lock.expire_ms, self._lease_prefix, wanted]
             reply = lock.take_with(lambda: script(keys=keys, args=args, client=self._redis))
-        meta_raw, index_raw, tasks_raw, waiting_raw, inst_raw, kw_raw, lease_raw = reply
+        # Empty arrays come back as {} (Lua cannot tell them from objects).
+        meta_raw, index_raw, tasks_raw, waiting_raw, inst_raw, kw_raw, lease_raw = (
+            part or [] for part in json.loads(reply)
+        )
         snap = Snapshot(meta=json.loads(meta_raw) if meta_raw else None)
         for i in range(0, len(index_raw), 2):
-            snap.index[_text(index_raw[i])] = [_text(t) for t in index_raw[i + 1]]
+            snap.index[index_raw[i]] = json.loads(index_raw[i + 1]) if index_raw[i + 1] else []
         for i in range(0, len(tasks_raw), 3):
-            name = _text(tasks_raw[i])
+            name = tasks_raw[i]
             if tasks_raw[i + 1]:
                 snap.configs[name] = config_from_stored(name, json.loads(tasks_raw[i + 1]))
             snap.counters[name] = int(tasks_raw[i + 2])
         for i in range(0, len(waiting_raw), 3):
-            key = (_text(waiting_raw[i]), _text(waiting_raw[i + 1]))
-            snap.waiting[key] = [_text(n) for n in waiting_raw[i + 2]]
+            snap.waiting[(waiting_raw[i], waiting_raw[i + 1])] = waiting_raw[i + 2] or []
         for i in range(0, len(inst_raw), 2):
             if inst_raw[i + 1]:
-                snap.records[_text(inst_raw[i])] = json.loads(inst_raw[i + 1])
+                snap.records[inst_raw[i]] = json.loads(inst_raw[i + 1])
         for i in range(0, len(kw_raw), 2):
-            trig = _text(kw_raw[i])
+            trig = kw_raw[i]
             snap.kwargs_known.add(trig)
             if kw_raw[i + 1]:
                 snap.latest_kwargs[trig] = json.loads(kw_raw[i + 1])
         for i in range(0, len(lease_raw), 2):
-            if int(lease_raw[i + 1]) > 0:
-                snap.leases[_text(lease_raw[i])] = int(lease_raw[i + 1])
+            if lease_raw[i + 1] > 0:
+                snap.leases[lease_raw[i]] = int(lease_raw[i + 1])
         return snap
 
     def _fetch_all(self) -> Snapshot:
@@ -254,25 +256,25 @@ class CacheStorageBackend(BaseTriggerStorage):
             lock.ensure()
         ops: list[Any] = []
         for name, cfg in changes.configs.items():
-            ops += ["H", 1, name, _dumps(cfg.to_directives())]
+            ops += ["H", "1", name, _dumps(cfg.to_directives())]
         if changes.index is not None:
-            ops += ["X", 2]
+            ops += ["X", "2"]
             for trig, task_names in changes.index.items():
-                ops += ["H", 2, trig, _dumps(task_names)]
+                ops += ["H", "2", trig, _dumps(task_names)]
         for name, inst in changes.instances.items():
-            ops += ["H", 3, name, _dumps(inst.to_record())]
+            ops += ["H", "3", name, _dumps(inst.to_record())]
         for task, trig, name in sorted(changes.waiting_remove):
             ops += ["R", f"{task}{SEP}{trig}{SEP}{name}"]
         for task, trig, name in sorted(changes.waiting_add):
             ops += ["Z", f"{task}{SEP}{trig}{SEP}{name}"]
         for task, number in changes.counters.items():
-            ops += ["H", 5, task, number]
+            ops += ["H", "5", task, str(number)]
         for trig, kwargs in changes.latest_kwargs.items():
-            ops += ["H", 6, trig, _dumps(kwargs)]
+            ops += ["H", "6", trig, _dumps(kwargs)]
         if changes.meta is not None:
             ops += ["S", _dumps(changes.meta)]
         for name, (token, ms) in changes.leases_set.items():
-            ops += ["L", name, token, int(ms)]
+            ops += ["L", name, token, str(int(ms))]
         for name in changes.leases_drop:
             ops += ["U", name]
         if not changes:
@@ -281,7 +283,10 @@ class CacheStorageBackend(BaseTriggerStorage):
             ttl = -1
         else:
             ttl = int(self.timeout * 1000)
-        args = [lock.id, lock.signal_expire, ttl, "1" if release else "0", self._lease_prefix, *ops]
+        # Raw UTF-8 (not \u escapes): Lua's cjson passes it through untouched.
+        packed = json.dumps(ops, ensure_ascii=False, separators=(",", ":"))
+        release_flag = "1" if release else "0"
+        args = [lock.id, lock.signal_expire, ttl, release_flag, self._lease_prefix, packed]
         keys = [*self._keys, lock.key, lock.signal_key, f"{self._base}:commits"]
         try:
             result = _script(self._redis, "commit")(keys=keys, args=args, client=self._redis)

@@ -5,7 +5,8 @@
 --       8 lock key, 9 lock signal key, 10 recent commits (optional: the
 --       lock tokens of the last commits, " tok1 tok2 ... ", at most 1 KB)
 -- ARGV: token, signal expire ms, ttl ms (-1 persist, 0 leave), release (1/0),
---       lease key prefix, then operations:
+--       lease key prefix, then the operations as one JSON array of strings
+--       (one argument packs and sends much faster than hundreds):
 --   H <key#> <field> <value>   HSET        D <key#> <field>   HDEL
 --   Z <member>  ZADD waiting   R <member>  ZREM waiting
 --   S <value>   SET meta       X <key#>    DEL
@@ -20,26 +21,27 @@ end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[8]) ~= ARGV[1] then
   return 1
 end
-local i = 6
-local n = #ARGV
+local ops = cjson.decode(ARGV[6] or '[]')
+local i = 1
+local n = #ops
 while i <= n do
-  local op = ARGV[i]
+  local op = ops[i]
   if op == 'H' then
-    redis.call('HSET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3]); i = i + 4
+    redis.call('HSET', KEYS[tonumber(ops[i + 1])], ops[i + 2], ops[i + 3]); i = i + 4
   elseif op == 'Z' then
-    redis.call('ZADD', KEYS[4], 0, ARGV[i + 1]); i = i + 2
+    redis.call('ZADD', KEYS[4], 0, ops[i + 1]); i = i + 2
   elseif op == 'R' then
-    redis.call('ZREM', KEYS[4], ARGV[i + 1]); i = i + 2
+    redis.call('ZREM', KEYS[4], ops[i + 1]); i = i + 2
   elseif op == 'S' then
-    redis.call('SET', KEYS[7], ARGV[i + 1]); i = i + 2
+    redis.call('SET', KEYS[7], ops[i + 1]); i = i + 2
   elseif op == 'D' then
-    redis.call('HDEL', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2]); i = i + 3
+    redis.call('HDEL', KEYS[tonumber(ops[i + 1])], ops[i + 2]); i = i + 3
   elseif op == 'X' then
-    redis.call('DEL', KEYS[tonumber(ARGV[i + 1])]); i = i + 2
+    redis.call('DEL', KEYS[tonumber(ops[i + 1])]); i = i + 2
   elseif op == 'L' then
-    redis.call('SET', ARGV[5] .. ARGV[i + 1], ARGV[i + 2], 'PX', ARGV[i + 3]); i = i + 4
+    redis.call('SET', ARGV[5] .. ops[i + 1], ops[i + 2], 'PX', ops[i + 3]); i = i + 4
   elseif op == 'U' then
-    redis.call('DEL', ARGV[5] .. ARGV[i + 1]); i = i + 2
+    redis.call('DEL', ARGV[5] .. ops[i + 1]); i = i + 2
   else
     return redis.error_reply('triggers commit: unknown operation ' .. tostring(op))
   end

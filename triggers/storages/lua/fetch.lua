@@ -3,26 +3,20 @@
 -- KEYS: 1 config, 2 index, 3 instances, 4 waiting, 5 counters, 6 kwargs, 7 meta,
 --       8 lock key (only when taking the lock)
 -- ARGV: lock token ('' reads without taking the lock), lock expiry ms,
---       lease key prefix, n, <n trigger names>, m, <m task names>,
---       k, <k instance names>
+--       lease key prefix, JSON [[trigger names], [task names], [instance names]]
 -- Returns nil when the lock is held by someone else (nothing read), else
--- {meta, index, tasks, waiting, instances, kwargs, leases} where each part is
--- a flat array ('' stands for a missing value).
-if ARGV[1] ~= '' and not redis.call('SET', KEYS[8], ARGV[1], 'NX', 'PX', ARGV[2]) then
+-- JSON [meta, index, tasks, waiting, instances, kwargs, leases] where each
+-- part after meta is a flat array ('' stands for a missing value; an empty
+-- array may come back as {}). One JSON string is much cheaper for the client
+-- to parse than nested multi-bulk replies.
+if ARGV[1] ~= '' and not redis.call('SET', KEYS[8], ARGV[1], 'NX', 'PX', ARGV[2])
+    and redis.call('GET', KEYS[8]) ~= ARGV[1] then
+  -- (Already ours only when a lost reply made the client send this again.)
   return false
 end
 local SEP = '\31'
-local pos = 4
-local function take()
-  local n = tonumber(ARGV[pos])
-  local out = {}
-  for i = 1, n do out[i] = ARGV[pos + i] end
-  pos = pos + n + 1
-  return out
-end
-local trigs = take()
-local req_tasks = take()
-local req_insts = take()
+local wanted = cjson.decode(ARGV[4])
+local trigs, req_tasks, req_insts = wanted[1], wanted[2], wanted[3]
 
 local task_seen, task_order = {}, {}
 local function add_task(t)
@@ -36,7 +30,7 @@ for _, trig in ipairs(trigs) do
   if raw then list = cjson.decode(raw) end
   index_lists[trig] = list
   index_out[#index_out + 1] = trig
-  index_out[#index_out + 1] = list
+  index_out[#index_out + 1] = raw or ''
   for _, t in ipairs(list) do add_task(t) end
 end
 for _, t in ipairs(req_tasks) do add_task(t) end
@@ -99,4 +93,6 @@ for _, n in ipairs(req_insts) do
   lease_out[#lease_out + 1] = redis.call('PTTL', ARGV[3] .. n)
 end
 
-return {redis.call('GET', KEYS[7]) or '', index_out, tasks_out, waiting_out, inst_out, kw_out, lease_out}
+return cjson.encode({
+  redis.call('GET', KEYS[7]) or '', index_out, tasks_out, waiting_out, inst_out, kw_out, lease_out
+})
