@@ -131,6 +131,12 @@ class RecordingManager(TriggerManager):
         )
 
 
+class UnregisteredManager(RecordingManager):
+    """Registered under no key: a worker rebuilds it from its dotted path."""
+
+    name = "unregistered"
+
+
 class WaitForWorkerRunner(CeleryTaskRunner):
     """Celery runner that returns only once a worker has started the task
     (seen through the ``task_prerun`` record ``tests.tasks`` keeps)."""

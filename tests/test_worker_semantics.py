@@ -11,6 +11,7 @@ import pytest
 from tests.celery_app import app as celery_app
 from tests.managers import (
     RecordingManager,
+    UnregisteredManager,
     deliveries_key,
     hooks_key,
     read_events,
@@ -146,6 +147,37 @@ def test_a_worker_runs_cascades_with_the_registered_custom_manager(celery_worker
     worker_pids = set(celery_worker.child_pids())
     assert {by_trigger["t_a"]["pid"], by_trigger["t_b"]["pid"]} <= worker_pids
     assert {h["manager"] for h in hooks} == {"RecordingManager"}
+
+
+def test_a_worker_rebuilds_an_unregistered_manager_and_calls_its_replay_hook(
+    celery_worker, unique_uid
+):
+    # Given a custom manager class that is registered under no key, and a task
+    # that retries itself once on the worker
+    manager = UnregisteredManager(CacheStorageBackend(unique_uid))
+    manager.update_configuration(
+        {"t_retry": {"after": ["retries"], "run": "triggers.testing.SelfRetryingTask"}}
+    )
+
+    # When it is scheduled
+    (scheduled,) = manager.fire("retries", {"max": 1})
+
+    # Then the message names the class by dotted path ...
+    assert build_message(manager, scheduled)["manager"] == "tests.managers.UnregisteredManager"
+    wait_for(
+        lambda: (
+            manager.storage.instances.get("t_retry#1", scheduled).status
+            == TaskInstance.STATUS_FAILED
+        ),
+        timeout=20,
+        message="t_retry#1 failed after its retry",
+    )
+    # ... and the worker ran the retry through that class's _post_replay hook
+    (replay,) = read_events(hooks_key(unique_uid), hook="post_replay")
+    assert replay["instance"] == "t_retry#1"
+    assert replay["pid"] in celery_worker.child_pids()
+    assert manager.storage["t_retry#0"].status == TaskInstance.STATUS_REPLAYED
+    assert manager.storage["t_retry#1"].metadata["exc_type"] == "triggers.task.MaxRetriesExceeded"
 
 
 def test_celery_runner_refuses_eager_mode_and_keeps_the_trigger(celery_worker, unique_uid):
