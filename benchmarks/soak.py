@@ -44,7 +44,8 @@ import tests  # noqa: E402,F401  (the Celery app)
 django.setup()
 
 from tests.celery_app import app as celery_app  # noqa: E402
-from tests.fault_tasks import CountingTask, client, events, events_key  # noqa: E402
+from tests.fault_tasks import CountingTask, events, events_key  # noqa: E402
+from tests.managers import redis_client  # noqa: E402
 from tests.worker import CeleryWorker  # noqa: E402
 from triggers.manager import TriggerManager  # noqa: E402
 from triggers.storages.cache import CacheStorageBackend  # noqa: E402
@@ -172,7 +173,7 @@ def main() -> int:
         runs = sum(len(events(uid, "runs")) for uid in uids)
     finally:
         worker.stop()
-        redis = client()
+        redis = redis_client()
         for uid in uids:
             CacheStorageBackend(uid).delete()
             redis.delete(events_key(uid, "runs"))

@@ -15,33 +15,15 @@ Everything they record is a Redis list on the cache database named by
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 import time
 from typing import Any
 
-import redis
-
+from tests.managers import read_events, record_event, redis_client
 from triggers.manager import TriggerManager
 from triggers.task import TaskContext, TriggerTask
-
-#: Recorded lists outlive a test run by this much.
-EVENT_TTL = 900
-
-_clients: dict[int, redis.Redis] = {}
-
-
-def client() -> redis.Redis:
-    """A client on the cache database, one per process (safe after fork)."""
-    found = _clients.get(os.getpid())
-    if found is None:
-        from django.conf import settings
-
-        url = f"{settings.TRIGGERS_TEST_REDIS_URL}/{settings.REDIS_CACHE_DB}"
-        found = _clients[os.getpid()] = redis.Redis.from_url(url)
-    return found
 
 
 def events_key(uid: str, kind: str) -> str:
@@ -49,16 +31,11 @@ def events_key(uid: str, kind: str) -> str:
 
 
 def record(uid: str, kind: str, **entry: Any) -> None:
-    entry.setdefault("pid", os.getpid())
-    key = events_key(uid, kind)
-    pipe = client().pipeline()
-    pipe.rpush(key, json.dumps(entry))
-    pipe.expire(key, EVENT_TTL)
-    pipe.execute()
+    record_event(events_key(uid, kind), **entry)
 
 
 def events(uid: str, kind: str) -> list[dict[str, Any]]:
-    return [json.loads(raw) for raw in client().lrange(events_key(uid, kind), 0, -1)]
+    return read_events(events_key(uid, kind))
 
 
 def gate_key(uid: str) -> str:
@@ -91,7 +68,7 @@ class GatedTask(TriggerTask):
         if gated:
             deadline = time.monotonic() + 60
             pause = threading.Event()
-            while not client().exists(gate_key(uid)):
+            while not redis_client().exists(gate_key(uid)):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{context.instance_name}: gate never opened")
                 pause.wait(0.01)
@@ -107,7 +84,7 @@ class DyingManager(TriggerManager):
     def _finish(
         self, name: str, token: str, result: dict[str, Any], metadata: dict[str, Any]
     ) -> bool:
-        if client().getdel(die_key(self.storage.uid)):
+        if redis_client().getdel(die_key(self.storage.uid)):
             record(self.storage.uid, "dying", instance=name)
             os.kill(os.getpid(), signal.SIGKILL)
         return super()._finish(name, token, result, metadata)

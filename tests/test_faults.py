@@ -4,12 +4,9 @@ session whose state vanished. Real processes, real Redis, a real worker."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +19,8 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from tests.fault_tasks import CountingTask, DyingManager, GatedTask, die_key, events, gate_key
+from tests.test_locking import children as children_fixture
+from tests.test_locking import read_message, start_child
 from tests.utils import wait_for
 from triggers import conf
 from triggers.exceptions import InstanceStateError, SessionLostError
@@ -34,59 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: after a killed worker takes seconds, not the default 10.
 LEASE = 2
 
-PRELUDE = """
-import json, os, sys, django
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
-import tests  # the Celery app
-django.setup()
-from triggers.manager import TriggerManager
-from triggers.storages.cache import CacheStorageBackend
-def say(**message):
-    print(json.dumps(message), flush=True)
-"""
-
-
-def start_script(body: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.Popen(
-        [sys.executable, "-c", PRELUDE + body],
-        cwd=ROOT,
-        env=full_env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def read_line(child: subprocess.Popen[str], timeout: float = 30.0) -> dict[str, Any]:
-    """The next JSON line a child prints (fails with its stderr if it dies)."""
-    result: dict[str, Any] = {}
-
-    def reader() -> None:
-        assert child.stdout is not None
-        line = child.stdout.readline()
-        if line:
-            result.update(json.loads(line))
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not result:
-        child.kill()
-        _, err = child.communicate(timeout=10)
-        raise AssertionError(f"child printed nothing within {timeout}s; stderr:\n{err}")
-    return result
-
-
-@pytest.fixture
-def children() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for child in started:
-        if child.poll() is None:
-            child.kill()
-        child.communicate(timeout=10)
+#: Child processes started by a test, killed and reaped afterwards.
+children = children_fixture
 
 
 def new_manager(uid: str, cls: type[TriggerManager] = TriggerManager) -> TriggerManager:
@@ -124,7 +72,7 @@ class StopBeforeCommit(CacheStorageBackend):
             sys.stdin.read()  # until killed
         return super()._commit(lock, changes, release)
 
-manager = TriggerManager(StopBeforeCommit(sys.argv[1] if len(sys.argv) > 1 else UID))
+manager = TriggerManager(StopBeforeCommit(sys.argv[1]))
 manager.fire("first", {"n": 1})
 manager.storage.stop = True
 manager.fire("second", {"n": 2})
@@ -140,9 +88,9 @@ def test_a_fire_killed_between_read_and_commit_loses_nothing_committed_before(
     manager.update_configuration(
         {"t_all": {"after": ["first", "second", "third"], "run": CountingTask.name}}
     )
-    child = start_script(f"UID = {unique_uid!r}\n" + HOLD_DURING_COMMIT)
+    child = start_child(unique_uid, HOLD_DURING_COMMIT)
     children.append(child)
-    holding = read_line(child)
+    holding = read_message(child)
     assert redis_client.exists(holding["lock"])
 
     # When the process is SIGKILLed while holding the lock
@@ -166,8 +114,6 @@ def test_a_fire_killed_between_read_and_commit_loses_nothing_committed_before(
 # -- 4. the broker is down when a fire makes an instance ready ---------------
 
 FIRE_WITHOUT_BROKER = """
-import time
-manager = TriggerManager(CacheStorageBackend(UID))
 started = time.monotonic()
 try:
     manager.fire("go", {"payload": [1, 2, 3]})
@@ -204,7 +150,7 @@ def closed_port() -> int:
     ids=["redis-refused", "amqp-refused", "redis-hung"],
 )
 def test_a_fire_while_the_broker_is_down_keeps_the_trigger_and_is_resent_later(
-    celery_worker, children, unique_uid, broker, closed_port, silent_port
+    celery_worker, children, monkeypatch, unique_uid, broker, closed_port, silent_port
 ):
     # Given a session whose task becomes ready on "go"
     manager = new_manager(unique_uid)
@@ -212,11 +158,10 @@ def test_a_fire_while_the_broker_is_down_keeps_the_trigger_and_is_resent_later(
 
     # When a process whose broker is unreachable fires it
     url = broker.format(closed=closed_port, silent=silent_port)
-    child = start_script(
-        f"UID = {unique_uid!r}\n" + FIRE_WITHOUT_BROKER, env={"TRIGGERS_TEST_BROKER_URL": url}
-    )
+    monkeypatch.setenv("TRIGGERS_TEST_BROKER_URL", url)  # read by the child's settings
+    child = start_child(unique_uid, FIRE_WITHOUT_BROKER)
     children.append(child)
-    outcome = read_line(child, timeout=30)
+    outcome = read_message(child, timeout=30)
 
     # Then fire() raises DispatchError within seconds, not minutes ...
     assert outcome["error"] == "DispatchError", outcome

@@ -316,10 +316,10 @@ def test_fires_from_several_processes_at_once_end_as_the_model_predicts() -> Non
     fires = ["e0", "e1", "e0", "e2", "e3", "e0", "e1", "e0"] * 5
     shares = [fires[i::3] for i in range(3)]
     context = multiprocessing.get_context("fork")
-    barrier = context.Manager().Barrier(3)
 
     # When they fire at once (tasks run in threads of the firing processes)
-    with context.Pool(3) as pool:
+    with context.Manager() as shared, context.Pool(3) as pool:
+        barrier = shared.Barrier(3)
         results = pool.starmap(_fire_in_child, [(uid, share, barrier) for share in shares])
 
     # Then the session ends as the model predicts, every instance scheduled
