@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from tests.tasks import RecordingTask
 from tests.utils import wait_for
 from triggers.manager import TriggerManager
 from triggers.runners.threading import ThreadingTaskRunner
+from triggers.storages.base import BaseTriggerStorage
 from triggers.storages.cache import CacheStorageBackend
 from triggers.types import TaskInstance
 
@@ -76,7 +78,7 @@ def fire_from_processes(
     return reports
 
 
-def statuses(storage: CacheStorageBackend) -> dict[str, str]:
+def statuses(storage: BaseTriggerStorage) -> dict[str, str]:
     return {name: inst.status for name, inst in storage.instances.items()}
 
 
@@ -249,9 +251,7 @@ def test_a_late_scheduled_never_overwrites_a_fast_worker(celery_worker, unique_u
         manager.fire("hold", {"n": n})
         held = f"t_held#{n}"
         wait_for(
-            lambda held=held: read_events(
-                deliveries_key(unique_uid), event="postrun", instance=held
-            ),
+            partial(read_events, deliveries_key(unique_uid), event="postrun", instance=held),
             message=f"{held} processed",
         )
     for n in range(30):

@@ -11,6 +11,7 @@ from tests.managers import read_events, runs_key
 from tests.tasks import NonJsonResultTask, RecordingTask
 from tests.utils import wait_for
 from triggers.manager import TriggerManager
+from triggers.storages.base import BaseTriggerStorage
 from triggers.storages.cache import SEP, CacheStorageBackend
 from triggers.types import TaskInstance
 
@@ -42,11 +43,11 @@ WORKFLOW = {
 }
 
 
-def statuses(storage: CacheStorageBackend) -> dict[str, str]:
+def statuses(storage: BaseTriggerStorage) -> dict[str, str]:
     return {name: inst.status for name, inst in storage.instances.items()}
 
 
-def wait_for_statuses(storage: CacheStorageBackend, expected: dict[str, str]) -> None:
+def wait_for_statuses(storage: BaseTriggerStorage, expected: dict[str, str]) -> None:
     try:
         wait_for(lambda: statuses(storage) == expected, timeout=30)
     except AssertionError:
