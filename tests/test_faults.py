@@ -248,6 +248,9 @@ class RedisProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            if self._closed:
+                client.close()
+                return
             server = socket.create_connection(self.upstream)
             self._sockets += [client, server]
             threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
@@ -271,13 +274,19 @@ class RedisProxy:
             sock.close()
 
     def close(self) -> None:
+        """Go down: refuse new connections and cut the open ones."""
         self._closed = True
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
         self.listener.close()
         for sock in self._sockets:
             try:
-                sock.close()
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            sock.close()
 
 
 class ProxiedStorage(CacheStorageBackend):
@@ -286,6 +295,7 @@ class ProxiedStorage(CacheStorageBackend):
 
     proxy: RedisProxy
     lose_commit_reply = False
+    lose_redis_before_commit = False
 
     def __init__(self, uid: str, proxy: RedisProxy) -> None:
         super().__init__(uid)
@@ -302,6 +312,8 @@ class ProxiedStorage(CacheStorageBackend):
         if self.lose_commit_reply and changes:
             self.lose_commit_reply = False
             self.proxy.drop_next_reply.set()
+        if self.lose_redis_before_commit and changes:
+            self.proxy.close()
         return super()._commit(lock, changes, release)
 
 
@@ -331,6 +343,37 @@ def test_a_commit_whose_reply_is_lost_is_applied_exactly_once(redis_proxy, uniqu
     assert redis_proxy.dropped == 1
     assert instance_names(manager, "t_tick") == ["t_tick#0"]
     assert manager.storage["t_tick#0"].kwargs == {"tick": {"n": 1}}
+
+
+def test_redis_gone_mid_fire_leaves_no_trace_and_its_lock_expires(
+    redis_proxy, redis_client, unique_uid
+):
+    # Given a session reached through a proxy, with one trigger fired
+    storage = ProxiedStorage(unique_uid, redis_proxy)
+    manager = TriggerManager(storage)
+    manager.update_configuration(
+        {"t_two": {"after": ["a", "b"], "run": CountingTask.name, "using": "threading"}}
+    )
+    manager.fire("a", {"n": 1})
+    other = new_manager(unique_uid)
+    before = other.storage.debug_repr()
+
+    # When Redis becomes unreachable after a fire read the session and took
+    # its lock, before it could write
+    storage.lose_redis_before_commit = True
+    with pytest.raises(redis.ConnectionError):
+        manager.fire("b", {"n": 2})
+
+    # Then nothing of that fire was written, and the lock it could not
+    # release is still there ...
+    assert other.storage.debug_repr() == before
+    assert redis_client.keys(f"lock:*{unique_uid}:lock")
+    # ... until it expires: another process fires within LOCK_EXPIRE + a poll
+    started = time.monotonic()
+    (scheduled,) = other.fire("b", {"n": 2})
+    waited = time.monotonic() - started
+    assert waited < conf.get("LOCK_EXPIRE") + 2.5, f"waited {waited:.1f}s"
+    assert scheduled.kwargs == {"a": {"n": 1}, "b": {"n": 2}}
 
 
 # -- 7. a session's state vanished ---------------------------------------------
