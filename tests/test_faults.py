@@ -4,6 +4,8 @@ session whose state vanished. Real processes, real Redis, a real worker."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import socket
@@ -523,6 +525,10 @@ def test_an_instance_stuck_after_its_whole_worker_died_is_reported_and_resent(
     stuck = wait_for(lambda: manager.find_stuck_instances(older_than=0), timeout=LEASE + 5)
     assert [(i.name, i.status) for i in stuck] == [("t_slow#0", "running")]
     assert manager.find_stuck_instances() == []  # younger than STUCK_AFTER
+    out = io.StringIO()
+    call_command("triggers_inspect", unique_uid, "--json", "--stuck-after", "0", stdout=out)
+    report = json.loads(out.getvalue())
+    assert [row["name"] for row in report["instances"] if row["stuck"]] == ["t_slow#0"]
 
     # ... and the management command re-sends it; it finishes and cascades once
     call_command("triggers_resend", unique_uid, "--older-than", "0", verbosity=0)
