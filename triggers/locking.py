@@ -8,6 +8,8 @@ A process that dies holding a lock blocks its session for at most
 
 from __future__ import annotations
 
+import base64
+import itertools
 import logging
 import os
 import threading
@@ -126,13 +128,14 @@ class SessionLock(redis_lock.Lock):
 
     _acquired = False
     _pending = False
+    _connection: Any = None
     _deadline = 0.0
     _timeout = 0.0
 
     def __init__(
         self, client: Any, name: str, expire: int, uid: str, deferred: bool = False
     ) -> None:
-        super().__init__(client, name, expire=max(1, int(expire)), strict=False)
+        super().__init__(client, name, expire=max(1, int(expire)), id=_new_token(), strict=False)
         self.uid = uid
         self.deferred = deferred
 
@@ -200,6 +203,9 @@ class SessionLock(redis_lock.Lock):
             if left <= 0:
                 raise LockTimeoutError(self.uid, self._timeout)
             # Woken by the holder's release (commit.lua pushes the signal).
+            # The wait needs a connection of its own: give ours back so a
+            # small pool is not exhausted by waiters.
+            self.unpin()
             self._client.blpop(self._signal, max(1, min(LOCK_POLL, int(left + 0.999))))
 
     def ensure(self) -> None:
@@ -216,14 +222,57 @@ class SessionLock(redis_lock.Lock):
         renewer.remove(self)
         self._acquired = False
         self._pending = False
+        self.unpin()
+
+    def pinned(self) -> Any | None:
+        """A connection from the client's pool that this operation keeps
+        until the lock is released, or ``None`` if the client has no plain
+        connection pool. An operation's scripts then cost one pool checkout,
+        not one per command."""
+        if self._connection is None:
+            pool = getattr(self._client, "connection_pool", None)
+            if pool is None or not hasattr(pool, "release"):
+                return None
+            try:
+                self._connection = pool.get_connection()
+            except TypeError:  # redis-py < 5 wants a command name
+                self._connection = pool.get_connection("EVALSHA")
+        return self._connection
+
+    def unpin(self, broken: bool = False) -> None:
+        """Give the pinned connection back (closed first if ``broken``)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            if broken:
+                connection.disconnect()
+            self._client.connection_pool.release(connection)
 
     def release(self) -> None:
         if not self._acquired:
             # A deferred lock that was never taken: nothing to release.
             self._pending = False
+            self.unpin()
             return
         self.forget()
         super().release()
+
+
+def _reset_tokens() -> None:
+    global _token_prefix, _token_count
+    _token_prefix = base64.urlsafe_b64encode(os.urandom(12)).decode("ascii")
+    _token_count = itertools.count()
+
+
+def _new_token() -> str:
+    """A lock token unique across processes: a random per-process prefix and
+    a counter (python-redis-lock reads the OS random source per lock)."""
+    return f"{_token_prefix}{next(_token_count)}"
+
+
+_token_prefix = ""
+_token_count = itertools.count()
+_reset_tokens()
+os.register_at_fork(after_in_child=_reset_tokens)
 
 
 class LocalLock:

@@ -111,6 +111,29 @@ def _producer(app: Any) -> Any:
     return entry[2]
 
 
+def _reuse_redis_clients(channel: Any) -> None:
+    """kombu's Redis transport builds a new redis-py client for every
+    command it sends, and building one (its table of reply parsers) costs
+    more than the command. On the channel of our own producer, hand back the
+    same client for the same pool instead: clients keep no state of their own
+    beyond the pool they wrap."""
+    factory = getattr(channel, "Client", None)
+    if factory is None or getattr(factory, "_triggers_reused", False):
+        return
+    made: dict[tuple[int, int], Any] = {}
+
+    def client(**kwargs: Any) -> Any:
+        key = (id(kwargs.get("connection_pool")), id(kwargs.get("credential_provider")))
+        found = made.get(key)
+        if found is None or found[0] is not kwargs.get("connection_pool"):
+            found = made[key] = (kwargs.get("connection_pool"), factory(**kwargs))
+        return found[1]
+
+    client._triggers_reused = True  # type: ignore[attr-defined]
+    if channel.__class__.__module__ == "kombu.transport.redis":
+        channel.Client = client
+
+
 def publish(task: Any, kwargs: dict[str, Any]) -> str:
     """Send ``task`` with ``kwargs`` as ``task.apply_async(kwargs=kwargs)``
     would (for tasks :func:`publishes_directly` accepts); returns the task id."""
@@ -139,6 +162,12 @@ def publish(task: Any, kwargs: dict[str, Any]) -> str:
         **options,
     )
     producer = _producer(app)
+    _reuse_redis_clients(producer.channel)
+    queue = options.get("queue")
+    if queue is not None and hash(queue) in producer.connection.declared_entities:
+        # Declared on this connection already (kombu forgets on reconnect):
+        # skip kombu's own re-check, which copies and binds the queue.
+        options = {**options, "declare": []}
     with producer.connection._reraise_as_library_errors():
         amqp.send_task_message(producer, task.name, message, **options)
     return task_id

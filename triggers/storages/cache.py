@@ -40,6 +40,9 @@ from importlib import resources
 from typing import Any
 
 from django.core.cache import caches
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import conf
 from ..exceptions import ConfigurationError, LockLostError
@@ -142,6 +145,29 @@ class CacheStorageBackend(BaseTriggerStorage):
             self._redis, f"{self._base}:lock", int(conf.get("LOCK_EXPIRE")), self.uid, deferred=True
         )
 
+    def _operation_lock(self) -> SessionLock | None:
+        txn = self._current
+        return txn.lock if txn is not None and isinstance(txn.lock, SessionLock) else None
+
+    def _run(self, name: str, keys: list[str], args: list[Any], lock: Any) -> Any:
+        """Run Lua script ``name``. Within an operation it goes straight to
+        the connection the operation keeps (redis-py's per-command checkout,
+        health check and retry wrapper cost more than the round trip). On
+        any connection trouble it falls back to the client, whose retries
+        resend it: both scripts are safe to resend (a fetch finds the lock
+        already ours, a commit finds its token among the recent commits)."""
+        script = _script(self._redis, name)
+        connection = lock.pinned() if isinstance(lock, SessionLock) else None
+        if connection is not None:
+            try:
+                connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                return connection.read_response()
+            except NoScriptError:
+                pass  # the client's call loads it
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                lock.unpin(broken=True)
+        return script(keys=keys, args=args, client=self._redis)
+
     def _lock_to_take(self) -> SessionLock | None:
         """The current operation's lock if it is deferred and not taken yet."""
         txn = self._current
@@ -179,14 +205,13 @@ class CacheStorageBackend(BaseTriggerStorage):
                 lock.ensure()
             return self._fetch_all()
         wanted = json.dumps([triggers, tasks, instances], ensure_ascii=False)
-        script = _script(self._redis, "fetch")
         if lock is None:
             args: list[Any] = ["", 0, self._lease_prefix, wanted]
-            reply = script(keys=self._keys, args=args, client=self._redis)
+            reply = self._run("fetch", self._keys, args, self._operation_lock())
         else:
             keys = [*self._keys, lock.key]
             args = [lock.id, lock.expire_ms, self._lease_prefix, wanted]
-            reply = lock.take_with(lambda: script(keys=keys, args=args, client=self._redis))
+            reply = lock.take_with(lambda: self._run("fetch", keys, args, lock))
         # Empty arrays come back as {} (Lua cannot tell them from objects).
         meta_raw, index_raw, tasks_raw, waiting_raw, inst_raw, kw_raw, lease_raw = (
             part or [] for part in json.loads(reply)
@@ -289,7 +314,7 @@ class CacheStorageBackend(BaseTriggerStorage):
         args = [lock.id, lock.signal_expire, ttl, release_flag, self._lease_prefix, packed]
         keys = [*self._keys, lock.key, lock.signal_key, f"{self._base}:commits"]
         try:
-            result = _script(self._redis, "commit")(keys=keys, args=args, client=self._redis)
+            result = self._run("commit", keys, args, lock)
         finally:
             if release:
                 lock.forget()
