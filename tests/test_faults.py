@@ -407,14 +407,29 @@ def test_a_fire_into_a_session_that_vanished_raises_instead_of_starting_over(
     assert session_keys(redis_client, unique_uid) == []
 
 
-@pytest.mark.parametrize("lost", ["config", "meta", "instances"])
-def test_a_fresh_process_notices_a_partly_vanished_session(redis_client, unique_uid, lost):
-    # Given a configured session with an instance waiting on "b"
+@pytest.mark.parametrize(
+    "lost, trigger",
+    [
+        ("config", "b"),
+        ("meta", "b"),
+        ("instances", "b"),
+        ("index", "c"),
+        # Without the counters a new instance would be numbered #0 again and
+        # overwrite (and re-run) the one that exists.
+        ("counters", "c"),
+        # Without the kwargs a new instance would not be seeded with "a".
+        ("kwargs", "c"),
+    ],
+)
+def test_a_fresh_process_notices_a_partly_vanished_session(redis_client, unique_uid, lost, trigger):
+    # Given a configured session with an instance waiting on "b", and a task
+    # added after "a" fired, whose first instance "c" would create
     manager = new_manager(unique_uid)
     manager.update_configuration(
         {"t_one": {"after": ["a", "b"], "run": CountingTask.name, "using": "threading"}}
     )
     manager.fire("a")
+    manager.update_configuration({"t_new": {"after": ["a", "c", "d"], "run": CountingTask.name}})
     # When one of its keys is evicted
     (key,) = [k for k in session_keys(redis_client, unique_uid) if k.endswith(f":{lost}".encode())]
     redis_client.delete(key)
@@ -424,7 +439,7 @@ def test_a_fresh_process_notices_a_partly_vanished_session(redis_client, unique_
     # next web request) refuses to fire into it, and writes nothing
     fresh = new_manager(unique_uid)
     with pytest.raises(SessionLostError):
-        fresh.fire("b")
+        fresh.fire(trigger)
     assert session_keys(redis_client, unique_uid) == before
 
 

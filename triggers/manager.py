@@ -118,10 +118,27 @@ class TriggerManager:
         if lost:
             return f"instances {', '.join(lost)}"
         if not tasks and txn.meta.get("configured"):
-            parts = self.storage._existing_parts()
-            if parts is not None and not {"config", "index"} <= parts:
-                return "configuration"
+            return self._missing_parts(txn)
         return None
+
+    def _missing_parts(self, txn: Transaction) -> str | None:
+        """Which parts the session's metadata says it has are gone (asks the
+        backend once per operation)."""
+        if txn.parts_checked or not txn.meta:
+            return None
+        txn.parts_checked = True
+        parts = self.storage._existing_parts()
+        if parts is None:
+            return None
+        needed = set()
+        if txn.meta.get("configured"):
+            needed |= {"config", "index"}
+        if txn.meta.get("has_instances"):
+            needed |= {"instances", "counters"}
+        if txn.meta.get("fired"):
+            needed.add("kwargs")
+        missing = sorted(needed - parts)
+        return ", ".join(missing) if missing else None
 
     def _runner_key(self, config: TaskConfig) -> str:
         return forced_runner() or config.using or self.default_task_runner_name
@@ -202,6 +219,12 @@ class TriggerManager:
     def _new_seeded_instance(self, txn: Transaction, config: TaskConfig) -> TaskInstance:
         """A new instance that already holds the latest kwargs of every
         trigger of its task that fired earlier in this session."""
+        if not txn.has_instances(config.name):
+            # Numbered #0 and seeded from the recorded kwargs: both wrong if
+            # the counters or kwargs vanished, so make sure they did not.
+            missing = self._missing_parts(txn)
+            if missing:
+                raise SessionLostError(self.storage.uid, missing)
         return txn.new_instance(
             config,
             kwargs={t: copy.deepcopy(txn.latest_kwargs[t]) for t in config.after if txn.fired(t)},

@@ -109,6 +109,8 @@ class Transaction:
         self.changes = Changes()
         self.after_commit: list[Callable[[], None]] = []
         self.dispatch_failures: dict[str, BaseException] = {}
+        #: Set once the manager checked that no part of the session vanished.
+        self.parts_checked = False
 
     # -- loading -------------------------------------------------------------
     def fetch(
@@ -298,8 +300,17 @@ class Transaction:
             if self.everything:
                 for trig in new:
                     ch.waiting_add.add((task, trig, name))
-        if ch and ch.meta is None:
-            self.touch_meta(updated=now_iso())
+        if ch:
+            # What the session holds from now on, so a later operation can
+            # tell a part that vanished from one that never existed.
+            meta = self.meta or {}
+            flags = {
+                flag: True
+                for flag, written in (("fired", ch.latest_kwargs), ("has_instances", ch.counters))
+                if written and not meta.get(flag)
+            }
+            if ch.meta is None or flags:
+                self.touch_meta(updated=now_iso(), **flags)
         return ch
 
     def _stale_membership(self, name: str) -> set[str]:
