@@ -304,6 +304,7 @@ class ProxiedStorage(CacheStorageBackend):
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
+        assert self._redis is not None
         db = self._redis.connection_pool.connection_kwargs.get("db", 0)
         self._redis = redis.Redis(
             port=proxy.port, db=db, retry=Retry(NoBackoff(), 3), socket_timeout=5

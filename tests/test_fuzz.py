@@ -202,6 +202,8 @@ def test_uids_that_naive_concatenation_would_merge_stay_apart(unique_uid):
     assert a.storage.latest_kwargs == {"x": {"from": "a"}}
     assert b.storage.latest_kwargs == {"y": {"from": "b"}}
     assert b.storage.tasks == {} and list(b.storage.instances) == []
+    assert isinstance(a.storage, CacheStorageBackend)
+    assert isinstance(b.storage, CacheStorageBackend)
     assert not all_keys(a.storage) & all_keys(b.storage)
 
 
@@ -251,11 +253,12 @@ class _Planted:
 
 def test_session_state_is_never_unpickled(unique_uid, redis_client, tmp_path):
     # Given a session whose instance record an attacker replaced with a pickle
-    manager = TriggerManager(CacheStorageBackend(unique_uid))
+    storage = CacheStorageBackend(unique_uid)
+    manager = TriggerManager(storage)
     manager.update_configuration({"t": {"after": ["a", "b"], "run": DevNullTask.name}})
     manager.fire("a")
     marker = tmp_path / "unpickled"
-    redis_client.hset(f"{manager.storage._base}:instances", "t#0", pickle.dumps(_Planted(marker)))
+    redis_client.hset(f"{storage._base}:instances", "t#0", pickle.dumps(_Planted(marker)))
 
     # When the session is read and fired at
     with pytest.raises(ValueError):
