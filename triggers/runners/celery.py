@@ -84,17 +84,48 @@ _producers = threading.local()
 
 def publishes_directly(task: Any) -> bool:
     """Whether :func:`publish` sends exactly what ``apply_async`` would."""
-    cls = type(task)
-    return (
-        cls.apply_async is celery.Task.apply_async
-        and cls.shadow_name is celery.Task.shadow_name
-        # In a worker, apply_async links the new task to the running one.
-        and task.app.current_worker_task is None
-        and not task.expires
-        and not getattr(task, "pydantic", False)
-        # apply_async rejects a soft limit above the hard one.
-        and not (task.soft_time_limit or 0) > (task.time_limit or float("inf"))
-    )
+    # In a worker, apply_async links the new task to the running one.
+    return _plan(task).plain and task.app.current_worker_task is None
+
+
+class _Plan:
+    """What :func:`publish` needs to know about one task, worked out once:
+    Celery reads its settings through Django's on every call, which costs
+    more than building the message."""
+
+    def __init__(self, task: Any) -> None:
+        cls = type(task)
+        self.task = task
+        self.plain = bool(
+            cls.apply_async is celery.Task.apply_async
+            and cls.shadow_name is celery.Task.shadow_name
+            and not task.expires
+            and not getattr(task, "pydantic", False)
+            # apply_async rejects a soft limit above the hard one.
+            and not (task.soft_time_limit or 0) > (task.time_limit or float("inf"))
+        )
+        options = {k: v for k, v in task._get_exec_options().items() if v is not None}
+        self.time_limit = options.pop("time_limit", None)
+        self.soft_time_limit = options.pop("soft_time_limit", None)
+        options.pop("expires", None)
+        self.ignore_result = options.pop("ignore_result", task.ignore_result)
+        self.options = options
+        app = task.app
+        self.sent_event = app.conf.task_send_sent_event
+        # Without task_routes the route depends on nothing but the task;
+        # Celery builds a new router when task_routes change.
+        self.router = router = app.amqp.router
+        self.route = None if router.routes else router.route(dict(options), task.name, (), {}, task)
+
+
+_plans: dict[int, _Plan] = {}
+
+
+def _plan(task: Any) -> _Plan:
+    plan = _plans.get(id(task))
+    if plan is None or plan.task is not task or plan.router is not task.app.amqp.router:
+        plan = _plans[id(task)] = _Plan(task)
+    return plan
 
 
 def _producer(app: Any) -> Any:
@@ -139,12 +170,11 @@ def publish(task: Any, kwargs: dict[str, Any]) -> str:
     would (for tasks :func:`publishes_directly` accepts); returns the task id."""
     app = task.app
     amqp = app.amqp
-    options = {k: v for k, v in task._get_exec_options().items() if v is not None}
-    time_limit = options.pop("time_limit", None)
-    soft_time_limit = options.pop("soft_time_limit", None)
-    options.pop("expires", None)
-    ignore_result = options.pop("ignore_result", task.ignore_result)
-    options = amqp.router.route(options, task.name, (), kwargs, task)
+    plan = _plan(task)
+    if plan.route is not None:
+        options = dict(plan.route)
+    else:
+        options = amqp.router.route(dict(plan.options), task.name, (), kwargs, task)
     task_id = uuid()
     message = amqp.create_task_message(
         task_id,
@@ -152,10 +182,10 @@ def publish(task: Any, kwargs: dict[str, Any]) -> str:
         (),
         kwargs,
         reply_to=app.thread_oid,
-        time_limit=time_limit,
-        soft_time_limit=soft_time_limit,
-        create_sent_event=app.conf.task_send_sent_event,
-        ignore_result=ignore_result,
+        time_limit=plan.time_limit,
+        soft_time_limit=plan.soft_time_limit,
+        create_sent_event=plan.sent_event,
+        ignore_result=plan.ignore_result,
         # Our kwargs are a few short strings: repr() is what saferepr gives.
         argsrepr="()",
         kwargsrepr=repr(kwargs),

@@ -54,6 +54,8 @@ from .transaction import Changes, Snapshot
 __all__ = ["CacheStorageBackend"]
 
 SEP = "\x1f"
+#: State keys a fire can check for (see ``_existing_parts``), in fetch.lua's order.
+_PARTS = ("config", "index", "instances", "counters", "kwargs")
 _DEFAULT = object()
 _CLIENTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _SCRIPTS: dict[str, Any] = {}
@@ -129,7 +131,12 @@ class CacheStorageBackend(BaseTriggerStorage):
     def _existing_parts(self) -> set[str] | None:
         if self._redis is None:
             return None
-        names = ("config", "index", "instances", "counters", "kwargs")
+        seen = getattr(self._local, "parts", None)
+        txn = self._current
+        if txn is not None and seen is not None and seen[0]() is txn:
+            # This operation's fetch script already looked (under its lock).
+            return set(seen[1])
+        names = _PARTS
         pipe = self._redis.pipeline(transaction=False)
         for name in names:
             pipe.exists(f"{self._base}:{name}")
@@ -213,9 +220,12 @@ class CacheStorageBackend(BaseTriggerStorage):
             args = [lock.id, lock.expire_ms, self._lease_prefix, wanted]
             reply = lock.take_with(lambda: self._run("fetch", keys, args, lock))
         # Empty arrays come back as {} (Lua cannot tell them from objects).
-        meta_raw, index_raw, tasks_raw, waiting_raw, inst_raw, kw_raw, lease_raw = (
+        meta_raw, index_raw, tasks_raw, waiting_raw, inst_raw, kw_raw, lease_raw, exist = (
             part or [] for part in json.loads(reply)
         )
+        if self._current is not None:
+            found = {name for name, e in zip(_PARTS, exist, strict=False) if e}
+            self._local.parts = (weakref.ref(self._current), found)
         snap = Snapshot(meta=json.loads(meta_raw) if meta_raw else None)
         for i in range(0, len(index_raw), 2):
             snap.index[index_raw[i]] = json.loads(index_raw[i + 1]) if index_raw[i + 1] else []

@@ -5,8 +5,8 @@
 -- ARGV: lock token ('' reads without taking the lock), lock expiry ms,
 --       lease key prefix, JSON [[trigger names], [task names], [instance names]]
 -- Returns nil when the lock is held by someone else (nothing read), else
--- JSON [meta, index, tasks, waiting, instances, kwargs, leases] where each
--- part after meta is a flat array ('' stands for a missing value; an empty
+-- JSON [meta, index, tasks, waiting, instances, kwargs, leases, parts] where
+-- each part after meta is a flat array ('' stands for a missing value; an empty
 -- array may come back as {}). One JSON string is much cheaper for the client
 -- to parse than nested multi-bulk replies.
 if ARGV[1] ~= '' and not redis.call('SET', KEYS[8], ARGV[1], 'NX', 'PX', ARGV[2])
@@ -93,6 +93,12 @@ for _, n in ipairs(req_insts) do
   lease_out[#lease_out + 1] = redis.call('PTTL', ARGV[3] .. n)
 end
 
+-- Which state keys exist (config, index, instances, counters, kwargs), so a
+-- fire can tell a partly vanished session without another round trip.
+local parts = {}
+for _, k in ipairs({1, 2, 3, 5, 6}) do parts[#parts + 1] = redis.call('EXISTS', KEYS[k]) end
+
 return cjson.encode({
-  redis.call('GET', KEYS[7]) or '', index_out, tasks_out, waiting_out, inst_out, kw_out, lease_out
+  redis.call('GET', KEYS[7]) or '', index_out, tasks_out, waiting_out, inst_out, kw_out, lease_out,
+  parts
 })
