@@ -220,6 +220,7 @@ class CacheStorageBackend(BaseTriggerStorage):
             args = [lock.id, lock.expire_ms, self._lease_prefix, wanted]
             reply = lock.take_with(lambda: self._run("fetch", keys, args, lock))
         # Empty arrays come back as {} (Lua cannot tell them from objects).
+        meta_raw: Any
         meta_raw, index_raw, tasks_raw, waiting_raw, inst_raw, kw_raw, lease_raw, exist = (
             part or [] for part in json.loads(reply)
         )
@@ -250,6 +251,7 @@ class CacheStorageBackend(BaseTriggerStorage):
         return snap
 
     def _fetch_all(self) -> Snapshot:
+        assert self._redis is not None  # only called on the Redis path
         pipe = self._redis.pipeline(transaction=False)
         config_key, _, inst_key, waiting_key, counter_key, kw_key, meta_key = self._keys
         for key in (config_key, inst_key, counter_key, kw_key):
