@@ -19,6 +19,8 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import redis_lock
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .exceptions import LockTimeoutError
 
@@ -203,10 +205,27 @@ class SessionLock(redis_lock.Lock):
             if left <= 0:
                 raise LockTimeoutError(self.uid, self._timeout)
             # Woken by the holder's release (commit.lua pushes the signal).
-            # The wait needs a connection of its own: give ours back so a
-            # small pool is not exhausted by waiters.
-            self.unpin()
-            self._client.blpop(self._signal, max(1, min(LOCK_POLL, int(left + 0.999))))
+            wait = max(1, min(LOCK_POLL, int(left + 0.999)))
+            if not self._wait_on_pinned(wait):
+                self.unpin()
+                self._client.blpop(self._signal, wait)
+
+    def _wait_on_pinned(self, seconds: int) -> bool:
+        """BLPOP the release signal on the pinned connection (no second
+        connection, none of the client's per-command overhead). ``False``
+        if that connection cannot block that long."""
+        connection = self._connection
+        if connection is None:
+            return False
+        socket_timeout = getattr(connection, "socket_timeout", None)
+        if socket_timeout is not None and socket_timeout < seconds + 1:
+            return False
+        try:
+            connection.send_command("BLPOP", self._signal, seconds)
+            connection.read_response()
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            self.unpin(broken=True)
+        return True
 
     def ensure(self) -> None:
         """Take a pending lock now (for work that does not start with a read)."""
