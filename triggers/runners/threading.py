@@ -31,7 +31,9 @@ class ThreadingTaskRunner(BaseTaskRunner):
         )
         with self._threads_lock:
             self._threads.append(thread)
-        thread.start()
+            # Started under the lock: join_all() drops threads that are not
+            # alive, and one appended but not yet started is not.
+            thread.start()
 
     @classmethod
     def _execute(cls, task: Any, message: dict[str, Any], cooldown: float) -> None:
