@@ -49,8 +49,16 @@ end
 if ARGV[1] ~= '' and KEYS[10] then
   local kept = ' ' .. ARGV[1] .. (recent or ' ')
   if #kept > 1024 then
-    kept = string.sub(kept, 1, 1024)
-    kept = string.sub(kept, 1, string.find(kept, ' [^ ]*$'))
+    -- Cut after the last separator within the first 1 KB (tokens are far
+    -- shorter than 256 bytes). Plain finds near the end: a pattern search
+    -- over the whole string costs more than the rest of the commit.
+    local last, at = nil, 1024 - 256
+    while true do
+      local found = string.find(kept, ' ', at, true)
+      if not found or found > 1024 then break end
+      last, at = found, found + 1
+    end
+    kept = string.sub(kept, 1, last or string.find(kept, ' ', 2, true))
   end
   redis.call('SET', KEYS[10], kept)
 end
