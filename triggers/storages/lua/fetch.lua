@@ -23,9 +23,16 @@ local function add_task(t)
   if not task_seen[t] then task_seen[t] = true; task_order[#task_order + 1] = t end
 end
 
+-- present[k]: a read of KEYS[k] found something, so it exists.
+local present = {}
+local function found(k, value)
+  if value then present[k] = true end
+  return value
+end
+
 local index_out, index_lists = {}, {}
 for _, trig in ipairs(trigs) do
-  local raw = redis.call('HGET', KEYS[2], trig)
+  local raw = found(2, redis.call('HGET', KEYS[2], trig))
   local list = {}
   if raw then list = cjson.decode(raw) end
   index_lists[trig] = list
@@ -42,8 +49,8 @@ local function add_kw(t)
 end
 for _, trig in ipairs(trigs) do add_kw(trig) end
 for _, t in ipairs(task_order) do
-  local cfg = redis.call('HGET', KEYS[1], t) or ''
-  local ctr = redis.call('HGET', KEYS[5], t) or '0'
+  local cfg = found(1, redis.call('HGET', KEYS[1], t)) or ''
+  local ctr = found(5, redis.call('HGET', KEYS[5], t)) or '0'
   tasks_out[#tasks_out + 1] = t
   tasks_out[#tasks_out + 1] = cfg
   tasks_out[#tasks_out + 1] = ctr
@@ -78,13 +85,13 @@ for _, n in ipairs(req_insts) do add_inst(n) end
 local inst_out = {}
 for _, n in ipairs(inst_order) do
   inst_out[#inst_out + 1] = n
-  inst_out[#inst_out + 1] = redis.call('HGET', KEYS[3], n) or ''
+  inst_out[#inst_out + 1] = found(3, redis.call('HGET', KEYS[3], n)) or ''
 end
 
 local kw_out = {}
 for _, t in ipairs(kw_order) do
   kw_out[#kw_out + 1] = t
-  kw_out[#kw_out + 1] = redis.call('HGET', KEYS[6], t) or ''
+  kw_out[#kw_out + 1] = found(6, redis.call('HGET', KEYS[6], t)) or ''
 end
 
 local lease_out = {}
@@ -96,7 +103,9 @@ end
 -- Which state keys exist (config, index, instances, counters, kwargs), so a
 -- fire can tell a partly vanished session without another round trip.
 local parts = {}
-for _, k in ipairs({1, 2, 3, 5, 6}) do parts[#parts + 1] = redis.call('EXISTS', KEYS[k]) end
+for _, k in ipairs({1, 2, 3, 5, 6}) do
+  parts[#parts + 1] = present[k] and 1 or redis.call('EXISTS', KEYS[k])
+end
 
 return cjson.encode({
   redis.call('GET', KEYS[7]) or '', index_out, tasks_out, waiting_out, inst_out, kw_out, lease_out,
