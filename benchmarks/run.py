@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,7 +113,7 @@ def first_fires(sampler: Sampler, reps: int, uid_prefix: str, config: dict[str, 
         manager_for(uid).update_configuration(config)
         for i in range(min(20, reps - len(samples))):
             trigger, kwargs = f"s{i:02}", {"n": i, "text": "hello"}
-            sampler.time(lambda t=trigger, k=kwargs, u=uid: fire(u, t, k), samples)
+            sampler.time(partial(fire, uid, trigger, kwargs), samples)
         session += 1
     return samples
 
@@ -169,8 +170,8 @@ def case_growth(
         if rep % per_small_session == 0:
             little = prepared(f"{run_id}-{variant}-small-{rep}", small)
         kwargs = {"n": rep}
-        sampler.time(lambda u=little, k=kwargs: fire(u, "b", k), small_samples)
-        sampler.time(lambda k=kwargs: fire(big, "b", k), large_samples)
+        sampler.time(partial(fire, little, "b", kwargs), small_samples)
+        sampler.time(partial(fire, big, "b", kwargs), large_samples)
     instances = manager_for(big).storage.instances.values()
     statuses = {i.status for i in instances if i.config.name == "t_every"}
     if statuses != {variant}:
