@@ -306,17 +306,23 @@ class TriggerManager:
             replacement_kwargs = normalise_kwargs(name, replacement_kwargs)
 
         def op(txn: Transaction) -> TaskInstance:
-            inst = txn.get_instance(name)
-            if not inst.can_replay:
-                raise InstanceStateError(name, inst.status, "only failed instances can be replayed")
-            inst.set_status(TaskInstance.STATUS_REPLAYED)
-            txn.save(inst)
+            inst = self._resolve_failed(txn, name, TaskInstance.STATUS_REPLAYED)
             clone = self._clone(txn, inst, replacement_kwargs)
             self._dispatch(txn, clone)
             txn.after_commit.append(lambda: self._post_replay(clone))
             return clone
 
         return self._atomic(op)
+
+    @staticmethod
+    def _resolve_failed(txn: Transaction, name: str, status: str) -> TaskInstance:
+        """Move a failed instance to ``status`` (replayed or skipped)."""
+        inst = txn.get_instance(name)
+        if inst.status != TaskInstance.STATUS_FAILED:
+            raise InstanceStateError(name, inst.status, f"only failed instances can be {status}")
+        inst.set_status(status)
+        txn.save(inst)
+        return inst
 
     def _clone(
         self,
@@ -351,11 +357,7 @@ class TriggerManager:
         cascade_kwargs = normalise_kwargs(name, result) if cascade else {}
 
         def op(txn: Transaction) -> TaskInstance:
-            inst = txn.get_instance(name)
-            if not inst.can_skip:
-                raise InstanceStateError(name, inst.status, "only failed instances can be skipped")
-            inst.set_status(TaskInstance.STATUS_SKIPPED)
-            txn.save(inst)
+            inst = self._resolve_failed(txn, name, TaskInstance.STATUS_SKIPPED)
             if cascade:
                 inst.metadata["result"] = cascade_kwargs
                 self._apply_trigger(txn, inst.config.name, cascade_kwargs)
