@@ -11,7 +11,7 @@ import redis
 from django.conf import settings
 
 from tests.celery_app import app as celery_app
-from tests.worker import CeleryWorker, purge_broker
+from tests.worker import CeleryWorker, delete_run_queue, purge_broker
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +43,7 @@ def celery_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CeleryWo
         yield worker
     finally:
         worker.stop()
+        delete_run_queue(celery_app)
 
 
 @pytest.fixture

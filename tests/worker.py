@@ -37,6 +37,19 @@ def purge_broker(app: Celery) -> int:
     return purged
 
 
+def delete_run_queue(app: Celery) -> None:
+    """Remove this run's queue from an AMQP broker (each run declares its own,
+    and RabbitMQ would keep them all). On Redis the queue is a list that
+    disappears once empty."""
+    if app.conf.broker_url.startswith(("redis://", "rediss://")):
+        return
+    queue = app.amqp.queues[app.conf.task_default_queue]
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        channel.queue_delete(queue.name)
+        channel.exchange_delete(queue.exchange.name)
+
+
 class CeleryWorker:
     """Start, stop and inspect one ``celery worker`` process."""
 
