@@ -17,6 +17,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.managers import init_spawned_process
 from triggers.manager import TriggerManager
 from triggers.runners import task_runners
 from triggers.runners.base import BaseTaskRunner, build_message, force_runner
@@ -310,15 +311,20 @@ def _fire_in_child(uid: str, share: list[str], barrier: Any) -> dict[str, int]:
 
 def test_fires_from_several_processes_at_once_end_as_the_model_predicts() -> None:
     # Given a workflow with andEvery and cascades, and 40 fires dealt out to
-    # three forked processes
+    # three processes
     manager = new_session(PROCESS_WORKFLOW)
     uid = manager.storage.uid
     fires = ["e0", "e1", "e0", "e2", "e3", "e0", "e1", "e0"] * 5
     shares = [fires[i::3] for i in range(3)]
-    context = multiprocessing.get_context("fork")
+    # Spawned, not forked: this process has threads (the lock renewer, task
+    # threads), and forking a threaded process may deadlock the child.
+    context = multiprocessing.get_context("spawn")
 
     # When they fire at once (tasks run in threads of the firing processes)
-    with context.Manager() as shared, context.Pool(3) as pool:
+    with (
+        context.Manager() as shared,
+        context.Pool(3, initializer=init_spawned_process) as pool,
+    ):
         barrier = shared.Barrier(3)
         results = pool.starmap(_fire_in_child, [(uid, share, barrier) for share in shares])
 
