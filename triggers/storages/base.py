@@ -267,7 +267,10 @@ class BaseTriggerStorage:
 
     @property
     def instances(self) -> dict[str, TaskInstance]:
-        snap = self._load_all()
+        return self._instances_in(self._load_all())
+
+    @staticmethod
+    def _instances_in(snap: Snapshot) -> dict[str, TaskInstance]:
         result = {}
         for name in sorted(snap.records, key=instance_sort_key):
             record = snap.records[name]
@@ -326,14 +329,15 @@ class BaseTriggerStorage:
 
     def get_unresolved_tasks(self) -> list[TaskConfig]:
         """Tasks with no instance yet, or with an unresolved one."""
-        snap_tasks = self.tasks
-        instances = self.instances.values()
-        resolved_only = {i.config.name for i in instances}
+        # One snapshot, so tasks and instances are from the same moment.
+        snap = self._load_all()
+        instances = self._instances_in(snap).values()
+        with_instances = {i.config.name for i in instances}
         unresolved = {i.config.name for i in instances if not i.is_resolved}
         return [
             cfg
-            for name, cfg in snap_tasks.items()
-            if name not in resolved_only or name in unresolved
+            for name, cfg in sorted(snap.configs.items())
+            if name not in with_instances or name in unresolved
         ]
 
     def get_unresolved_instances(self) -> list[TaskInstance]:
