@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
-from triggers.checks import check_settings, check_workflows
+from triggers.checks import check_celery_app, check_settings, check_workflows
 
 PASS = "triggers.testing.PassThruTask"
 GOOD = {"t_a": {"after": ["a"], "run": PASS}}
@@ -30,7 +30,7 @@ def by_id(messages, check_id):
 def test_the_test_project_is_clean():
     # Given the suite's own settings (Redis cache, no workflows)
     # Then neither check reports anything
-    assert check_settings() == [] and check_workflows() == []
+    assert check_settings() == [] and check_workflows() == [] and check_celery_app() == []
 
 
 @override_settings(TRIGGERS=["CACHE", "default"])
@@ -152,3 +152,57 @@ def test_manage_py_check_fails_on_a_bad_workflow(tmp_path):
     assert "triggers.E006" in text
     assert "workflow 'survey', task 't_a', directive 'unles': unknown directive" in text
     assert "HINT: Did you mean 'unless'?" in text
+    # ... said once: the message leaves the suggestion to the hint
+    assert text.lower().count("did you mean") == 1
+
+
+# -- the Celery app a fire would use -------------------------------------------
+
+
+def _check_output() -> str:
+    with pytest.raises(SystemCheckError) as caught:
+        call_command("check", stdout=io.StringIO(), stderr=io.StringIO())
+    return str(caught.value)
+
+
+@pytest.fixture
+def no_project_celery_app(monkeypatch):
+    """This process as it is when the project package never imports its
+    Celery app: no app created, so Celery would fall back to its own."""
+    from celery import _state
+
+    monkeypatch.setattr(_state, "default_app", None)
+    monkeypatch.setattr(_state._tls, "current_app", None)
+
+
+def test_manage_py_check_catches_celerys_fallback_app(no_project_celery_app):
+    # Given a process in which no project Celery app was loaded
+    # When `manage.py check` runs
+    text = _check_output()
+    # Then it stops, says where the messages would go and how to wire the app
+    assert "triggers.E010" in text
+    assert "amqp://guest@localhost//" in text
+    assert "from .celery import app as celery_app" in text
+
+
+@override_settings(TRIGGERS={"DEFAULT_RUNNER": "threading"})
+def test_the_celery_app_check_is_quiet_when_tasks_run_in_threads(no_project_celery_app):
+    assert check_celery_app() == []
+
+
+@override_settings(CELERY_BROKER_URL="redis://:s3cret@broker.example:6379/7")
+def test_manage_py_check_catches_a_broker_other_than_the_configured_one(monkeypatch):
+    # Given settings naming one broker and, as the process's Celery app, one
+    # configured by hand with another (not from Django's settings)
+    from celery import Celery, _state
+
+    app = Celery("survey", broker="redis://127.0.0.1:6379/9", set_as_current=False, fixups=[])
+    monkeypatch.setattr(_state, "default_app", app)
+    # When `manage.py check` runs
+    text = _check_output()
+    # Then it names both brokers (without the password) and the usual cause
+    assert "triggers.E011" in text
+    assert "'survey' sends to broker redis://127.0.0.1:6379/9" in text
+    assert "not CELERY_BROKER_URL redis://:**@broker.example:6379/7" in text
+    assert "s3cret" not in text
+    assert "config_from_object('django.conf:settings', namespace='CELERY')" in text

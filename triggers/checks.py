@@ -20,6 +20,10 @@ id                      problem
 ``triggers.W002``       a non-Redis cache without ``REDIS_CLIENT``: session
                         locks then only work within one process
 ``triggers.W003``       ``run`` is a bare task name that cannot be looked up yet
+``triggers.E010``       instances go to Celery but no Celery app of the project is
+                        loaded: ``fire()`` would publish with Celery's fallback
+                        app (``amqp://localhost``)
+``triggers.E011``       the Celery app's broker is not ``CELERY_BROKER_URL``
 ======================  ========================================================
 """
 
@@ -36,7 +40,13 @@ from . import conf
 from .exceptions import ConfigurationError
 from .workflows import Problem, configured_workflows, find_problems
 
-__all__ = ["WORKFLOW_CHECK_IDS", "check_settings", "check_workflows", "problem_message"]
+__all__ = [
+    "WORKFLOW_CHECK_IDS",
+    "check_celery_app",
+    "check_settings",
+    "check_workflows",
+    "problem_message",
+]
 
 #: Check id for each kind of workflow problem (see triggers.workflows.Problem).
 WORKFLOW_CHECK_IDS = {
@@ -198,7 +208,16 @@ def problem_message(problem: Problem) -> CheckMessage:
     where = "TRIGGERS['WORKFLOWS']"
     if problem.workflow is not None:
         where += f"[{problem.workflow!r}]"
-    return level(problem.message, hint=problem.hint, obj=where, id=WORKFLOW_CHECK_IDS[problem.kind])
+    return level(
+        problem_text(problem), hint=problem.hint, obj=where, id=WORKFLOW_CHECK_IDS[problem.kind]
+    )
+
+
+def problem_text(problem: Problem) -> str:
+    """The problem's message without the "did you mean" its hint already says."""
+    if problem.suggestion and problem.hint:
+        return problem.message.replace(f" (did you mean {problem.suggestion!r}?)", "")
+    return problem.message
 
 
 @register("triggers")
@@ -229,3 +248,82 @@ def check_workflows(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
             continue
         found += [problem_message(p) for p in find_problems(source, name)]
     return found
+
+
+# -- the Celery app a fire would use ------------------------------------------
+
+
+def _safe_url(url: Any) -> str:
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(str(url)))
+
+
+def _uses_celery() -> bool:
+    from .runners import task_runners
+    from .runners.base import default_runner
+    from .runners.celery import CeleryTaskRunner
+
+    try:
+        runner = task_runners.get_class(default_runner())
+    except (KeyError, ImportError, TypeError, AttributeError):
+        return False  # an unknown runner is E002
+    return isinstance(runner, type) and issubclass(runner, CeleryTaskRunner)
+
+
+def _project_app() -> Any:
+    """The Celery app a fire in any thread of this process would use, or None
+    when that would be Celery's fallback app (no project app was created, or
+    it never became the default because ``DJANGO_SETTINGS_MODULE`` was unset
+    when it was)."""
+    from celery import _state
+
+    app = _state.default_app
+    if app is None or (app.main == "default" and not app.fixups):
+        return None
+    return app
+
+
+@register("triggers")
+def check_celery_app(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Instances go to the project's Celery app and its configured broker.
+
+    A project package that does not import its Celery app (``from .celery
+    import app as celery_app``) leaves Celery's fallback app in charge: its
+    broker is ``amqp://localhost``, so messages go where no worker listens.
+    """
+    from django.conf import settings
+
+    if not isinstance(conf.user_settings(), Mapping) or not _uses_celery():
+        return []
+    app = _project_app()
+    if app is None:
+        return [
+            Error(
+                "no Celery app of the project is loaded in this process: fire() would send "
+                "ready instances with Celery's default app, whose broker is "
+                "amqp://guest@localhost// and not your CELERY_BROKER_URL",
+                hint="Create the Celery app in <project>/celery.py after "
+                "os.environ.setdefault('DJANGO_SETTINGS_MODULE', ...) and import it in "
+                "<project>/__init__.py: `from .celery import app as celery_app` "
+                "(see Getting started).",
+                obj="celery",
+                id="triggers.E010",
+            )
+        ]
+    configured = getattr(settings, "CELERY_BROKER_URL", None)
+    actual = app.conf.broker_url
+    if configured and actual != configured:
+        return [
+            Error(
+                f"the Celery app {app.main!r} sends to broker "
+                f"{_safe_url(actual) if actual else 'amqp://guest@localhost// (default)'}, "
+                f"not CELERY_BROKER_URL {_safe_url(configured)}",
+                hint="Configure the app from Django's settings: "
+                "app.config_from_object('django.conf:settings', namespace='CELERY'); "
+                "a CELERY_BROKER_URL environment variable also overrides the setting.",
+                obj="celery",
+                id="triggers.E011",
+            )
+        ]
+    return []
