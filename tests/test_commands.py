@@ -7,7 +7,7 @@ import io
 import json
 
 import pytest
-from django.core.management import call_command
+from django.core.management import ManagementUtility, call_command
 from django.core.management.base import CommandError
 
 from tests.utils import wait_for
@@ -77,7 +77,7 @@ def test_inspect_shows_what_each_instance_waits_on_and_why_it_failed(failed_sess
     assert "unstarted" in lines["t_importSubject#0"]
     assert "waiting on 1 of 2: firstPageReceived" in lines["t_importSubject#0"]
     assert "failed" in lines["t_score#0"]
-    assert "ValueError: t_score#0 failed on purpose" in lines["t_score#0"]
+    assert "RuntimeError: t_score#0 failed on purpose" in lines["t_score#0"]
     # And tasks no trigger has reached yet are listed with what they need
     assert (
         "no instance yet; waiting on 2 of 2: pageReceived, t_importSubject"
@@ -108,7 +108,9 @@ def test_inspect_flags_instances_stuck_in_scheduled(unique_uid):
     text = run("triggers_inspect", unique_uid, "--stuck-after", "0")
     # Then it is reported as stuck
     assert "STUCK: scheduled since" in text
-    assert f"1 instance(s) look stuck; `manage.py triggers_resend {unique_uid}`" in text
+    assert f"1 instance looks stuck; `manage.py triggers_resend {unique_uid}`" in text
+    # ... and counted in the singular where there is one
+    assert f"Session {unique_uid!r} (workflow survey): 5 tasks, 1 instance (1 scheduled)" in text
     assert json.loads(run("triggers_inspect", unique_uid, "--json", "--stuck-after", "0"))[
         "instances"
     ][0]["stuck"]
@@ -277,12 +279,51 @@ def test_validate_passes_good_workflows_and_fails_bad_files(tmp_path):
     # Then it fails (exit 1) and reports each problem with its check id and a hint
     assert caught.value.returncode == 1
     assert f"1 of 2 workflows are invalid: {bad}" in str(caught.value)
+    # ... the typo's suggestion said once, in its hint
+    assert text_of(out).lower().count("did you mean 'withparams'") == 1
     text = out.getvalue()
     assert f"{good}: OK" in text
     assert "[triggers.E006]" in text and "directive 'withParam': unknown directive" in text
     assert "HINT: Did you mean 'withParams'?" in text
     assert "[triggers.E007]" in text and "HINT: Did you mean 'threading'?" in text
     assert "[triggers.E008]" in text and "no Celery task named 'tests.tasks.Missing'" in text
+
+
+def text_of(out: io.StringIO) -> str:
+    return out.getvalue()
+
+
+def test_validate_reports_a_bad_settings_workflow_itself(settings, capsys):
+    # Given a workflow declared in settings with a misspelt directive
+    settings.TRIGGERS = {
+        "CACHE": "default",
+        "WORKFLOWS": {"survey": {"t_a": {"after": ["a"], "run": PASS, "unles": ["b"]}}},
+    }
+    # When CI runs `manage.py triggers_validate` (as manage.py does it, system
+    # checks and all)
+    with pytest.raises(SystemExit) as caught:
+        ManagementUtility(["manage.py", "triggers_validate"]).execute()
+    # Then the command's own report names the problem and it exits 1, rather
+    # than Django's SystemCheckError stopping it before it starts
+    assert caught.value.code == 1
+    out, err = capsys.readouterr()
+    assert "SystemCheckError" not in err and "System check identified" not in err
+    assert "1 of 1 workflow is invalid: survey" in err
+    assert "survey:\n  ERROR [triggers.E006]" in out
+    assert "HINT: Did you mean 'unless'?" in out
+
+
+def test_resend_sends_a_ready_instance_that_was_never_sent(celery_worker, unique_uid):
+    # Given an instance whose triggers all fired but whose message never left
+    # (the broker was down when it became ready): unstarted and ready
+    manager = start_session(unique_uid, "survey")
+    manager.storage.create_instance("t_report", kwargs={"t_score": {"score": 3}})
+    assert manager.storage["t_report#0"].can_run
+    # When an operator re-sends the session's stuck instances, giving no age
+    text = run("triggers_resend", unique_uid)
+    # Then it is sent right away and the worker runs it
+    assert f"Re-sent t_report#0 (scheduled) in {unique_uid!r}" in text
+    wait_for(lambda: settled(manager, "t_report#0", "finished"), timeout=20)
 
 
 def test_validate_json_output_and_unreadable_files(tmp_path):

@@ -146,13 +146,17 @@ def inspect_session(manager: TriggerManager, stuck_after: float | None = None) -
     }
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def render_session_table(report: dict[str, Any]) -> str:
     """The report of :func:`inspect_session` as an aligned text table."""
     workflow = f" (workflow {report['workflow']})" if report.get("workflow") else ""
     counts = ", ".join(f"{n} {status}" for status, n in report["summary"].items())
     lines = [
-        f"Session {report['uid']!r}{workflow}: {len(report['tasks'])} tasks, "
-        f"{len(report['instances'])} instances" + (f" ({counts})" if counts else "")
+        f"Session {report['uid']!r}{workflow}: {_count(len(report['tasks']), 'task')}, "
+        f"{_count(len(report['instances']), 'instance')}" + (f" ({counts})" if counts else "")
     ]
     table = [("INSTANCE", "STATUS", "DETAIL")]
     table += [(row["name"], row["status"], row["detail"]) for row in report["instances"]]
@@ -166,7 +170,8 @@ def render_session_table(report: dict[str, Any]) -> str:
     stuck = [row["name"] for row in report["instances"] if row["stuck"]]
     if stuck:
         lines.append(
-            f"{len(stuck)} instance(s) look stuck; `manage.py triggers_resend "
+            f"{_count(len(stuck), 'instance')} {'looks' if len(stuck) == 1 else 'look'} stuck; "
+            f"`manage.py triggers_resend "
             f"{report['uid']}` sends them to their runner again."
         )
     return "\n".join(lines)

@@ -14,8 +14,9 @@ from ..base import TriggersCommand
 class Command(TriggersCommand):
     help = (
         "Send task instances to their runner again: the named ones, or every stuck one "
-        "(scheduled or running longer than --older-than seconds with no live worker lease, "
-        "or ready but never sent because the broker was down). A duplicate message is "
+        "(scheduled or running longer than --older-than seconds with no live worker lease), "
+        "and every instance that is ready but was never sent (the broker was down when it "
+        "became ready), whatever its age. A duplicate message is "
         "harmless: an instance runs only under its worker's claim, and a finished one "
         "never runs again."
     )
@@ -42,6 +43,10 @@ class Command(TriggersCommand):
         if not names:
             stuck = self.call(lambda: manager.find_stuck_instances(options["older_than"]))
             names = [inst.name for inst in stuck]
+            # An instance that is ready but was never sent (its dispatch failed)
+            # waits for nobody: it is re-sent whatever its age.
+            instances = self.call(lambda: manager.storage.instances)
+            names += sorted(n for n, i in instances.items() if i.can_run and n not in names)
         sent = []
         for name in names:
             if options["dry_run"]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
-from ...checks import WORKFLOW_CHECK_IDS
+from ...checks import WORKFLOW_CHECK_IDS, problem_text
 from ...exceptions import ConfigurationError
 from ...workflows import Problem, configured_workflows, find_problems
 from ..base import EXIT_REFUSED, TriggersCommand
@@ -19,6 +19,10 @@ class Command(TriggersCommand):
         "'run' names a registered TriggerTask. Exits 1 if any workflow has an error."
     )
     takes_uid = False
+    # The command reports bad workflows itself, with every problem of every
+    # workflow; Django's system checks would stop it first with their own
+    # SystemCheckError for the very workflows it is asked to validate.
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         super().add_arguments(parser)
@@ -57,8 +61,9 @@ class Command(TriggersCommand):
         else:
             self._write_text(results)
         if failed:
+            noun = "workflow is" if len(results) == 1 else "workflows are"
             raise CommandError(
-                f"{len(failed)} of {len(results)} workflows are invalid: {', '.join(failed)}",
+                f"{len(failed)} of {len(results)} {noun} invalid: {', '.join(failed)}",
                 returncode=EXIT_REFUSED,
             )
 
@@ -73,7 +78,7 @@ class Command(TriggersCommand):
             for problem in found:
                 label = "ERROR" if problem.is_error else "WARNING"
                 style = self.style.ERROR if problem.is_error else self.style.WARNING
-                line = f"  {label} [{WORKFLOW_CHECK_IDS[problem.kind]}] {problem.message}"
+                line = f"  {label} [{WORKFLOW_CHECK_IDS[problem.kind]}] {problem_text(problem)}"
                 self.stdout.write(style(line))
                 if problem.hint:
                     self.stdout.write(f"      HINT: {problem.hint}")
