@@ -167,3 +167,9 @@ def with_context(exc: E, context: Mapping[str, Any] | None) -> E:
         merged.update(context)
     exc.context = merged  # type: ignore[attr-defined]
     return exc
+
+
+class LockHeldError(TriggersError, RuntimeError):
+    """An operation that takes the session lock and ends with it
+    (``storage.delete()``) was called inside a block that already holds it
+    (``transaction()``/``acquire_lock()``); call it after the block."""

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from .. import conf
@@ -392,6 +393,55 @@ class BaseTriggerStorage:
             "metadata": copy.deepcopy(snap.meta or {}),
             "latest_kwargs": copy.deepcopy(snap.latest_kwargs),
         }
+
+    # == session index and deletion (retention; see triggers.sessions) =======
+    # Backends that can list their sessions implement the two classmethods;
+    # every backend can delete a session. ``options`` are the storage's
+    # constructor keywords besides the uid (``TRIGGERS['STORAGE_OPTIONS']``).
+    # Times are aware UTC datetimes. Keeping the index current must cost a
+    # fire nothing extra (update it in the write the fire makes anyway), and
+    # a sharded store must update it idempotently outside a session's shard.
+
+    @classmethod
+    def list_sessions(
+        cls,
+        options: Mapping[str, Any],
+        *,
+        prefix: str = "",
+        offset: int = 0,
+        limit: int | None = None,
+        older_than: datetime | None = None,
+    ) -> list[tuple[str, datetime]]:
+        """``(uid, last activity)`` of the stored sessions whose uid starts
+        with ``prefix`` and, with ``older_than``, whose last write was before
+        it: newest activity first (ties by uid), then ``offset`` and
+        ``limit``."""
+        raise NotImplementedError(f"{cls.__name__} keeps no index of its sessions")
+
+    @classmethod
+    def count_sessions(cls, options: Mapping[str, Any], *, prefix: str = "") -> int:
+        """How many stored sessions have a uid starting with ``prefix``."""
+        raise NotImplementedError(f"{cls.__name__} keeps no index of its sessions")
+
+    def delete(self, *, idle_before: datetime | None = None) -> bool:
+        """Remove the whole session (configuration, instances, fired
+        triggers, history) under its lock; ``True`` if there was one.
+
+        With ``idle_before``, only if its last write was before that time,
+        checked atomically with the deletion, so a cleanup never removes a
+        session that was written after it looked. The default empties the
+        session with ``_save()`` and cannot check ``idle_before``."""
+        if idle_before is not None:
+            raise NotImplementedError(f"{type(self).__name__} records no last activity")
+        with self.transaction() as txn:
+            txn.fetch(everything=True)
+            had = bool(self._configs or self._instances or self._metas)
+            if had:
+                self._configs, self._instances, self._metas = {}, {}, {}
+                self._save()
+        return had
+
+    # == end of session index ================================================
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.uid!r}>"

@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
+from functools import cached_property
 from importlib import resources
 from typing import Any
 
@@ -45,10 +47,11 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import conf
-from ..exceptions import ConfigurationError, LockLostError
+from ..exceptions import ConfigurationError, LockHeldError, LockLostError
 from ..locking import SessionLock, redis_client_for_cache, redis_client_from_setting
 from ..types import TaskConfig, TaskInstance
 from .base import BaseTriggerStorage, config_from_stored
+from .session_index import DocumentSessionIndex, RedisSessionIndex, clock, index_keys
 from .transaction import Changes, Snapshot
 
 __all__ = ["CacheStorageBackend"]
@@ -198,7 +201,10 @@ class CacheStorageBackend(BaseTriggerStorage):
         return self._deserialize(json.loads(raw) if raw else None)
 
     def _save(self) -> None:
-        self.cache.set(self._base, _dumps(self._serialize()), timeout=self.timeout)
+        # "activity" (and the note) feed the session index (retention).
+        document = {**self._serialize(), "activity": clock()}
+        self.cache.set(self._base, _dumps(document), timeout=self.timeout)
+        DocumentSessionIndex(self.cache).note(self.uid)
 
     # -- Redis path ---------------------------------------------------------
     def _fetch(
@@ -325,6 +331,7 @@ class CacheStorageBackend(BaseTriggerStorage):
         release_flag = "1" if release else "0"
         args = [lock.id, lock.signal_expire, ttl, release_flag, self._lease_prefix, packed]
         keys = [*self._keys, lock.key, lock.signal_key, f"{self._base}:commits"]
+        self._index_commit(keys, args)  # session index (retention)
         try:
             result = self._run("commit", keys, args, lock)
         finally:
@@ -339,12 +346,78 @@ class CacheStorageBackend(BaseTriggerStorage):
         script = _script(self._redis, "renew_lease")
         return bool(script(keys=[self._lease_prefix + name], args=[token, ms], client=self._redis))
 
-    def delete(self) -> None:
-        """Remove the whole session (configuration, instances, history)."""
+    # == session index and deletion (retention; see session_index.py) =======
+    @classmethod
+    def _session_index(
+        cls, options: Mapping[str, Any]
+    ) -> tuple[CacheStorageBackend, RedisSessionIndex | None]:
+        # A storage for no particular session resolves the cache, its Redis
+        # client and the timeout exactly as a session's storage would.
+        probe = cls("triggers-session-index", **options)
+        if probe._redis is None:
+            return probe, None
+        return probe, RedisSessionIndex(probe.cache, probe._redis)
+
+    @classmethod
+    def list_sessions(
+        cls,
+        options: Mapping[str, Any],
+        *,
+        prefix: str = "",
+        offset: int = 0,
+        limit: int | None = None,
+        older_than: datetime | None = None,
+    ) -> list[tuple[str, datetime]]:
+        probe, index = cls._session_index(options)
+        if index is not None:
+            return index.list(prefix, offset, limit, older_than)
+        return DocumentSessionIndex(probe.cache).list(
+            prefix, offset, limit, older_than, lambda uid: cls(uid, **options)._base
+        )
+
+    @classmethod
+    def count_sessions(cls, options: Mapping[str, Any], *, prefix: str = "") -> int:
+        probe, index = cls._session_index(options)
+        if index is not None:
+            return index.count(prefix)
+        return DocumentSessionIndex(probe.cache).count(
+            prefix, lambda uid: cls(uid, **options)._base
+        )
+
+    def _index_commit(self, keys: list[Any], args: list[Any]) -> None:
+        """commit.lua's optional index keys and arguments: the script records
+        the activity of every commit that writes, in the same round trip."""
+        now = clock()
+        keys += self._index_keys
+        args += [self.uid, repr(now), "" if self.timeout is None else repr(now + self.timeout)]
+
+    @cached_property
+    def _index_keys(self) -> list[str]:
+        return index_keys(self.cache)
+
+    def delete(self, *, idle_before: datetime | None = None) -> bool:
+        if self._current is not None:
+            raise LockHeldError(
+                f"delete() of session {self.uid!r} inside a block that holds its lock; "
+                "call it after the block"
+            )
         if self._redis is None:
-            self.cache.delete(self._base)
-            return
-        with self.acquire_lock():
-            names = list(self._redis.hkeys(self._keys[2]))
-            leases = [self._lease_prefix + _text(n) for n in names]
-            self._redis.delete(*self._keys, f"{self._base}:commits", *leases)
+            with self.transaction():
+                raw = self.cache.get(self._base)
+                if raw is None:
+                    DocumentSessionIndex(self.cache).forget(self.uid)
+                    return False
+                if idle_before is not None:
+                    activity = json.loads(raw).get("activity", 0.0)
+                    if activity >= idle_before.timestamp():
+                        return False
+                self.cache.delete(self._base)
+                DocumentSessionIndex(self.cache).forget(self.uid)
+                return True
+        lock = self._make_lock()
+        lock.acquire_within(float(conf.get("LOCK_TIMEOUT")))
+        index = RedisSessionIndex(self.cache, self._redis)
+        commits = f"{self._base}:commits"
+        return index.delete(self._keys, lock, commits, self.uid, self._lease_prefix, idle_before)
+
+    # == end of session index ==================================================

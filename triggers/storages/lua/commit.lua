@@ -72,6 +72,21 @@ local function expire(key)
 end
 for k = 1, 7 do expire(KEYS[k]) end
 if KEYS[10] then expire(KEYS[10]) end
+-- [session index, see triggers/storages/session_index.py] Optional
+-- KEYS[11..13] activity, names, expires; ARGV[7] uid, ARGV[8] now (Unix s),
+-- ARGV[9] expiry time or '' (never expires). Only a commit that writes counts
+-- as activity. Another hash slot in a cluster: a cluster port sends these
+-- (idempotent) commands after this script instead.
+if KEYS[13] and ttl ~= 0 then
+  redis.call('ZADD', KEYS[11], ARGV[8], ARGV[7])
+  redis.call('ZADD', KEYS[12], 0, ARGV[7])
+  if ARGV[9] ~= '' then
+    redis.call('ZADD', KEYS[13], ARGV[9], ARGV[7])
+  else
+    redis.call('ZREM', KEYS[13], ARGV[7])
+  end
+end
+-- [end session index]
 if ARGV[4] == '1' then
   redis.call('DEL', KEYS[9])
   redis.call('LPUSH', KEYS[9], 1)
