@@ -51,3 +51,42 @@ def unique_uid(request: pytest.FixtureRequest) -> str:
     """A session UID no other test (or earlier run) uses."""
     label = re.sub(r"[^A-Za-z0-9_]+", "-", request.node.name)[:40].strip("-")
     return f"{label}-{uuid.uuid4().hex}"
+
+
+# --- PostgreSQL for the database storage backend -------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_database(django_db_blocker) -> Iterator[str]:
+    """This run's own PostgreSQL database, migrated; dropped at the end."""
+    from tests.postgres import create_database, drop_database
+
+    with django_db_blocker.unblock():
+        name = create_database()
+    try:
+        yield name
+    finally:
+        with django_db_blocker.unblock():
+            drop_database()
+
+
+@pytest.fixture(autouse=True)
+def _database_backend_access(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests parametrised with the ``"database"`` storage kind (or marked
+    ``postgres``) get the run's PostgreSQL database, open to every thread."""
+    callspec = getattr(request.node, "callspec", None)
+    params = callspec.params.values() if callspec is not None else ()
+    wanted = any(isinstance(v, str) and v == "database" for v in params)
+    if not wanted and request.node.get_closest_marker("postgres") is None:
+        yield
+        return
+    request.getfixturevalue("postgres_database")
+    with request.getfixturevalue("django_db_blocker").unblock():
+        yield
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "postgres: the test uses the run's PostgreSQL database (database backend)"
+    )
+

@@ -23,6 +23,7 @@ from triggers.runners.base import force_runner
 from triggers.runners.threading import ThreadingTaskRunner
 from triggers.storages.base import BaseTriggerStorage
 from triggers.storages.cache import CacheStorageBackend
+from triggers.storages.database import DatabaseStorageBackend
 from triggers.task import TaskContext, TriggerTask
 from triggers.testing import DevNullTask, PassThruTask
 from triggers.types import TaskConfig, TaskInstance
@@ -51,8 +52,9 @@ class DictStorage(BaseTriggerStorage):
         DICT_DATABASE[self.uid] = json.dumps(self._serialize())
 
 
-#: Every storage the contract suite runs against.
-STORAGE_KINDS = ["builtin-redis", "django-redis", "locmem", "custom"]
+#: Every storage the contract suite runs against ("database": the database
+#: backend on the run's PostgreSQL database, see tests.conftest).
+STORAGE_KINDS = ["builtin-redis", "django-redis", "locmem", "custom", "database"]
 REDIS_KINDS = ["builtin-redis", "django-redis"]
 _CACHE_ALIAS = {"builtin-redis": "builtin-redis", "django-redis": "djredis", "locmem": "locmem"}
 
@@ -60,6 +62,8 @@ _CACHE_ALIAS = {"builtin-redis": "builtin-redis", "django-redis": "djredis", "lo
 def make_storage(kind: str, uid: str, **kwargs: Any) -> BaseTriggerStorage:
     if kind == "custom":
         return DictStorage(uid)
+    if kind == "database":
+        return DatabaseStorageBackend(uid, database=POSTGRES_ALIAS, **kwargs)
     return CacheStorageBackend(uid, cache=_CACHE_ALIAS[kind], **kwargs)
 
 
@@ -92,10 +96,44 @@ def raw_redis_state(client: redis.Redis, uid: str) -> dict[bytes, Any]:
     return state
 
 
+#: DATABASES alias of the run's PostgreSQL database.
+POSTGRES_ALIAS = "postgres"
+
+_RAW_DATABASE_STATE = """
+SELECT json_build_object(
+  'session', (SELECT row_to_json(s) FROM triggers_session s WHERE s.id = %(id)s),
+  'tasks', (SELECT json_agg(r ORDER BY r.name) FROM triggers_task r WHERE r.session_id = %(id)s),
+  'index', (SELECT json_agg(r ORDER BY r.trigger)
+            FROM triggers_trigger_index r WHERE r.session_id = %(id)s),
+  'instances', (SELECT json_agg(r ORDER BY r.name)
+                FROM triggers_instance r WHERE r.session_id = %(id)s),
+  'waiting', (SELECT json_agg(r ORDER BY r.trigger, r.task, r.instance)
+              FROM triggers_waiting r WHERE r.session_id = %(id)s),
+  'kwargs', (SELECT json_agg(r ORDER BY r.trigger)
+             FROM triggers_latest_kwargs r WHERE r.session_id = %(id)s)
+)::text
+"""
+
+
+def raw_database_state(storage: DatabaseStorageBackend) -> str | None:
+    """Every row of a session, as PostgreSQL holds it, as one JSON text."""
+    from django.db import connections
+
+    with connections[storage.database].cursor() as cursor:
+        cursor.execute("SELECT id FROM triggers_session WHERE uid = %s", [storage.uid])
+        found = cursor.fetchone()
+        if found is None:
+            return None
+        cursor.execute(_RAW_DATABASE_STATE, {"id": found[0]})
+        return str(cursor.fetchone()[0])
+
+
 def raw_state(storage: BaseTriggerStorage) -> Any:
     """What the backend holds for a session, byte for byte where possible."""
     if isinstance(storage, DictStorage):
         return DICT_DATABASE.get(storage.uid)
+    if isinstance(storage, DatabaseStorageBackend):
+        return raw_database_state(storage)
     assert isinstance(storage, CacheStorageBackend)
     if storage.uses_redis:
         client = redis_cache_client()

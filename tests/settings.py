@@ -30,8 +30,40 @@ TIME_ZONE = "UTC"
 
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
+    # Above django.contrib.admin: its admin/index.html adds the inspector link.
     "triggers",
     "tests",
+    # The web inspector (triggers.urls) and its tests.
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+]
+
+# --- The web inspector -------------------------------------------------------
+
+ROOT_URLCONF = "tests.urls"
+STATIC_URL = "/static/"
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
 ]
 
 DATABASES = {
@@ -109,6 +141,25 @@ TRIGGERS_TEST_RUN_ID = os.environ.setdefault(
     "TRIGGERS_TEST_RUN_ID", f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 )
 
+# --- PostgreSQL (the database storage backend) ------------------------------
+
+# The run's own database: tests.conftest's ``postgres_database`` fixture
+# creates it (and migrates it) and drops it at the end. Its name comes from
+# the run id, which the worker and spawned processes inherit, so they open
+# the same database. TRIGGERS_TEST_PG_URL (postgresql://user@host:port)
+# points at another server.
+_pg = urlsplit(os.environ.get("TRIGGERS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432"))
+DATABASES["postgres"] = {
+    "ENGINE": "django.db.backends.postgresql",
+    "NAME": "triggers_test_" + TRIGGERS_TEST_RUN_ID.replace("-", "_").lower(),
+    "USER": _pg.username or "postgres",
+    "PASSWORD": _pg.password or "",
+    "HOST": _pg.hostname or "127.0.0.1",
+    "PORT": str(_pg.port or 5432),
+    # pytest-django never sets this one up: the fixture does.
+    "TEST": {"MIGRATE": False},
+}
+
 CELERY_BROKER_URL = os.environ.get(
     "TRIGGERS_TEST_BROKER_URL", f"{TRIGGERS_TEST_REDIS_URL}/{REDIS_BROKER_DB}"
 )
@@ -118,7 +169,7 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_IMPORTS = ["tests.tasks", "triggers.testing"]
+CELERY_IMPORTS = ["tests.tasks", "triggers.testing", "tests.inspector_tasks"]
 # Kombu's Redis transport redelivers an unacknowledged message only after the
 # visibility timeout (an hour by default); tests that kill a worker mid-task
 # can shorten it here.

@@ -327,6 +327,10 @@ def test_each_kind_takes_the_code_path_it_stands_for(
     if kind in REDIS_KINDS:
         assert isinstance(storage, CacheStorageBackend) and storage.uses_redis
         assert isinstance(lock, SessionLock)
+    elif kind == "database":
+        from triggers.storages.database import DatabaseLock
+
+        assert isinstance(lock, DatabaseLock)
     else:
         assert not getattr(storage, "uses_redis", False)
         assert isinstance(lock, LocalLock)

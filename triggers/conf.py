@@ -53,6 +53,9 @@ DEFAULTS: dict[str, Any] = {
     # Instances in 'scheduled' or 'running' longer than this many seconds are
     # reported as stuck by triggers_inspect.
     "STUCK_AFTER": 600,
+    # Who may use the web inspector (triggers.urls): the dotted path of a
+    # callable(request) -> bool; None: active staff users.
+    "INSPECTOR_PERMISSION": None,
 }
 
 

@@ -8,5 +8,9 @@ from .base import BaseTriggerStorage
 __all__ = ["BaseTriggerStorage", "storage_backends"]
 
 storage_backends: Registry[BaseTriggerStorage] = Registry(
-    "triggers.storages", {"cache": "triggers.storages.cache.CacheStorageBackend"}
+    "triggers.storages",
+    {
+        "cache": "triggers.storages.cache.CacheStorageBackend",
+        "database": "triggers.storages.database.DatabaseStorageBackend",
+    },
 )

@@ -1,0 +1,122 @@
+"""Tables of the database storage backend
+(:class:`triggers.storages.database.DatabaseStorageBackend`).
+
+They mirror the Redis layout of the cache backend, one row per hash field, so
+a fire reads and writes only the rows of the trigger it fired:
+
+==========================  =================================================
+table                       one row per
+==========================  =================================================
+``triggers_session``        session: ``version`` (bumped by every write),
+                            ``meta`` (JSON), ``updated_at``; its row lock is
+                            the session lock
+``triggers_task``           task: its directives (JSON, ``NULL`` until
+                            configured) and the next instance number
+``triggers_trigger_index``  trigger: the tasks that mention it (JSON list)
+``triggers_instance``       instance: its record (JSON) and the lease of the
+                            worker running it (token, expiry)
+``triggers_waiting``        (task, trigger, instance) for every unstarted
+                            instance still missing that trigger
+``triggers_latest_kwargs``  trigger that fired: the kwargs it last fired with
+==========================  =================================================
+
+Sessions are created by the backend only; these models are not meant to be
+edited by hand (use the manager's API), but they are plain Django models, so
+the admin or a shell can read them.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+
+class Session(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    uid = models.CharField(max_length=250, unique=True)
+    version = models.BigIntegerField(default=0)
+    meta = models.JSONField(null=True)
+    updated_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        db_table = "triggers_session"
+
+    def __str__(self) -> str:
+        return self.uid
+
+
+class SessionTask(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="task_rows")
+    name = models.CharField(max_length=200)
+    config = models.JSONField(null=True)
+    next_number = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "triggers_task"
+        constraints = [
+            models.UniqueConstraint(fields=["session", "name"], name="triggers_task_unique")
+        ]
+
+
+class TriggerIndex(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="index_rows")
+    trigger = models.CharField(max_length=200)
+    tasks = models.JSONField()
+
+    class Meta:
+        db_table = "triggers_trigger_index"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["session", "trigger"], name="triggers_trigger_index_unique"
+            )
+        ]
+
+
+class SessionInstance(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="instance_rows")
+    name = models.CharField(max_length=221)
+    task = models.CharField(max_length=200)
+    record = models.JSONField()
+    lease_token = models.CharField(max_length=100, null=True)
+    lease_expires = models.DateTimeField(null=True)
+
+    class Meta:
+        db_table = "triggers_instance"
+        constraints = [
+            models.UniqueConstraint(fields=["session", "name"], name="triggers_instance_unique")
+        ]
+
+
+class WaitingEntry(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="waiting_rows")
+    trigger = models.CharField(max_length=200)
+    task = models.CharField(max_length=200)
+    instance = models.CharField(max_length=221)
+
+    class Meta:
+        db_table = "triggers_waiting"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["session", "trigger", "task", "instance"], name="triggers_waiting_unique"
+            )
+        ]
+
+
+class LatestKwargs(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="kwargs_rows")
+    trigger = models.CharField(max_length=200)
+    kwargs = models.JSONField(null=True)
+
+    class Meta:
+        db_table = "triggers_latest_kwargs"
+        verbose_name_plural = "latest kwargs"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["session", "trigger"], name="triggers_latest_kwargs_unique"
+            )
+        ]
