@@ -15,6 +15,7 @@ __all__ = [
     "InvalidTriggerTypeError",
     "LockLostError",
     "LockTimeoutError",
+    "NotLockedError",
     "SessionLostError",
     "TriggersError",
     "UnknownInstanceError",
@@ -167,6 +168,11 @@ def with_context(exc: E, context: Mapping[str, Any] | None) -> E:
         merged.update(context)
     exc.context = merged  # type: ignore[attr-defined]
     return exc
+
+
+class NotLockedError(TriggersError, RuntimeError):
+    """An operation that only makes sense while the session lock is held
+    (``storage.save()``) was called outside ``with storage.acquire_lock()``."""
 
 
 class LockHeldError(TriggersError, RuntimeError):

@@ -6,6 +6,7 @@ a trigger nor schedule an instance twice."""
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from .exceptions import (
 )
 from .registry import Registry
 from .runners import task_runners
-from .runners.base import DEFAULT_TASK_RUNNER, forced_runner
+from .runners.base import BaseTaskRunner, default_runner, forced_runner, runner_key
 from .storages.base import MAX_INSTANCE_NAME_LENGTH, BaseTriggerStorage
 from .storages.transaction import Transaction
 from .types import TaskConfig, TaskInstance, validate_configuration
@@ -42,22 +43,25 @@ def _name_of(instance: TaskInstance | str) -> str:
     return check_name(instance, "task instance name", max_length=MAX_INSTANCE_NAME_LENGTH)
 
 
+class _CurrentDefaultRunner:
+    """Reads as the key of the runner tasks without ``using`` get right now."""
+
+    def __get__(self, obj: object, owner: type | None = None) -> str:
+        return runner_key(default_runner())
+
+
 class TriggerManager:
     """Fires triggers for one session and keeps its instances moving."""
 
     #: Registry key (``triggers.managers`` entry point name).
     name = "default"
-    #: Runner for tasks whose configuration has no ``using``.
-    default_task_runner_name = DEFAULT_TASK_RUNNER
+    #: Runner for tasks whose configuration has no ``using``; unless a
+    #: subclass or instance sets it, the current default (see
+    #: :func:`~triggers.runners.base.default_runner`).
+    default_task_runner_name: Any = _CurrentDefaultRunner()
 
     def __init__(self, storage: BaseTriggerStorage) -> None:
         self.storage = storage
-        setting = conf.get("DEFAULT_RUNNER")
-        if (
-            setting
-            and type(self).default_task_runner_name == TriggerManager.default_task_runner_name
-        ):
-            self.default_task_runner_name = setting
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.storage!r}>"
@@ -140,11 +144,27 @@ class TriggerManager:
         missing = sorted(needed - parts)
         return ", ".join(missing) if missing else None
 
+    def _runner_choice(self, config: TaskConfig) -> str | type[BaseTaskRunner]:
+        # ``using`` first, then the manager's own default, then the global one
+        # (read now, so a reassigned DEFAULT_TASK_RUNNER counts).
+        forced = forced_runner()
+        if forced:
+            return forced
+        if config.using:
+            return config.using
+        own = inspect.getattr_static(self, "default_task_runner_name")
+        if isinstance(own, _CurrentDefaultRunner):
+            return default_runner()
+        return self.default_task_runner_name
+
     def _runner_key(self, config: TaskConfig) -> str:
-        return forced_runner() or config.using or self.default_task_runner_name
+        return runner_key(self._runner_choice(config))
 
     def get_runner(self, config: TaskConfig) -> Any:
-        return task_runners.get(self._runner_key(config))
+        choice = self._runner_choice(config)
+        if isinstance(choice, type):
+            return choice()
+        return task_runners.get(choice)
 
     # -- configuration -------------------------------------------------------
     def update_configuration(self, configuration: Mapping[str, Any]) -> None:

@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+#: The context of the ``_run`` executing in this thread (see ``TriggerTask.retry``).
+_running = threading.local()
 
 
 class MaxRetriesExceeded(TriggersError):
@@ -233,6 +235,15 @@ class TriggerTask(celery.Task):
         """How deep a chain of retries may go for this instance."""
         return int(self.max_retries if self.max_retries is not None else 0)
 
+    def _run_in(self, context: TaskContext) -> Mapping[str, Any] | None:
+        """``_run(context)``, with ``context`` known to :meth:`retry`."""
+        previous = getattr(_running, "context", None)
+        _running.context = context
+        try:
+            return self._run(context)
+        finally:
+            _running.context = previous
+
     # -- for _run to raise -------------------------------------------------
     def retry(
         self,
@@ -243,7 +254,21 @@ class TriggerTask(celery.Task):
     ) -> RetryRequested:
         """Return an exception that, raised from ``_run``, marks this instance
         ``replayed`` and schedules a clone after ``cooldown`` seconds (with
-        ``replacement_kwargs`` if given)."""
+        ``replacement_kwargs`` if given).
+
+        Called once the chain of retries is ``get_max_retries()`` deep, it
+        raises :class:`MaxRetriesExceeded` itself (caused by ``exc``), so
+        ``_run`` may catch that; uncaught, it fails the instance."""
+        context = getattr(_running, "context", None)
+        if context is not None and context.task is self:
+            depth = int(context.task_instance.metadata.get("depth", 0))
+            limit = self.get_max_retries(context)
+            if depth >= limit:
+                error = MaxRetriesExceeded(
+                    f"{context.instance_name} asked to retry beyond max_retries={limit}"
+                )
+                error.__cause__ = exc
+                raise error
         return RetryRequested(exc, metadata, replacement_kwargs, cooldown)
 
     def skip(self, metadata: Mapping[str, Any] | None = None) -> SkipRequested:
@@ -329,7 +354,7 @@ class TriggerTask(celery.Task):
             return meta
 
         try:
-            result = self._run(context)
+            result = self._run_in(context)
             if result is None:
                 result = {}
             if not isinstance(result, Mapping):

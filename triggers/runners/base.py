@@ -17,18 +17,57 @@ __all__ = [
     "DEFAULT_TASK_RUNNER",
     "BaseTaskRunner",
     "build_message",
+    "default_runner",
     "forced_runner",
     "force_runner",
 ]
 
-DEFAULT_TASK_RUNNER = "celery"
+class _BuiltinDefault(str):
+    """The shipped value of ``DEFAULT_TASK_RUNNER``; its own type tells it
+    apart from the same key assigned by an application."""
+
+    __slots__ = ()
+
+
+_SHIPPED = _BuiltinDefault("celery")
+
+#: Runner for tasks whose configuration has no ``using`` and whose manager
+#: does not name its own: a registry key or a runner class. Applications may
+#: reassign ``triggers.runners.DEFAULT_TASK_RUNNER`` at any time; it is read
+#: at dispatch time and wins over ``TRIGGERS['DEFAULT_RUNNER']``.
+DEFAULT_TASK_RUNNER: str | type[BaseTaskRunner] = _SHIPPED
 
 _forced: dict[str, str | None] = {"key": None}
 _forced_lock = threading.Lock()
 
 
+def default_runner() -> str | type[BaseTaskRunner]:
+    """The default runner now: ``DEFAULT_TASK_RUNNER`` as the application
+    last set it (on ``triggers.runners`` or this module), else
+    ``TRIGGERS['DEFAULT_RUNNER']``, else ``'celery'``."""
+    import sys
+
+    for module in ("triggers.runners", __name__):
+        value = getattr(sys.modules.get(module), "DEFAULT_TASK_RUNNER", _SHIPPED)
+        if not isinstance(value, _BuiltinDefault):
+            return value
+    from .. import conf
+
+    return conf.get("DEFAULT_RUNNER") or str(_SHIPPED)
+
+
+def runner_key(choice: str | type[BaseTaskRunner]) -> str:
+    """The registry key (or dotted path) of a runner key or class."""
+    if isinstance(choice, str):
+        return str(choice)
+    from . import task_runners
+
+    return task_runners.key_for(choice)
+
+
 def forced_runner() -> str | None:
-    """A runner key that overrides every task's (set by the test harness)."""
+    """A runner key that overrides every task's, ``using`` included (a tool
+    for this library's own tests; the test mixin replaces only the default)."""
     return _forced["key"]
 
 

@@ -187,11 +187,11 @@ class CacheStorageBackend(BaseTriggerStorage):
 
     @contextmanager
     def acquire_lock(self) -> Iterator[Any]:
-        with super().acquire_lock() as lock:
+        with super().acquire_lock() as storage:
             # A block may guard work that never reads the session.
-            if isinstance(lock, SessionLock):
-                lock.ensure()
-            yield lock
+            if isinstance(self.lock, SessionLock):
+                self.lock.ensure()
+            yield storage
 
     # -- generic path (non-Redis caches) ------------------------------------
     def _load_from_backend(

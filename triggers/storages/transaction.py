@@ -106,6 +106,7 @@ class Transaction:
         self._known_instances: set[str] = set()
         self._known_triggers: set[str] = set()
         self._dirty: set[str] = set()
+        self._handed_out: set[str] = set()
         self.changes = Changes()
         self.after_commit: list[Callable[[], None]] = []
         self.dispatch_failures: dict[str, BaseException] = {}
@@ -245,6 +246,29 @@ class Transaction:
         if self.instances.get(inst.name) is not inst:
             raise RuntimeError(f"{inst.name} does not belong to this transaction")
         self._dirty.add(inst.name)
+
+    def hand_out(self, names: Iterable[str]) -> None:
+        """Note instances the storage API gave to the caller, who may edit them."""
+        self._handed_out.update(names)
+
+    def save_edited(self) -> None:
+        """``storage.save()`` inside ``acquire_lock()``: write every instance
+        the block was given (it may have edited any of them in place)."""
+        self._dirty.update(n for n in self._handed_out if n in self.instances)
+
+    def as_snapshot(self) -> Snapshot:
+        """What this (fully loaded) transaction would leave in the session."""
+        return Snapshot(
+            meta=self.meta,
+            index=build_index(self.configs),
+            configs=dict(self.configs),
+            counters=dict(self.counters),
+            records={n: i.to_record() for n, i in self.instances.items()},
+            latest_kwargs=dict(self.latest_kwargs),
+            kwargs_known=set(self.latest_kwargs),
+            leases=dict(self.leases),
+            everything=True,
+        )
 
     def set_latest_kwargs(self, trigger: str, kwargs: Any) -> None:
         self.latest_kwargs[trigger] = kwargs
