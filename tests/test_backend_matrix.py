@@ -43,7 +43,8 @@ def test_a_held_session_lock_is_visible_to_every_process(redis_client, unique_ui
     storage = CacheStorageBackend(unique_uid)
     assert storage.uses_redis
     # When it holds its lock
-    with storage.acquire_lock() as lock:
+    with storage.acquire_lock() as session:
+        lock = session.lock  # the block yields the storage; its lock is .lock
         # Then the lock is a Redis key any other process's client sees
         assert isinstance(lock, SessionLock)
         assert redis_client.exists(lock.key) == 1

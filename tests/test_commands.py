@@ -92,7 +92,7 @@ def test_inspect_json_is_the_same_report_for_machines(failed_session):
     rows = {row["name"]: row for row in report["instances"]}
     assert rows["t_importSubject#0"]["waiting_on"] == ["firstPageReceived"]
     assert rows["t_score#0"]["exception"] == {
-        "type": "builtins.ValueError",
+        "type": "builtins.RuntimeError",
         "message": "t_score#0 failed on purpose",
     }
     assert report["summary"] == {"failed": 1, "unstarted": 2}

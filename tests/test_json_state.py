@@ -170,7 +170,7 @@ def test_every_redis_key_of_a_session_holds_json_after_a_full_workflow(
         }
     }
     assert instances["t_fail#1"]["metadata"]["parent"] == "t_fail#0"
-    assert "ValueError" in instances["t_fail#0"]["metadata"]["exc_traceback"]
+    assert "RuntimeError" in instances["t_fail#0"]["metadata"]["exc_traceback"]
     counters = by_suffix["counters"][1]
     assert (counters["t_retry"], counters["t_fail"], counters["t_every"]) == (4, 2, 2)
     assert by_suffix["kwargs"][1]["tick"] == {"i": 1}

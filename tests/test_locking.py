@@ -115,7 +115,8 @@ def test_a_lock_held_past_its_expiry_is_renewed_and_a_waiting_fire_then_succeeds
     # When this process holds the session lock for three expiry periods
     # while the other process tries to fire
     hold = 3.0
-    with manager.storage.acquire_lock() as lock:
+    with manager.storage.acquire_lock() as session:
+        lock = session.lock  # the block yields the storage; its lock is .lock
         held_since = time.monotonic()
         assert child.stdin is not None
         child.stdin.write("go\n")
@@ -157,7 +158,8 @@ def test_a_killed_lock_holder_blocks_the_session_for_seconds_only(
         """
         manager.fire("first", {"n": 1})
         manager.fire("second", {"n": 2})
-        with manager.storage.acquire_lock() as lock:
+        with manager.storage.acquire_lock() as session:
+            lock = session.lock  # the block yields the storage; its lock is .lock
             say(locked=True, key=lock.key, id=lock.id)
             sys.stdin.readline()
         """,
@@ -205,7 +207,8 @@ def test_a_holder_paused_past_its_lock_expiry_cannot_overwrite_newer_work(
         from django.conf import settings
         settings.TRIGGERS = {**settings.TRIGGERS, "LOCK_EXPIRE": 1}
         try:
-            with manager.storage.acquire_lock() as lock:
+            with manager.storage.acquire_lock() as session:
+                lock = session.lock  # the block yields the storage; its lock is .lock
                 manager.fire("tick", {"from": "child"})
                 say(ready=True, key=lock.key)
                 sys.stdin.readline()

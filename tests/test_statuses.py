@@ -171,7 +171,7 @@ def test_failed_without_context_stores_an_empty_context(manager: TriggerManager)
     manager.fire("a")
     settle()
     inst = manager.storage["t_x#0"]
-    assert inst.metadata["exc_type"] == "builtins.ValueError"
+    assert inst.metadata["exc_type"] == "builtins.RuntimeError"
     assert inst.metadata["exc_context"] == {}
     assert "failed on purpose" in inst.metadata["exc_traceback"]
 

@@ -91,7 +91,7 @@ def test_the_same_workflow_ends_the_same_way(manager: TriggerManager) -> None:
     assert storage["t_second#0"].metadata["result"] == {
         "kwargs": {"t_first": {"kwargs": {"start": {"n": 1}}}, "more": {"m": 1, "s": 1}}
     }
-    assert storage["t_fails#0"].metadata["exc_type"] == "builtins.ValueError"
+    assert storage["t_fails#0"].metadata["exc_type"] == "builtins.RuntimeError"
     # And repairing the failure works the same way too
     manager.skip_failed_instance("t_fails#0")
     assert storage["t_fails#0"].status == "skipped"
@@ -114,11 +114,13 @@ def test_inspection_api(manager: TriggerManager) -> None:
     assert sorted(storage.tasks) == sorted(WORKFLOW)
     assert all(isinstance(c, TaskConfig) for c in storage.tasks.values())
     assert storage.tasks["t_second"].with_params == {"more": {"s": 1}}
-    # instances: TaskInstance per name; storage[name]; iter gives names
+    # instances: TaskInstance per name; storage[name]; iter gives the
+    # TaskInstance objects (as the original's storages page says)
     instances = storage.instances
     assert all(isinstance(i, TaskInstance) for i in instances.values())
+    assert all(isinstance(i, TaskInstance) for i in storage)
     assert (
-        list(storage)
+        [i.name for i in storage]
         == list(instances)
         == [
             "t_cancelled#0",
@@ -251,7 +253,7 @@ def test_nothing_is_written_when_the_lock_block_raises(kind: str, uid: str) -> N
     assert raw_state(manager.storage) == before
     # And the lock was released: the session works afterwards
     manager.fire("a")
-    assert list(manager.storage) == ["t_x#0"]
+    assert [i.name for i in manager.storage] == ["t_x#0"]
 
 
 def test_state_is_stored_as_json(kind: str, manager: TriggerManager) -> None:

@@ -235,7 +235,7 @@ def test_a_failing_task_propagates_its_exception_to_the_runner(
     inst = manager.storage.create_instance("t_x", kwargs={"a": {}})
     # When a runner executes its message
     task = manager.get_runner(inst.config).resolve(FailingTask.name)
-    with pytest.raises(ValueError, match="failed on purpose"):
+    with pytest.raises(RuntimeError, match="failed on purpose"):
         task.execute_message(build_message(manager, inst))
     # Then the exception reached the runner and the instance is failed
     assert manager.storage["t_x#0"].status == "failed"

@@ -12,7 +12,7 @@ import pytest
 
 from tests.contract_backends import DEV, new_uid
 from triggers.manager import TriggerManager
-from triggers.runners.base import forced_runner
+from triggers.runners.base import default_runner
 from triggers.storages.cache import CacheStorageBackend
 from triggers.task import MaxRetriesExceeded, TriggerTask
 from triggers.testing import (
@@ -51,7 +51,7 @@ def check_every_assertion(case: Any) -> None:
     case.assertInstanceFinished("t_null#0", {})
     case.assertInstanceFinished("t_null#0")
     case.assertInstanceFinished("t_pass#0", {"kwargs": {"go": {"g": 1}, "extra": {"e": 1}}})
-    case.assertInstanceFailed("t_fail#0", ValueError)
+    case.assertInstanceFailed("t_fail#0", RuntimeError)
     case.assertInstanceFailed("t_fail#0", Exception)  # a base class matches too
     case.assertInstanceSkipped("t_skip#0")
     case.assertInstanceReplayed("t_retry#0")
@@ -97,8 +97,8 @@ class SharedChecks:
     manager: TriggerManager
 
     def test_every_assertion(self) -> None:
-        # The mixin makes tasks run in threads while the test runs
-        assert forced_runner() == "threading"
+        # The mixin makes threads the default runner while the test runs
+        assert default_runner() == "threading"
         fire_workflow(self.manager)
         check_every_assertion(self)
 
@@ -122,7 +122,7 @@ def make_unittest_case() -> type[unittest.TestCase]:
 
 def test_mixin_under_unittest_runner() -> None:
     # Given a unittest TestCase using the mixin (no runner forced beforehand)
-    assert forced_runner() is None
+    assert default_runner() == "celery"
     case = make_unittest_case()
     suite = unittest.defaultTestLoader.loadTestsFromTestCase(case)
     # When unittest's own runner runs it
@@ -138,12 +138,12 @@ def test_mixin_under_unittest_runner() -> None:
     message = result.failures[0][1]
     assert "expected t_fail#0 to be 'finished'" in message
     assert "is 'failed'" in message
-    assert '"exc_type": "builtins.ValueError"' in message
+    assert '"exc_type": "builtins.RuntimeError"' in message
     assert "metadata:" in message
     assert "traceback:" in message
-    assert "ValueError: t_fail#0 failed on purpose" in message
+    assert "RuntimeError: t_fail#0 failed on purpose" in message
     # And the forced runner was restored afterwards
-    assert forced_runner() is None
+    assert default_runner() == "celery"
 
 
 class TestMixinUnderPlainPytest(SharedChecks, TriggerManagerTestCaseMixin):
@@ -162,7 +162,7 @@ class TestMixinUnderPlainPytest(SharedChecks, TriggerManagerTestCaseMixin):
 
 def test_plain_pytest_teardown_restores_the_runner() -> None:
     # Runs after the class above in file order: nothing is left forced
-    assert forced_runner() is None
+    assert default_runner() == "celery"
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,9 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from . import runners
 from .manager import TriggerManager
-from .runners.base import force_runner
+from .runners.base import BaseTaskRunner
 from .runners.threading import ThreadingTaskRunner
 from .task import TaskContext, TriggerTask
 from .types import TaskInstance
@@ -34,6 +35,13 @@ __all__ = [
 ]
 
 
+def _swap_default_runner(value: Any) -> Any:
+    """Set ``triggers.runners.DEFAULT_TASK_RUNNER``; return what it was."""
+    previous = runners.DEFAULT_TASK_RUNNER
+    runners.DEFAULT_TASK_RUNNER = value
+    return previous
+
+
 class TriggerManagerTestCaseMixin:
     """Mix into a test case; set ``self.manager`` in ``setUp``."""
 
@@ -41,22 +49,28 @@ class TriggerManagerTestCaseMixin:
     #: Longest wait for task threads before an assertion gives up.
     join_timeout: float = 30.0
 
+    #: Replaces ``triggers.runners.DEFAULT_TASK_RUNNER`` while a test runs;
+    #: tasks with ``using`` and managers that name their own default runner
+    #: keep theirs.
+    default_runner_for_tests: str | type[BaseTaskRunner] = "threading"
+
     # unittest / manage.py test / pytest running TestCase classes
     def run(self, result: Any = None) -> Any:
-        previous = force_runner("threading")
+        previous = _swap_default_runner(self.default_runner_for_tests)
         try:
             return super().run(result)  # type: ignore[misc]
         finally:
             ThreadingTaskRunner.join_all(self.join_timeout)
-            force_runner(previous)
+            _swap_default_runner(previous)
 
     # plain pytest classes
     def setup_method(self, method: Any = None) -> None:
-        self._triggers_previous_runner = force_runner("threading")
+        self._triggers_previous_runner = _swap_default_runner(self.default_runner_for_tests)
 
     def teardown_method(self, method: Any = None) -> None:
         ThreadingTaskRunner.join_all(self.join_timeout)
-        force_runner(getattr(self, "_triggers_previous_runner", None))
+        if hasattr(self, "_triggers_previous_runner"):
+            _swap_default_runner(self._triggers_previous_runner)
 
     # -- helpers -------------------------------------------------------------
     def _fail(self, message: str) -> None:
@@ -163,10 +177,10 @@ class PassThruTask(TriggerTask):
 
 
 class FailingTask(TriggerTask):
-    """Always fails with ``ValueError``."""
+    """Always fails with ``RuntimeError``."""
 
     def _run(self, context: TaskContext) -> dict[str, Any]:
-        raise ValueError(f"{context.instance_name} failed on purpose")
+        raise RuntimeError(f"{context.instance_name} failed on purpose")
 
 
 class SelfSkippingTask(TriggerTask):

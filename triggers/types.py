@@ -239,7 +239,8 @@ class TaskConfig:
         return hash(self.name)
 
     def __repr__(self) -> str:
-        return f"TaskConfig({self.name!r}, {self.to_directives()!r})"
+        # As the original showed it; ``to_directives()`` has the rest.
+        return f"<TaskConfig {self.name!r}>"
 
 
 def find_cascade_cycle(configs: Mapping[str, TaskConfig]) -> list[str] | None:

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import conf
-from ..exceptions import UnknownInstanceError
+from ..exceptions import NotLockedError, UnknownInstanceError
 from ..types import TaskConfig, TaskInstance
 from ..validation import MAX_NAME_LENGTH, check_name, check_uid
 from .transaction import Changes, Snapshot, Transaction, build_index, instance_sort_key
@@ -69,8 +69,10 @@ class BaseTriggerStorage:
     # -- primitives for custom backends ------------------------------------
     def _load_from_backend(
         self,
-    ) -> tuple[dict[str, TaskConfig], dict[str, TaskInstance], dict[str, Any]]:
-        """Return ``(configs, instances, metadata)`` as stored."""
+    ) -> tuple[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]]:
+        """Return ``(configs, instances, metadata)`` as stored: either the
+        plain data ``_serialize()`` produced (task directives and instance
+        records) or :class:`TaskConfig`/:class:`TaskInstance` objects."""
         raise NotImplementedError
 
     def _save(self) -> None:
@@ -127,6 +129,26 @@ class BaseTriggerStorage:
         return configs, instances, dict(data.get("metadata") or {})
 
     # -- fetch/commit: the generic implementation -------------------------------
+    def _loaded_state(
+        self,
+    ) -> tuple[dict[str, TaskConfig], dict[str, TaskInstance], dict[str, Any]]:
+        """``_load_from_backend()`` as objects this storage owns: plain stored
+        data is rebuilt, objects are copied (a backend may keep them)."""
+        raw_configs, raw_instances, raw_metas = self._load_from_backend()
+        configs = {
+            name: cfg if isinstance(cfg, TaskConfig) else config_from_stored(name, cfg)
+            for name, cfg in (raw_configs or {}).items()
+        }
+        instances: dict[str, TaskInstance] = {}
+        for name, inst in (raw_instances or {}).items():
+            if isinstance(inst, TaskInstance):
+                instances[name] = inst.copy()
+                continue
+            config = configs.get(inst.get("task") or name.rpartition("#")[0])
+            if config is not None:
+                instances[name] = TaskInstance.from_record(name, copy.deepcopy(inst), config)
+        return configs, instances, copy.deepcopy(dict(raw_metas or {}))
+
     def _fetch(
         self,
         triggers: list[str],
@@ -135,7 +157,7 @@ class BaseTriggerStorage:
         everything: bool,
     ) -> Snapshot:
         """Load what a transaction needs. The default loads everything."""
-        configs, insts, metas = self._load_from_backend()
+        configs, insts, metas = self._loaded_state()
         self._configs, self._instances, self._metas = configs, insts, metas
         return self._full_snapshot(configs, insts, metas)
 
@@ -252,11 +274,41 @@ class BaseTriggerStorage:
             raise DispatchError(self.uid, txn.dispatch_failures)
 
     @contextmanager
-    def acquire_lock(self) -> Iterator[Any]:
-        """Hold the session lock for a block; manager calls inside it share
-        the lock (and write when the block ends)."""
-        with self.transaction() as txn:
-            yield txn.lock
+    def acquire_lock(self) -> Iterator[BaseTriggerStorage]:
+        """Hold the session lock for a block and yield this storage, bound to
+        the block: reads (``tasks``, ``instances``, ``storage[name]``...)
+        return the objects of the block, ``create_instance``,
+        ``clone_instance`` and manager calls join it, and edits to instances
+        are kept by :meth:`save`. Everything is written in one step when the
+        block exits, and nothing if it raises."""
+        with self.transaction():
+            yield self
+
+    @property
+    def lock(self) -> Any:
+        """The session lock this thread holds (``None`` outside a block)."""
+        txn = self._current
+        return txn.lock if txn is not None else None
+
+    def save(self) -> None:
+        """Inside ``acquire_lock()``: keep the edits made to this block's
+        instances (``inst.status = ...``, ``inst.metadata[...] = ...``); they
+        are written when the block exits. Outside a block every call already
+        writes, so there is nothing to save."""
+        txn = self._current
+        if txn is None:
+            raise NotLockedError(
+                f"save() on session {self.uid!r} outside 'with storage.acquire_lock()'; "
+                "instances read outside a block are copies, and other calls write at once"
+            )
+        txn.save_edited()
+
+    def _bound(self) -> Transaction | None:
+        """This thread's open transaction, fully loaded, or ``None``."""
+        txn = self._current
+        if txn is not None:
+            txn.fetch(everything=True)
+        return txn
 
     # -- session-level API (always current) ---------------------------------
     def _load_all(self) -> Snapshot:
@@ -264,10 +316,16 @@ class BaseTriggerStorage:
 
     @property
     def tasks(self) -> dict[str, TaskConfig]:
-        return dict(sorted(self._load_all().configs.items()))
+        txn = self._bound()
+        configs = txn.configs if txn is not None else self._load_all().configs
+        return dict(sorted(configs.items()))
 
     @property
     def instances(self) -> dict[str, TaskInstance]:
+        txn = self._bound()
+        if txn is not None:
+            txn.hand_out(txn.instances)
+            return {n: txn.instances[n] for n in sorted(txn.instances, key=instance_sort_key)}
         return self._instances_in(self._load_all())
 
     @staticmethod
@@ -282,21 +340,25 @@ class BaseTriggerStorage:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        snap = self._load_all()
-        meta = dict(snap.meta or {})
-        meta["latest_kwargs"] = snap.latest_kwargs
-        meta["counters"] = snap.counters
+        txn = self._bound()
+        source: Any = txn if txn is not None else self._load_all()
+        meta = dict(source.meta or {})
+        meta["latest_kwargs"] = dict(source.latest_kwargs)
+        meta["counters"] = dict(source.counters)
         return meta
 
     @property
     def latest_kwargs(self) -> dict[str, Any]:
-        return dict(self._load_all().latest_kwargs)
+        txn = self._bound()
+        return dict(txn.latest_kwargs if txn is not None else self._load_all().latest_kwargs)
 
     def __getitem__(self, instance_name: str) -> TaskInstance:
         check_name(instance_name, "task instance name", max_length=MAX_INSTANCE_NAME_LENGTH)
         txn = self._current
         if txn is not None:
-            return txn.get_instance(instance_name)
+            inst = txn.get_instance(instance_name)
+            txn.hand_out([instance_name])
+            return inst
         snap = self._fetch(
             triggers=[],
             instances=[instance_name],
@@ -317,9 +379,10 @@ class BaseTriggerStorage:
             return False
         return True
 
-    def __iter__(self) -> Iterator[str]:
-        """Instance names, in task then creation order."""
-        return iter(list(self.instances))
+    def __iter__(self) -> Iterator[TaskInstance]:
+        """The session's :class:`TaskInstance` objects, in task then creation
+        order (use ``storage.instances`` for a name -> instance mapping)."""
+        return iter(list(self.instances.values()))
 
     def __len__(self) -> int:
         return len(self.instances)
@@ -331,13 +394,18 @@ class BaseTriggerStorage:
     def get_unresolved_tasks(self) -> list[TaskConfig]:
         """Tasks with no instance yet, or with an unresolved one."""
         # One snapshot, so tasks and instances are from the same moment.
-        snap = self._load_all()
-        instances = self._instances_in(snap).values()
+        txn = self._bound()
+        if txn is not None:
+            configs, instances = txn.configs, list(txn.instances.values())
+            txn.hand_out(txn.instances)
+        else:
+            snap = self._load_all()
+            configs, instances = snap.configs, list(self._instances_in(snap).values())
         with_instances = {i.config.name for i in instances}
         unresolved = {i.config.name for i in instances if not i.is_resolved}
         return [
             cfg
-            for name, cfg in sorted(snap.configs.items())
+            for name, cfg in sorted(configs.items())
             if name not in with_instances or name in unresolved
         ]
 
@@ -382,7 +450,8 @@ class BaseTriggerStorage:
 
     def debug_repr(self) -> dict[str, Any]:
         """A plain, JSON-serialisable snapshot of the whole session."""
-        snap = self._load_all()
+        txn = self._bound()
+        snap = self._load_all() if txn is None else txn.as_snapshot()
         return {
             "uid": self.uid,
             "tasks": {n: c.to_directives() for n, c in sorted(snap.configs.items())},

@@ -77,5 +77,5 @@ class QuestionnaireWorkflowTest(TriggerManagerTestCaseMixin, SimpleTestCase):
         self.manager.fire("questionnaireComplete", {"answers": {"q1": 4}})
 
         # Then the failure is recorded and scoring waits for the import
-        self.assertInstanceFailed("t_importSubject#0", ValueError)
+        self.assertInstanceFailed("t_importSubject#0", RuntimeError)
         self.assertInstanceUnstarted("t_scoreQuestionnaire#0")
