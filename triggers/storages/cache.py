@@ -332,6 +332,7 @@ class CacheStorageBackend(BaseTriggerStorage):
         args = [lock.id, lock.signal_expire, ttl, release_flag, self._lease_prefix, packed]
         keys = [*self._keys, lock.key, lock.signal_key, f"{self._base}:commits"]
         self._index_commit(keys, args)  # session index (retention)
+        self._index_commit(keys, args)  # session index (retention)
         try:
             result = self._run("commit", keys, args, lock)
         finally:
@@ -347,6 +348,12 @@ class CacheStorageBackend(BaseTriggerStorage):
         return bool(script(keys=[self._lease_prefix + name], args=[token, ms], client=self._redis))
 
     # == session index and deletion (retention; see session_index.py) =======
+    @property
+    def redis_client(self) -> Any | None:
+        """The redis-py client that holds the state (``None`` on other
+        caches); the deployment checks inspect its server."""
+        return self._redis
+
     @classmethod
     def _session_index(
         cls, options: Mapping[str, Any]
@@ -370,8 +377,8 @@ class CacheStorageBackend(BaseTriggerStorage):
     ) -> list[tuple[str, datetime]]:
         probe, index = cls._session_index(options)
         if index is not None:
-            return index.list(prefix, offset, limit, older_than)
-        return DocumentSessionIndex(probe.cache).list(
+            return index.listing(prefix, offset, limit, older_than)
+        return DocumentSessionIndex(probe.cache).listing(
             prefix, offset, limit, older_than, lambda uid: cls(uid, **options)._base
         )
 

@@ -50,9 +50,14 @@ PRUNE_BATCH = 500
 DOCUMENT_RECHECK = 60.0
 
 
+#: Where :func:`clock` reads the time (tests point it at a past moment to
+#: make sessions look old).
+time_source = time.time
+
+
 def clock() -> float:
     """Unix time of a write, as the index records it."""
-    return time.time()
+    return time_source()
 
 
 def to_datetime(timestamp: float) -> datetime:
@@ -146,7 +151,7 @@ class RedisSessionIndex:
         ):
             pass
 
-    def list(
+    def listing(
         self, prefix: str, offset: int, limit: int | None, older_than: datetime | None
     ) -> list[tuple[str, datetime]]:
         self.prune()
@@ -268,7 +273,7 @@ class DocumentSessionIndex:
             rows.append((keys[key], float(activity)))
         return rows
 
-    def list(
+    def listing(
         self,
         prefix: str,
         offset: int,
