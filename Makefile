@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .PHONY: test install ensure-redis bench soak demo lint clean
 
-test: install ensure-redis
+test: install ensure-redis ensure-chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 install: $(STAMP)
@@ -28,6 +28,16 @@ ensure-redis: install
 		echo "No Redis on 127.0.0.1:6379 and no redis-server binary: installing Debian's redis-server"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 		$(PY) -m tests.redis_server --check; \
+	}
+
+# The inspector's browser test drives Debian's chromium through the system
+# chromedriver (Selenium never downloads one): install both when missing.
+.PHONY: ensure-chromium
+ensure-chromium:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+		echo "No /usr/bin/chromium or /usr/bin/chromedriver: installing Debian's chromium and chromium-driver"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+		test -x /usr/bin/chromium -a -x /usr/bin/chromedriver; \
 	}
 
 bench: install

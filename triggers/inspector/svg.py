@@ -31,7 +31,8 @@ SWEEPS = 4
 
 def _columns(graph: Graph) -> dict[str, int]:
     """Column of each node: longest path from a source, ignoring edges that
-    close a cycle (an ``unless`` may point back upstream)."""
+    close a cycle (an ``unless`` may point back upstream); then sources move
+    right, next to their first target."""
     incoming: dict[str, list[str]] = {name: [] for name in graph.nodes}
     for source, target, _ in graph.edges:
         incoming[target].append(source)
@@ -50,6 +51,14 @@ def _columns(graph: Graph) -> dict[str, int]:
 
     for name in graph.nodes:
         place(name)
+    # A trigger nobody produces sits just left of the first task it feeds,
+    # not in column 0, so its edges do not run behind other nodes.
+    outgoing: dict[str, list[str]] = {name: [] for name in graph.nodes}
+    for source, target, _ in graph.edges:
+        outgoing[source].append(target)
+    for name, node in graph.nodes.items():
+        if not incoming[name] and outgoing[name] and node.kind == "trigger":
+            column[name] = max(0, min(column[t] for t in outgoing[name]) - 1)
     return column
 
 

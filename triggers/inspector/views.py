@@ -125,6 +125,16 @@ def session_list(request: HttpRequest) -> HttpResponse:
     return render(request, "triggers/inspector/session_list.html", context)
 
 
+def _short_time(stamp: str | None) -> str:
+    """``2026-11-28 00:55:09.418`` from an ISO timestamp (UTC)."""
+    if not stamp:
+        return ""
+    try:
+        return datetime.fromisoformat(stamp).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    except ValueError:
+        return stamp
+
+
 def _duration(stamps: dict[str, str]) -> str:
     start = stamps.get(TaskInstance.STATUS_RUNNING)
     end = next(
@@ -149,8 +159,8 @@ def _instance_rows(
         stamps = dict(row["timestamps"])
         row = dict(
             row,
-            created=stamps.get("created", ""),
-            last_modified=stamps.get("last_modified", ""),
+            created=_short_time(stamps.get("created")),
+            last_modified=_short_time(stamps.get("last_modified")),
             duration=_duration(stamps),
             traceback=meta.get("exc_traceback", ""),
             kwargs=json.dumps(inst.kwargs, indent=2, sort_keys=True) if inst else "{}",
@@ -242,7 +252,7 @@ def session_detail(request: HttpRequest, uid: str) -> HttpResponse:
         timers=_timers(storage),
         form_error=form_error,
         posted=request.POST if form_error else {},
-        session_meta=storage.metadata,
+        last_change=_short_time(storage.metadata.get("updated")),
     )
     return render(
         request,
