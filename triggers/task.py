@@ -268,6 +268,18 @@ class TriggerTask(celery.Task):
                     f"{context.instance_name} asked to retry beyond max_retries={limit}"
                 )
                 error.__cause__ = exc
+                if exc is not None:
+                    # Stored with the failed instance (exc_context), so tests
+                    # and operators see what the task kept retrying on.
+                    error.context = {  # type: ignore[attr-defined]
+                        "retry_cause": _qualname(type(exc)),
+                        "retry_cause_mro": [
+                            _qualname(c)
+                            for c in type(exc).__mro__
+                            if c not in (object, BaseException)
+                        ],
+                        "retry_cause_message": str(exc),
+                    }
                 raise error
         return RetryRequested(exc, metadata, replacement_kwargs, cooldown)
 

@@ -387,8 +387,9 @@ class BaseTriggerStorage:
     def __len__(self) -> int:
         return len(self.instances)
 
-    def instances_of_task(self, task: TaskConfig | str) -> list[TaskInstance]:
-        name = task.name if isinstance(task, TaskConfig) else task
+    def instances_of_task(self, task_config: TaskConfig | str) -> list[TaskInstance]:
+        """Every instance of a task (a ``TaskConfig`` or a task name)."""
+        name = task_config.name if isinstance(task_config, TaskConfig) else task_config
         return [i for i in self.instances.values() if i.config.name == name]
 
     def get_unresolved_tasks(self) -> list[TaskConfig]:
