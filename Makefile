@@ -17,6 +17,9 @@ install: $(STAMP)
 # Reinstall only when the packaging metadata changes; the install is editable.
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# The distribution was called `triggers` before it became triggers-django;
+	@# an old editable install under that name would shadow the new metadata.
+	if $(PY) -m pip show -q triggers >/dev/null 2>&1; then $(PY) -m pip uninstall -q -y triggers; fi
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,filters]'
 	touch $(STAMP)
 

@@ -40,8 +40,11 @@ extensions = [
 exclude_patterns = ["_build", "examples/**/__pycache__"]
 templates_path: list[str] = []
 html_static_path = ["_static"]
-html_theme = os.environ.get("TRIGGERS_DOCS_THEME", "alabaster")
+# Furo: a content column wide enough for 100-column code, which scrolls
+# rather than being cut off when a line is longer still, and a dark mode.
+html_theme = os.environ.get("TRIGGERS_DOCS_THEME", "furo")
 html_title = f"triggers {release}"
+html_css_files = ["triggers.css"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"

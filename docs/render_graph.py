@@ -28,6 +28,15 @@ def main() -> None:
     dot = to_dot(
         build_graph(validate_configuration(json.loads(WORKFLOW.read_text()))), "questionnaire"
     )
+    # Top to bottom and larger type than triggers_graph's defaults: the page
+    # column is about 750 px wide, and a left-to-right drawing of a workflow
+    # this long would be shrunk until its labels are unreadable.
+    dot = dot.replace(
+        "rankdir=LR;",
+        'rankdir=TB; nodesep=0.3; ranksep=0.5; node [fontsize=17]; '
+        'edge [fontname="Helvetica", fontsize=15];',
+        1,
+    )
     svg = subprocess.run(
         ["dot", "-Tsvg"], input=dot, capture_output=True, text=True, check=True
     ).stdout

@@ -1,22 +1,60 @@
-"""Settings of the example project: what triggers needs, and little else."""
+"""Settings of the example project.
 
-import os
+The first part stands in for what ``django-admin startproject project``
+generates; Getting started shows only the part after the marker, which a
+new project appends to its generated settings.py.
+"""
+
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "not-a-secret")
+SECRET_KEY = "not-a-secret"
+DEBUG = True
+ALLOWED_HOSTS: list[str] = []
 INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
     "django.contrib.contenttypes",
-    "triggers",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
 ]
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3"}}
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+ROOT_URLCONF = "project.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"}}
 USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# -- triggers and Celery: append from here ------------------------------------
+import os
+
+INSTALLED_APPS += ["triggers", "questionnaire"]
+
+# One Redis server, three databases: the application's cache, the session
+# state of triggers, and Celery's broker.
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
 
 CACHES = {
-    # The application's own cache.
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": f"{REDIS_URL}/0",
@@ -36,9 +74,12 @@ TRIGGERS = {
     "WORKFLOWS": {"questionnaire": "questionnaire/workflow.json"},
 }
 
+# Read by project/celery.py (every CELERY_* setting configures Celery).
 CELERY_BROKER_URL = f"{REDIS_URL}/2"
 CELERY_IMPORTS = ["questionnaire.tasks"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+
+# The report task sends mail; print it on the worker's console for now.
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 DEFAULT_FROM_EMAIL = "surveys@example.com"

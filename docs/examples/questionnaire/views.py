@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 
 from django.http import HttpRequest, JsonResponse
-from django.views.decorators.http import require_POST
+from django.views.decorators.csrf import ensure_csrf_cookie
+from django.views.decorators.http import require_GET, require_POST
 
 from triggers.shortcuts import get_trigger_manager, start_session
 
@@ -18,6 +19,16 @@ def session_uid(questionnaire_id: str) -> str:
     # The prefix keeps these sessions apart from other workflows' sessions
     # kept in the same cache.
     return f"questionnaire:{questionnaire_id}"
+
+
+@require_GET
+@ensure_csrf_cookie
+def status(request: HttpRequest, questionnaire_id: str) -> JsonResponse:
+    # What the page's script polls: each instance and its status. It also
+    # sets the CSRF cookie the script sends back with every POST.
+    storage = get_trigger_manager(session_uid(questionnaire_id)).storage
+    instances = sorted(storage.instances.items())
+    return JsonResponse({"instances": {name: inst.status for name, inst in instances}})
 
 
 @require_POST
@@ -31,9 +42,12 @@ def start(request: HttpRequest, questionnaire_id: str) -> JsonResponse:
 def submit_page(request: HttpRequest, questionnaire_id: str, page: int) -> JsonResponse:
     data = json.loads(request.body)
     manager = get_trigger_manager(session_uid(questionnaire_id))
+    scheduled = []
     if page == 1:
-        manager.fire("firstPageReceived", {"name": data["name"], "email": data["email"]})
-    scheduled = manager.fire("pageReceived", {"page": page, "answers": data["answers"]})
+        respondent = {"name": data["name"], "email": data["email"]}
+        scheduled += manager.fire("firstPageReceived", respondent)
+    scheduled += manager.fire("pageReceived", {"page": page, "answers": data["answers"]})
+    # Everything this request set off, from both fires.
     return JsonResponse({"scheduled": [instance.name for instance in scheduled]})
 
 
@@ -41,8 +55,8 @@ def submit_page(request: HttpRequest, questionnaire_id: str, page: int) -> JsonR
 def finish(request: HttpRequest, questionnaire_id: str) -> JsonResponse:
     data = json.loads(request.body)
     manager = get_trigger_manager(session_uid(questionnaire_id))
-    manager.fire("questionnaireComplete", {"answers": data["answers"]})
-    return JsonResponse({"finished": questionnaire_id})
+    scheduled = manager.fire("questionnaireComplete", {"answers": data["answers"]})
+    return JsonResponse({"scheduled": [instance.name for instance in scheduled]})
 
 
 @require_POST
