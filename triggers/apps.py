@@ -10,4 +10,4 @@ class TriggersConfig(AppConfig):
 
     def ready(self) -> None:
         # Importing registers the system checks with Django.
-        from . import checks  # noqa: F401
+        from . import checks, checks_storage  # noqa: F401
