@@ -30,17 +30,30 @@ from triggers.manager import TriggerManager
 from triggers.runners.threading import ThreadingTaskRunner
 from triggers.storages.base import BaseTriggerStorage
 from triggers.storages.cache import CacheStorageBackend
+from triggers.storages.database import DatabaseStorageBackend
 from triggers.types import TaskInstance
 
 PROCESSES = 4
+#: The exactly-once tests run on Redis (cache backend) and on the database
+#: backend (the run's PostgreSQL database).
+BACKENDS = ["cache", "database"]
+
+
+def storage_for(backend: str, uid: str) -> BaseTriggerStorage:
+    if backend == "database":
+        return DatabaseStorageBackend(uid, database="postgres")
+    return CacheStorageBackend(uid)
+
 
 # -- runs in the spawned processes -------------------------------------------
 
 
-def _fire_batch(uid: str, fires: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+def _fire_batch(
+    uid: str, fires: list[tuple[str, dict[str, Any]]], backend: str = "cache"
+) -> dict[str, Any]:
     """Fire ``fires`` in order on session ``uid``, starting together with the
     other processes; report what each fire scheduled."""
-    manager = TriggerManager(CacheStorageBackend(uid))
+    manager = TriggerManager(storage_for(backend, uid))
     start_together()
     started = time.time()
     scheduled: list[str] = []
@@ -64,11 +77,14 @@ def process_pool() -> Iterator[ProcessPoolExecutor]:
 
 
 def fire_from_processes(
-    pool: ProcessPoolExecutor, uid: str, fires: list[tuple[str, dict[str, Any]]]
+    pool: ProcessPoolExecutor,
+    uid: str,
+    fires: list[tuple[str, dict[str, Any]]],
+    backend: str = "cache",
 ) -> list[dict[str, Any]]:
     """Deal ``fires`` round-robin to the processes and fire them all at once."""
     batches = [fires[i::PROCESSES] for i in range(PROCESSES)]
-    futures = [pool.submit(_fire_batch, uid, batch) for batch in batches]
+    futures = [pool.submit(_fire_batch, uid, batch, backend) for batch in batches]
     reports = [future.result(timeout=90) for future in futures]
     # Each batch ran in its own process (a batch cannot end before the others
     # reached the barrier), and the batches overlapped in time.
@@ -89,17 +105,18 @@ def stamp(inst: TaskInstance, status: str) -> float:
 # -- exactly-once scheduling under concurrent fires -----------------------------
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_200_triggers_fired_from_4_processes_run_the_waiting_task_once(
-    celery_worker, process_pool, unique_uid
+    celery_worker, process_pool, unique_uid, backend
 ):
     # Given a task that waits for 200 distinct triggers
     triggers = [f"part{n:03d}" for n in range(200)]
-    manager = TriggerManager(CacheStorageBackend(unique_uid))
+    manager = TriggerManager(storage_for(backend, unique_uid))
     manager.update_configuration({"t_all": {"after": triggers, "run": RecordingTask.name}})
 
     # When 4 processes fire 50 of them each, at the same time
     fires = [(trigger, {"n": n}) for n, trigger in enumerate(triggers)]
-    reports = fire_from_processes(process_pool, unique_uid, fires)
+    reports = fire_from_processes(process_pool, unique_uid, fires, backend)
 
     # Then exactly one fire (the last to commit) scheduled the one instance
     assert sorted(name for r in reports for name in r["scheduled"]) == ["t_all#0"]
@@ -121,12 +138,13 @@ def test_200_triggers_fired_from_4_processes_run_the_waiting_task_once(
     assert {t: v for t, v in storage.latest_kwargs.items() if t in expected} == expected
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_and_every_fires_from_4_processes_make_one_instance_each(
-    celery_worker, process_pool, unique_uid
+    celery_worker, process_pool, unique_uid, backend
 ):
     # Given a task that runs once per 'tick', and one that runs once per
     # cascade of the first (fired by the worker while the processes fire)
-    manager = TriggerManager(CacheStorageBackend(unique_uid))
+    manager = TriggerManager(storage_for(backend, unique_uid))
     manager.update_configuration(
         {
             "t_each": {"after": ["tick"], "andEvery": "tick", "run": RecordingTask.name},
@@ -137,7 +155,7 @@ def test_and_every_fires_from_4_processes_make_one_instance_each(
 
     # When 4 processes fire 'tick' 12 times each, at the same time
     reports = fire_from_processes(
-        process_pool, unique_uid, [("tick", {"n": n}) for n in range(fires_total)]
+        process_pool, unique_uid, [("tick", {"n": n}) for n in range(fires_total)], backend
     )
 
     # Then every fire scheduled its own new instance, none twice
@@ -167,9 +185,12 @@ def test_and_every_fires_from_4_processes_make_one_instance_each(
 # -- no stale reads ----------------------------------------------------------------
 
 
-def test_a_manager_made_before_the_worker_ran_sees_what_the_worker_did(celery_worker, unique_uid):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_manager_made_before_the_worker_ran_sees_what_the_worker_did(
+    celery_worker, unique_uid, backend
+):
     # Given a manager and storage object created, and read, before tasks ran
-    manager = TriggerManager(CacheStorageBackend(unique_uid))
+    manager = TriggerManager(storage_for(backend, unique_uid))
     manager.update_configuration(
         {
             "t_first": {"after": ["start"], "run": RecordingTask.name},
@@ -182,7 +203,7 @@ def test_a_manager_made_before_the_worker_ran_sees_what_the_worker_did(celery_wo
     # When the worker runs the workflow (watched through a fresh object)
     wait_for(
         lambda: (
-            statuses(CacheStorageBackend(unique_uid)).get("t_second#0")
+            statuses(storage_for(backend, unique_uid)).get("t_second#0")
             == TaskInstance.STATUS_FINISHED
         ),
         timeout=20,

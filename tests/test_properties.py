@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,10 +23,24 @@ from triggers.manager import TriggerManager
 from triggers.runners import task_runners
 from triggers.runners.base import BaseTaskRunner, build_message, force_runner
 from triggers.runners.threading import ThreadingTaskRunner
+from triggers.storages.base import BaseTriggerStorage
 from triggers.storages.cache import CacheStorageBackend
+from triggers.storages.database import DatabaseStorageBackend
 from triggers.testing import DevNullTask
 
 EXTERNAL = ["e0", "e1", "e2", "e3"]
+#: Storage backends every property is checked on: Redis through the cache
+#: backend, and the database backend on the run's PostgreSQL database.
+BACKENDS = ["cache", "database"]
+with_each_backend = pytest.mark.parametrize("backend", BACKENDS)
+
+
+def storage_for(backend: str, uid: str) -> BaseTriggerStorage:
+    if backend == "database":
+        return DatabaseStorageBackend(uid, database="postgres")
+    return CacheStorageBackend(uid)
+
+
 PROPERTY_SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -198,8 +213,8 @@ def workflows(draw: Any, with_unless: bool = True) -> dict[str, dict[str, Any]]:
 fire_sequences = st.lists(st.sampled_from(EXTERNAL), min_size=1, max_size=8)
 
 
-def new_session(configuration: dict[str, Any]) -> TriggerManager:
-    manager = TriggerManager(CacheStorageBackend(f"prop-{uuid.uuid4().hex}"))
+def new_session(configuration: dict[str, Any], backend: str = "cache") -> TriggerManager:
+    manager = TriggerManager(storage_for(backend, f"prop-{uuid.uuid4().hex}"))
     manager.update_configuration(configuration)
     return manager
 
@@ -220,19 +235,22 @@ def assert_scheduled_once(manager: TriggerManager) -> None:
 # -- the properties ------------------------------------------------------------------
 
 
+@with_each_backend
 @PROPERTY_SETTINGS
 @given(configuration=workflows(), fires=fire_sequences, data=st.data())
 def test_fires_in_any_order_end_as_the_reference_model_predicts(
-    configuration: dict[str, Any], fires: list[str], data: Any
+    backend: str, configuration: dict[str, Any], fires: list[str], data: Any
 ) -> None:
     with using_runner("prop-queue"):
-        check_any_order(configuration, fires, data)
+        check_any_order(configuration, fires, data, backend)
 
 
-def check_any_order(configuration: dict[str, Any], fires: list[str], data: Any) -> None:
+def check_any_order(
+    configuration: dict[str, Any], fires: list[str], data: Any, backend: str = "cache"
+) -> None:
     # Given a random workflow and a random order of the same fires
     order = data.draw(st.permutations(fires), label="order")
-    manager = new_session(configuration)
+    manager = new_session(configuration, backend)
 
     # When they fire one after another (each one's tasks and cascades run
     # before the next fire)
@@ -250,17 +268,18 @@ def check_any_order(configuration: dict[str, Any], fires: list[str], data: Any) 
         assert model_statuses(configuration, order) == model_statuses(configuration, fires)
 
 
+@with_each_backend
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configuration=workflows(with_unless=False), fires=fire_sequences)
 def test_fires_from_several_threads_at_once_end_as_the_model_predicts(
-    configuration: dict[str, Any], fires: list[str]
+    backend: str, configuration: dict[str, Any], fires: list[str]
 ) -> None:
     with using_runner("prop-threads"):
-        check_threads(configuration, fires)
+        check_threads(configuration, fires, backend)
 
 
-def check_threads(configuration: dict[str, Any], fires: list[str]) -> None:
-    uid = new_session(configuration).storage.uid
+def check_threads(configuration: dict[str, Any], fires: list[str], backend: str = "cache") -> None:
+    uid = new_session(configuration, backend).storage.uid
     # Given the fires dealt out to three threads, each with its own manager
     # and storage object (as three web processes would have), and tasks
     # (and their cascades) running in threads of their own
@@ -268,7 +287,7 @@ def check_threads(configuration: dict[str, Any], fires: list[str]) -> None:
     barrier = threading.Barrier(3)
 
     def fire_all(share: list[str]) -> None:
-        manager = TriggerManager(CacheStorageBackend(uid))
+        manager = TriggerManager(storage_for(backend, uid))
         barrier.wait()
         for trigger in share:
             manager.fire(trigger)
@@ -283,7 +302,7 @@ def check_threads(configuration: dict[str, Any], fires: list[str]) -> None:
 
     # Then the session ends as the sequential model says, each instance
     # scheduled once
-    manager = TriggerManager(CacheStorageBackend(uid))
+    manager = TriggerManager(storage_for(backend, uid))
     assert statuses(manager) == model_statuses(configuration, fires)
     assert_scheduled_once(manager)
 
@@ -298,9 +317,9 @@ PROCESS_WORKFLOW = {
 }
 
 
-def _fire_in_child(uid: str, share: list[str], barrier: Any) -> dict[str, int]:
+def _fire_in_child(uid: str, share: list[str], barrier: Any, backend: str) -> dict[str, int]:
     force_runner("prop-threads")
-    manager = TriggerManager(CacheStorageBackend(uid))
+    manager = TriggerManager(storage_for(backend, uid))
     barrier.wait()
     for trigger in share:
         manager.fire(trigger)
@@ -309,10 +328,11 @@ def _fire_in_child(uid: str, share: list[str], barrier: Any) -> dict[str, int]:
         return {name: n for (u, name), n in DISPATCHED.items() if u == uid}
 
 
-def test_fires_from_several_processes_at_once_end_as_the_model_predicts() -> None:
+@with_each_backend
+def test_fires_from_several_processes_at_once_end_as_the_model_predicts(backend: str) -> None:
     # Given a workflow with andEvery and cascades, and 40 fires dealt out to
     # three processes
-    manager = new_session(PROCESS_WORKFLOW)
+    manager = new_session(PROCESS_WORKFLOW, backend)
     uid = manager.storage.uid
     fires = ["e0", "e1", "e0", "e2", "e3", "e0", "e1", "e0"] * 5
     shares = [fires[i::3] for i in range(3)]
@@ -326,7 +346,9 @@ def test_fires_from_several_processes_at_once_end_as_the_model_predicts() -> Non
         context.Pool(3, initializer=init_spawned_process) as pool,
     ):
         barrier = shared.Barrier(3)
-        results = pool.starmap(_fire_in_child, [(uid, share, barrier) for share in shares])
+        results = pool.starmap(
+            _fire_in_child, [(uid, share, barrier, backend) for share in shares]
+        )
 
     # Then the session ends as the model predicts, every instance scheduled
     # exactly once across all processes

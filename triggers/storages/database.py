@@ -25,7 +25,17 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import DatabaseError, connections, transaction
-from django.db.models import DurationField, Exists, ExpressionWrapper, F, OuterRef, Q
+from django.db.models import (
+    CharField,
+    DurationField,
+    Exists,
+    ExpressionWrapper,
+    F,
+    Func,
+    OuterRef,
+    Q,
+    Value,
+)
 from django.db.models.functions import Now
 
 from .. import conf
@@ -94,13 +104,17 @@ class DatabaseLock:
 
     def _lock_row(self) -> None:
         models = _models()
-        connection = connections[self.alias]
-        with connection.cursor() as cursor:
-            # Waits for the row lock end with an error instead of forever;
-            # SET LOCAL lasts until this transaction ends.
-            cursor.execute(f"SET LOCAL lock_timeout = {max(1, int(self.timeout * 1000))}")
-        rows = models.Session.objects.using(self.alias).select_for_update().filter(
-            uid=self.storage.uid
+        # The wait for the row lock ends with an error instead of going on
+        # forever: the row filter sets lock_timeout for this transaction
+        # (set_config(..., true) is SET LOCAL), in the same round trip; it is
+        # evaluated while scanning, before the row is locked.
+        timeout_ms = str(max(1, int(self.timeout * 1000)))
+        rows = (
+            models.Session.objects.using(self.alias)
+            .select_for_update()
+            .alias(timeout_set=Func(Value("lock_timeout"), Value(timeout_ms), Value(True),
+                                    function="set_config", output_field=CharField()))
+            .filter(uid=self.storage.uid, timeout_set__isnull=False)
         )
         try:
             found = list(rows.values_list("id", "meta"))
@@ -458,8 +472,8 @@ class DatabaseStorageBackend(BaseTriggerStorage):
 
     def delete(self) -> None:
         """Remove the whole session (configuration, instances, history)."""
-        with self.acquire_lock():
-            lock = self.lock  # acquire_lock() yields the storage itself
+        with self.transaction() as txn:
+            lock = txn.lock
             lock.ensure()
             lock.dirty = True
             _models().Session.objects.using(self.database).filter(pk=lock.session_id).delete()
