@@ -464,3 +464,47 @@ def test_cookbook_finalizing_and_runtime_types(threaded: None) -> None:
     manager.fire("a")
     settle()
     assert statuses(manager.storage) == {"t_a#0": "finished", "t_final#0": "finished"}
+
+
+class ImportSubjectWithFilters(TriggerTask):
+    """The tasks page's filter_kwargs example, as written there."""
+
+    def _run(self, context: TaskContext) -> dict[str, Any]:
+        import filters as f
+
+        filtered_kwargs = context.filter_kwargs(
+            {
+                "firstPageReceived": {
+                    "responses": f.Required
+                    | f.Type(dict)
+                    | f.FilterMapper(
+                        {
+                            "birthday": f.Required | f.Date,
+                            "name": f.Required | f.Unicode,
+                        }
+                    ),
+                },
+            }
+        )
+        page_data = filtered_kwargs["firstPageReceived"]["responses"]
+        return {"birthday": page_data["birthday"].isoformat(), "name": page_data["name"]}
+
+
+def test_tasks_page_filter_kwargs_example(threaded: None) -> None:
+    manager = TriggerManager(CacheStorageBackend(new_uid()))
+    manager.update_configuration(
+        {
+            "t_good": {"after": ["firstPageReceived"], "run": ImportSubjectWithFilters.name},
+        }
+    )
+    manager.fire("firstPageReceived", {"responses": {"birthday": "1990-04-01", "name": "Ada"}})
+    settle()
+    result = manager.storage["t_good#0"].metadata["result"]
+    assert result == {"birthday": "1990-04-01", "name": "Ada"}
+    # Invalid input fails the instance
+    manager.update_configuration(
+        {"t_bad": {"after": ["secondPage"], "run": ImportSubjectWithFilters.name}}
+    )
+    manager.fire("secondPage")
+    settle()
+    assert manager.storage["t_bad#0"].status == "failed"
