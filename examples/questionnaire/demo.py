@@ -17,6 +17,7 @@ import json
 import os
 import random
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from examples.embedded_redis import (
     ping,
     start_embedded_redis,
 )
+from examples.questionnaire import serve as inspector
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = "examples.questionnaire.settings"
@@ -126,6 +128,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--keep",
         action="store_true",
         help="keep the sessions in Redis afterwards, for `manage.py triggers_inspect`",
+    )
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="afterwards, serve the web inspector on 127.0.0.1 (a staff user is created and "
+        "its password printed, with the URL of each session's page) until Ctrl-C",
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="port for --serve (default: a free one)"
     )
     args = parser.parse_args(argv)
     if args.pages < 2:
@@ -446,8 +457,13 @@ def run(args: argparse.Namespace, cleanup: list[Callable[[], None]]) -> int:
         )
         cleanup.append(server.stop)
         url = server.url
+    if args.serve:
+        # The inspector's settings (admin, auth, a SQLite file in a temp dir).
+        db_dir = Path(tempfile.mkdtemp(prefix="questionnaire-demo-db-"))
+        cleanup.append(lambda: shutil.rmtree(db_dir, ignore_errors=True))
+        os.environ["QUESTIONNAIRE_DEMO_DB"] = str(db_dir / "inspector.sqlite3")
     os.environ.update(
-        DJANGO_SETTINGS_MODULE=SETTINGS,
+        DJANGO_SETTINGS_MODULE=inspector.SETTINGS if args.serve else SETTINGS,
         QUESTIONNAIRE_DEMO_REDIS_URL=url,
         QUESTIONNAIRE_DEMO_RUN_ID=run_id,
         PYTHONUNBUFFERED="1",
@@ -558,6 +574,8 @@ def run(args: argparse.Namespace, cleanup: list[Callable[[], None]]) -> int:
     say()
     say("Result: every instance ended as the workflow says." if not failures else
         f"Result: {failures} check(s) failed.")  # fmt: skip
+    if args.serve:
+        inspector.serve([(r.label, r.uid) for r in respondents], args.port, say)
     return EXIT_OK if not failures else EXIT_FAILED
 
 
