@@ -138,6 +138,19 @@ def test_registry_keys_and_entry_point_groups() -> None:
     assert groups == {"triggers.managers", "triggers.storages", "triggers.runners"}
 
 
+def test_builtin_keys_are_entry_points_of_the_installed_package() -> None:
+    # cookbook: "'default' and 'cache' can be found in the entry point definitions"
+    from importlib.metadata import entry_points
+
+    found = {
+        group: {ep.name: ep.value for ep in entry_points(group=group)}
+        for group in ("triggers.managers", "triggers.storages", "triggers.runners")
+    }
+    assert found["triggers.managers"]["default"] == "triggers.manager:TriggerManager"
+    assert found["triggers.storages"]["cache"] == "triggers.storages.cache:CacheStorageBackend"
+    assert {"celery", "threading"} <= set(found["triggers.runners"])
+
+
 def test_statuses_are_the_documented_ones() -> None:
     # status page
     assert set(TaskInstance.STATUSES) == {
