@@ -260,17 +260,18 @@ def _safe_url(url: Any) -> str:
 
 
 def _uses_celery() -> bool:
-    from .runners import base, task_runners
+    from .runners import task_runners
+    from .runners.base import default_runner
     from .runners.celery import CeleryTaskRunner
 
-    if hasattr(base, "default_runner"):
-        choice = base.default_runner()
-    else:  # before DEFAULT_TASK_RUNNER could be reassigned at run time
-        choice = conf.get("DEFAULT_RUNNER") or base.DEFAULT_TASK_RUNNER
-    try:
-        runner = task_runners.get_class(choice)
-    except (KeyError, ImportError, TypeError, AttributeError):
-        return False  # an unknown runner is E002
+    choice = default_runner()
+    if isinstance(choice, type):
+        runner: Any = choice
+    else:
+        try:
+            runner = task_runners.get_class(str(choice))
+        except (KeyError, ImportError, TypeError, AttributeError):
+            return False  # an unknown runner is E002
     return isinstance(runner, type) and issubclass(runner, CeleryTaskRunner)
 
 
