@@ -20,6 +20,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
 from django.utils.module_loading import import_string
+from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods
 
@@ -93,6 +94,7 @@ def _admin_context(request: HttpRequest, title: str) -> dict[str, Any]:
     return context
 
 
+@never_cache
 @require_GET
 @inspector_view
 def session_list(request: HttpRequest) -> HttpResponse:
@@ -201,6 +203,7 @@ def _task_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+@never_cache
 @csrf_protect
 @require_http_methods(["GET", "POST"])
 @inspector_view
