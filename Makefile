@@ -7,9 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.triggers-installed
 PYTEST_ARGS ?=
 
-.PHONY: test install ensure-redis bench soak demo lint clean
+.PHONY: test install ensure-redis ensure-postgres bench soak demo lint clean
 
-test: install ensure-redis ensure-chromium
+test: install ensure-redis ensure-chromium ensure-postgres
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 install: $(STAMP)
@@ -41,6 +41,26 @@ ensure-chromium:
 		echo "No /usr/bin/chromium or /usr/bin/chromedriver: installing Debian's chromium and chromium-driver"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 		test -x /usr/bin/chromium -a -x /usr/bin/chromedriver; \
+	}
+
+# The database storage backend's tests create (and drop) their own database
+# on PostgreSQL at 127.0.0.1:5432 as user postgres without a password. When
+# nothing answers there, install Debian's PostgreSQL, let local TCP
+# connections of user postgres in (trust) and start the cluster.
+ensure-postgres: install
+	@$(PY) -m tests.postgres --check 2>/dev/null || { \
+		echo "No PostgreSQL on 127.0.0.1:5432: installing and starting Debian's postgresql"; \
+		command -v pg_ctlcluster >/dev/null || { apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }; \
+		ver=$$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1); \
+		if [ -z "$$ver" ]; then ver=$$(ls /usr/lib/postgresql | sort -V | tail -1); \
+			pg_createcluster $$ver main >/dev/null; fi; \
+		hba=/etc/postgresql/$$ver/main/pg_hba.conf; \
+		grep -q '^host all postgres 127.0.0.1/32 trust' $$hba || \
+			sed -i '1i host all postgres 127.0.0.1/32 trust\nhost all postgres ::1/128 trust' $$hba; \
+		pg_ctlcluster $$ver main start 2>/dev/null || pg_ctlcluster $$ver main reload; \
+		for i in 1 2 3 4 5 6 7 8 9 10; do $(PY) -m tests.postgres --check 2>/dev/null && break; sleep 1; done; \
+		$(PY) -m tests.postgres --check; \
 	}
 
 bench: install

@@ -314,3 +314,52 @@ def test_delete_removes_every_row_of_the_session(threaded) -> None:
     manager.storage.delete()
     assert raw_database_state(manager.storage) is None
     assert manager.storage.tasks == {} and manager.storage.instances == {}
+
+
+# -- retention: the session rows are the index ----------------------------------------
+
+
+def test_sessions_are_listed_newest_first_and_cleaned_up_when_idle(threaded) -> None:
+    from datetime import timedelta
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from triggers import sessions
+
+    # Given three sessions under one prefix: two finished long ago (their
+    # last write is moved back in time), one still waiting
+    prefix = new_uid("ret")
+    config = {"t_a": {"after": ["a"], "run": DEV}, "t_b": {"after": ["b"], "run": DEV}}
+    managers = {}
+    for name in ("old", "older", "active"):
+        managers[name] = TriggerManager(storage(f"{prefix}-{name}"))
+        managers[name].update_configuration(config)
+        managers[name].fire("a")
+        if name != "active":
+            managers[name].fire("b")
+    settle()
+    from triggers.models import Session
+
+    now = timezone.now()
+    rows = Session.objects.using(POSTGRES_ALIAS)
+    rows.filter(uid=f"{prefix}-old").update(updated_at=now - timedelta(days=40))
+    rows.filter(uid=f"{prefix}-older").update(updated_at=now - timedelta(days=50))
+    rows.filter(uid=f"{prefix}-active").update(updated_at=now - timedelta(days=45))
+    options = {"STORAGE": "database", "STORAGE_OPTIONS": {"database": POSTGRES_ALIAS}}
+    with override_settings(TRIGGERS=options):
+        # When they are listed, and the resolved ones idle for 30 days go
+        listed = [s.uid for s in sessions.list_sessions(prefix=prefix)]
+        count = sessions.count_sessions(prefix=prefix)
+        assert not sessions.delete_session(f"{prefix}-old", idle_before=now - timedelta(days=41))
+        kept = [s.uid for s in sessions.list_sessions(prefix=prefix)]
+        call_command("triggers_cleanup", "--resolved-older-than", "30d", verbosity=0)
+        left = [s.uid for s in sessions.list_sessions(prefix=prefix)]
+
+    # Then the listing is by last write, newest first, a session written
+    # after the cutoff is kept, and cleanup removes only finished idle ones
+    assert listed == [f"{prefix}-old", f"{prefix}-active", f"{prefix}-older"]
+    assert count == 3
+    assert kept == listed
+    assert left == [f"{prefix}-active"]
+    assert raw_database_state(storage(f"{prefix}-old")) is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -424,6 +425,15 @@ def private_redis() -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture
+def private_store(private_redis: str) -> str:
+    """The private server, emptied (it is this module's alone)."""
+    client = redis.Redis.from_url(f"{private_redis}/0")
+    client.flushdb()
+    client.close()
+    return private_redis
+
+
 def cache_on(url: str) -> dict[str, Any]:
     """The suite's default cache flavour, pointed at ``url``."""
     config = dict(django_settings.CACHES["default"])
@@ -435,8 +445,8 @@ def cache_on(url: str) -> dict[str, Any]:
     return config
 
 
-def test_cleanup_without_a_prefix_covers_the_whole_store(settings, private_redis):
-    settings.CACHES = {**django_settings.CACHES, "default": cache_on(private_redis)}
+def test_cleanup_without_a_prefix_covers_the_whole_store(settings, private_store):
+    settings.CACHES = {**django_settings.CACHES, "default": cache_on(private_store)}
     use(settings, "default")
     old_and_new_sessions("")
     assert count_sessions() == 5
@@ -445,7 +455,37 @@ def test_cleanup_without_a_prefix_covers_the_whole_store(settings, private_redis
 
     assert text.splitlines()[-1].startswith("Deleted 4 sessions: 2 resolved")
     assert uids(list_sessions()) == ["recent"] and count_sessions() == 1
-    client = redis.Redis.from_url(f"{private_redis}/0")
+    client = redis.Redis.from_url(f"{private_store}/0")
     keys = {k for k in client.keys("*") if not k.startswith(b"lock-signal:")}
     client.close()
     assert keys and all(b"recent" in k or b"{sessions}" in k for k in keys), keys
+
+
+def test_the_docs_beat_example_cleans_up_the_store(settings, private_store, monkeypatch):
+    # Given the Celery beat example of docs/retention.rst, on a store of its own
+    monkeypatch.syspath_prepend(str(ROOT / "docs" / "examples"))
+    import retention
+
+    settings.CACHES = {**django_settings.CACHES, "default": cache_on(private_store)}
+    use(settings, "default")
+    with written_at(NOW - timedelta(days=200)):
+        waiting("abandoned-long-ago")
+    with written_at(NOW - timedelta(days=40)):
+        resolved("finished-last-month")
+        waiting("still-waiting")
+    # The schedule names the task
+    entry = retention.CELERY_BEAT_SCHEDULE["triggers-cleanup"]
+    assert entry["task"] == retention.cleanup_sessions.name
+    # When beat's task runs
+    retention.cleanup_sessions.run()
+    # Then the finished month-old session and the half-year-old one are gone
+    assert uids(list_sessions()) == ["still-waiting"]
+
+
+def test_every_storage_check_is_documented():
+    ids = set(
+        re.findall(r"triggers\.W\d{3}", (ROOT / "triggers" / "checks_storage.py").read_text())
+    )
+    assert ids and not sorted(
+        i for i in ids if i not in (ROOT / "docs" / "retention.rst").read_text()
+    )

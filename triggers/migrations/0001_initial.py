@@ -6,95 +6,150 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Session',
+            name="Session",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('uid', models.CharField(max_length=250, unique=True)),
-                ('version', models.BigIntegerField(default=0)),
-                ('meta', models.JSONField(null=True)),
-                ('updated_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("uid", models.CharField(max_length=250, unique=True)),
+                ("version", models.BigIntegerField(default=0)),
+                ("meta", models.JSONField(null=True)),
+                (
+                    "updated_at",
+                    models.DateTimeField(db_index=True, default=django.utils.timezone.now),
+                ),
             ],
             options={
-                'db_table': 'triggers_session',
+                "db_table": "triggers_session",
             },
         ),
         migrations.CreateModel(
-            name='LatestKwargs',
+            name="LatestKwargs",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('trigger', models.CharField(max_length=200)),
-                ('kwargs', models.JSONField(null=True)),
-                ('session', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='kwargs_rows', to='triggers.session')),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("trigger", models.CharField(max_length=200)),
+                ("kwargs", models.JSONField(null=True)),
+                (
+                    "session",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="kwargs_rows",
+                        to="triggers.session",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'latest kwargs',
-                'db_table': 'triggers_latest_kwargs',
-                'constraints': [models.UniqueConstraint(fields=('session', 'trigger'), name='triggers_latest_kwargs_unique')],
+                "verbose_name_plural": "latest kwargs",
+                "db_table": "triggers_latest_kwargs",
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("session", "trigger"), name="triggers_latest_kwargs_unique"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='SessionInstance',
+            name="SessionInstance",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('name', models.CharField(max_length=221)),
-                ('task', models.CharField(max_length=200)),
-                ('record', models.JSONField()),
-                ('lease_token', models.CharField(max_length=100, null=True)),
-                ('lease_expires', models.DateTimeField(null=True)),
-                ('session', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='instance_rows', to='triggers.session')),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("name", models.CharField(max_length=221)),
+                ("task", models.CharField(max_length=200)),
+                ("record", models.JSONField()),
+                ("lease_token", models.CharField(max_length=100, null=True)),
+                ("lease_expires", models.DateTimeField(null=True)),
+                (
+                    "session",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="instance_rows",
+                        to="triggers.session",
+                    ),
+                ),
             ],
             options={
-                'db_table': 'triggers_instance',
-                'constraints': [models.UniqueConstraint(fields=('session', 'name'), name='triggers_instance_unique')],
+                "db_table": "triggers_instance",
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("session", "name"), name="triggers_instance_unique"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='SessionTask',
+            name="SessionTask",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('name', models.CharField(max_length=200)),
-                ('config', models.JSONField(null=True)),
-                ('next_number', models.BigIntegerField(default=0)),
-                ('session', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='task_rows', to='triggers.session')),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("name", models.CharField(max_length=200)),
+                ("config", models.JSONField(null=True)),
+                ("next_number", models.BigIntegerField(default=0)),
+                (
+                    "session",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="task_rows",
+                        to="triggers.session",
+                    ),
+                ),
             ],
             options={
-                'db_table': 'triggers_task',
-                'constraints': [models.UniqueConstraint(fields=('session', 'name'), name='triggers_task_unique')],
+                "db_table": "triggers_task",
+                "constraints": [
+                    models.UniqueConstraint(fields=("session", "name"), name="triggers_task_unique")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='TriggerIndex',
+            name="TriggerIndex",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('trigger', models.CharField(max_length=200)),
-                ('tasks', models.JSONField()),
-                ('session', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='index_rows', to='triggers.session')),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("trigger", models.CharField(max_length=200)),
+                ("tasks", models.JSONField()),
+                (
+                    "session",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="index_rows",
+                        to="triggers.session",
+                    ),
+                ),
             ],
             options={
-                'db_table': 'triggers_trigger_index',
-                'constraints': [models.UniqueConstraint(fields=('session', 'trigger'), name='triggers_trigger_index_unique')],
+                "db_table": "triggers_trigger_index",
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("session", "trigger"), name="triggers_trigger_index_unique"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='WaitingEntry',
+            name="WaitingEntry",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('trigger', models.CharField(max_length=200)),
-                ('task', models.CharField(max_length=200)),
-                ('instance', models.CharField(max_length=221)),
-                ('session', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='waiting_rows', to='triggers.session')),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("trigger", models.CharField(max_length=200)),
+                ("task", models.CharField(max_length=200)),
+                ("instance", models.CharField(max_length=221)),
+                (
+                    "session",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="waiting_rows",
+                        to="triggers.session",
+                    ),
+                ),
             ],
             options={
-                'db_table': 'triggers_waiting',
-                'constraints': [models.UniqueConstraint(fields=('session', 'trigger', 'task', 'instance'), name='triggers_waiting_unique')],
+                "db_table": "triggers_waiting",
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("session", "trigger", "task", "instance"),
+                        name="triggers_waiting_unique",
+                    )
+                ],
             },
         ),
     ]

@@ -21,27 +21,25 @@ path, in SQL.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, connections, transaction
 from django.db.models import (
     CharField,
-    DurationField,
     Exists,
-    ExpressionWrapper,
-    F,
     Func,
     OuterRef,
-    Q,
     Value,
 )
 from django.db.models.functions import Now
 
 from .. import conf
-from ..exceptions import ConfigurationError, LockTimeoutError
-from .base import BaseTriggerStorage, config_from_stored
-from .transaction import Changes, Snapshot, build_index
+from ..exceptions import ConfigurationError, LockHeldError, LockTimeoutError
+from .base import BaseTriggerStorage
+from .database_rows import read_rows, write_changes
+from .transaction import Changes, Snapshot
 
 __all__ = ["DatabaseStorageBackend", "DatabaseLock"]
 
@@ -78,6 +76,7 @@ class DatabaseLock:
         self._atomic: Any = None
         self.session_id: int | None = None
         self.meta: dict[str, Any] | None = None
+        self.updated_at: datetime | None = None
         #: The row was inserted by this operation (an empty session).
         self.inserted = False
         #: Something was written outside ``Changes`` (``delete()``).
@@ -112,23 +111,30 @@ class DatabaseLock:
         rows = (
             models.Session.objects.using(self.alias)
             .select_for_update()
-            .alias(timeout_set=Func(Value("lock_timeout"), Value(timeout_ms), Value(True),
-                                    function="set_config", output_field=CharField()))
+            .alias(
+                timeout_set=Func(
+                    Value("lock_timeout"),
+                    Value(timeout_ms),
+                    Value(True),
+                    function="set_config",
+                    output_field=CharField(),
+                )
+            )
             .filter(uid=self.storage.uid, timeout_set__isnull=False)
         )
         try:
-            found = list(rows.values_list("id", "meta"))
+            found = list(rows.values_list("id", "meta", "updated_at"))
             if not found:
                 models.Session.objects.using(self.alias).bulk_create(
                     [models.Session(uid=self.storage.uid)], ignore_conflicts=True
                 )
-                found = list(rows.values_list("id", "meta"))
+                found = list(rows.values_list("id", "meta", "updated_at"))
                 self.inserted = True
         except DatabaseError as exc:
             if getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE:
                 raise LockTimeoutError(self.storage.uid, self.timeout) from None
             raise
-        self.session_id, self.meta = found[0]
+        self.session_id, self.meta, self.updated_at = found[0]
 
     def commit(self) -> None:
         atomic, self._atomic = self._atomic, None
@@ -194,7 +200,9 @@ class DatabaseStorageBackend(BaseTriggerStorage):
         lock = self._operation_lock()
         if lock is not None:
             lock.ensure()
-            return self._read(lock.session_id, lock.meta, triggers, instances, tasks, everything)
+            return read_rows(
+                self.database, lock.session_id, lock.meta, triggers, instances, tasks, everything
+            )
         # Outside an operation: one read-only snapshot, so every part comes
         # from the same moment (no lock: writers are not held up).
         connection = connections[self.database]
@@ -211,124 +219,9 @@ class DatabaseStorageBackend(BaseTriggerStorage):
             )
             if not row:
                 return Snapshot(everything=everything)
-            return self._read(row[0][0], row[0][1], triggers, instances, tasks, everything)
-
-    def _read(
-        self,
-        session_id: int | None,
-        meta: dict[str, Any] | None,
-        triggers: list[str],
-        instances: list[str],
-        tasks: list[str],
-        everything: bool,
-    ) -> Snapshot:
-        models = _models()
-        db = self.database
-        if everything:
-            return self._read_all(session_id, meta)
-        snap = Snapshot(meta=meta)
-        task_order: dict[str, None] = {}
-        if triggers:
-            for trig, names in models.TriggerIndex.objects.using(db).filter(
-                session_id=session_id, trigger__in=triggers
-            ).values_list("trigger", "tasks"):
-                snap.index[trig] = list(names or [])
-            for trig in triggers:
-                task_order.update(dict.fromkeys(snap.index.get(trig, [])))
-        task_order.update(dict.fromkeys(tasks))
-        kw_names: dict[str, None] = dict.fromkeys(triggers)
-        if task_order:
-            rows = models.SessionTask.objects.using(db).filter(
-                session_id=session_id, name__in=list(task_order)
+            return read_rows(
+                self.database, row[0][0], row[0][1], triggers, instances, tasks, everything
             )
-            for name, config, number in rows.values_list("name", "config", "next_number"):
-                snap.counters[name] = int(number)
-                if config is not None:
-                    cfg = config_from_stored(name, config)
-                    snap.configs[name] = cfg
-                    kw_names.update(dict.fromkeys(sorted(cfg.triggers)))
-            for name in task_order:
-                snap.counters.setdefault(name, 0)
-        pairs = [(task, trig) for trig in triggers for task in snap.index.get(trig, [])]
-        for pair in pairs:
-            snap.waiting[pair] = []
-        if pairs:
-            record = models.SessionInstance.objects.using(db).filter(
-                session_id=session_id, name=OuterRef("instance")
-            )
-            rows = (
-                models.WaitingEntry.objects.using(db)
-                .filter(session_id=session_id, trigger__in=triggers)
-                .filter(task__in=list({task for task, _ in pairs}))
-                .annotate(record=record.values("record")[:1])
-                .values_list("task", "trigger", "instance", "record")
-                .order_by("task", "trigger", "instance")
-            )
-            for task, trig, name, inst_record in rows:
-                if (task, trig) in snap.waiting:
-                    snap.waiting[(task, trig)].append(name)
-                    if inst_record is not None:
-                        snap.records[name] = inst_record
-        wanted = [n for n in instances if n not in snap.records]
-        if instances:
-            left = ExpressionWrapper(F("lease_expires") - Now(), output_field=DurationField())
-            rows = (
-                models.SessionInstance.objects.using(db)
-                .filter(session_id=session_id, name__in=instances)
-                .annotate(lease_left=left)
-                .values_list("name", "record", "lease_left")
-            )
-            for name, inst_record, lease_left in rows:
-                if name in wanted:
-                    snap.records[name] = inst_record
-                if lease_left is not None and lease_left > timedelta(0):
-                    snap.leases[name] = int(lease_left.total_seconds() * 1000)
-        if kw_names:
-            snap.kwargs_known.update(kw_names)
-            for trig, kwargs in models.LatestKwargs.objects.using(db).filter(
-                session_id=session_id, trigger__in=list(kw_names)
-            ).values_list("trigger", "kwargs"):
-                snap.latest_kwargs[trig] = kwargs
-        return snap
-
-    def _read_all(self, session_id: int | None, meta: dict[str, Any] | None) -> Snapshot:
-        models = _models()
-        db = self.database
-        snap = Snapshot(meta=meta, everything=True)
-        for name, config, number in (
-            models.SessionTask.objects.using(db)
-            .filter(session_id=session_id)
-            .values_list("name", "config", "next_number")
-        ):
-            snap.counters[name] = int(number)
-            if config is not None:
-                snap.configs[name] = config_from_stored(name, config)
-        snap.index = build_index(snap.configs)
-        left = ExpressionWrapper(F("lease_expires") - Now(), output_field=DurationField())
-        for name, record, lease_left in (
-            models.SessionInstance.objects.using(db)
-            .filter(session_id=session_id)
-            .annotate(lease_left=left)
-            .values_list("name", "record", "lease_left")
-        ):
-            snap.records[name] = record
-            if lease_left is not None and lease_left > timedelta(0):
-                snap.leases[name] = int(lease_left.total_seconds() * 1000)
-        for task, trig, name in (
-            models.WaitingEntry.objects.using(db)
-            .filter(session_id=session_id)
-            .values_list("task", "trigger", "instance")
-            .order_by("task", "trigger", "instance")
-        ):
-            snap.waiting.setdefault((task, trig), []).append(name)
-        for trig, kwargs in (
-            models.LatestKwargs.objects.using(db)
-            .filter(session_id=session_id)
-            .values_list("trigger", "kwargs")
-        ):
-            snap.latest_kwargs[trig] = kwargs
-        snap.kwargs_known = set(snap.latest_kwargs)
-        return snap
 
     def _existing_parts(self) -> set[str] | None:
         models = _models()
@@ -345,9 +238,7 @@ class DatabaseStorageBackend(BaseTriggerStorage):
             "counters": exists(models.SessionTask, next_number__gt=0),
             "kwargs": exists(models.LatestKwargs),
         }
-        found = list(
-            models.Session.objects.using(db).filter(uid=self.uid).values(**parts)[:1]
-        )
+        found = list(models.Session.objects.using(db).filter(uid=self.uid).values(**parts)[:1])
         if not found:
             return set()
         return {name for name, present in found[0].items() if present}
@@ -364,101 +255,12 @@ class DatabaseStorageBackend(BaseTriggerStorage):
                 return
             lock.ensure()
             if changes:
-                self._write(lock.session_id, changes)
+                write_changes(self.database, lock.session_id, changes)
             if release:
                 lock.commit()
         finally:
             if release:
                 lock.release()
-
-    def _write(self, sid: int | None, changes: Changes) -> None:
-        models = _models()
-        db = self.database
-        task_rows = set(changes.configs) | set(changes.counters)
-        if task_rows:
-            rows = [
-                models.SessionTask(
-                    session_id=sid,
-                    name=name,
-                    config=(
-                        changes.configs[name].to_directives() if name in changes.configs else None
-                    ),
-                    next_number=changes.counters.get(name, 0),
-                )
-                for name in sorted(task_rows)
-            ]
-            both = [r for r in rows if r.name in changes.configs and r.name in changes.counters]
-            configs_only = [r for r in rows if r.name not in changes.counters]
-            counters_only = [r for r in rows if r.name not in changes.configs]
-            for group, fields in (
-                (both, ["config", "next_number"]),
-                (configs_only, ["config"]),
-                (counters_only, ["next_number"]),
-            ):
-                if group:
-                    models.SessionTask.objects.using(db).bulk_create(
-                        group,
-                        update_conflicts=True,
-                        unique_fields=["session", "name"],
-                        update_fields=fields,
-                    )
-        if changes.index is not None:
-            models.TriggerIndex.objects.using(db).filter(session_id=sid).delete()
-            models.TriggerIndex.objects.using(db).bulk_create(
-                [
-                    models.TriggerIndex(session_id=sid, trigger=trig, tasks=names)
-                    for trig, names in sorted(changes.index.items())
-                ]
-            )
-        if changes.instances:
-            models.SessionInstance.objects.using(db).bulk_create(
-                [
-                    models.SessionInstance(
-                        session_id=sid, name=name, task=inst.config.name, record=inst.to_record()
-                    )
-                    for name, inst in sorted(changes.instances.items())
-                ],
-                update_conflicts=True,
-                unique_fields=["session", "name"],
-                update_fields=["task", "record"],
-            )
-        if changes.waiting_remove:
-            gone = Q()
-            for task, trig, name in sorted(changes.waiting_remove):
-                gone |= Q(task=task, trigger=trig, instance=name)
-            models.WaitingEntry.objects.using(db).filter(gone, session_id=sid).delete()
-        if changes.waiting_add:
-            models.WaitingEntry.objects.using(db).bulk_create(
-                [
-                    models.WaitingEntry(session_id=sid, task=task, trigger=trig, instance=name)
-                    for task, trig, name in sorted(changes.waiting_add)
-                ],
-                ignore_conflicts=True,
-            )
-        if changes.latest_kwargs:
-            models.LatestKwargs.objects.using(db).bulk_create(
-                [
-                    models.LatestKwargs(session_id=sid, trigger=trig, kwargs=kwargs)
-                    for trig, kwargs in sorted(changes.latest_kwargs.items())
-                ],
-                update_conflicts=True,
-                unique_fields=["session", "trigger"],
-                update_fields=["kwargs"],
-            )
-        instances = models.SessionInstance.objects.using(db).filter(session_id=sid)
-        for name, (token, ms) in sorted(changes.leases_set.items()):
-            instances.filter(name=name).update(
-                lease_token=token, lease_expires=Now() + timedelta(milliseconds=ms)
-            )
-        if changes.leases_drop:
-            instances.filter(name__in=sorted(changes.leases_drop)).update(
-                lease_token=None, lease_expires=None
-            )
-        session = models.Session.objects.using(db).filter(pk=sid)
-        fields: dict[str, Any] = {"version": F("version") + 1, "updated_at": Now()}
-        if changes.meta is not None:
-            fields["meta"] = changes.meta
-        session.update(**fields)
 
     def _renew_lease(self, name: str, token: str, ms: int) -> bool:
         # One statement (its own transaction): no session lock needed.
@@ -470,11 +272,52 @@ class DatabaseStorageBackend(BaseTriggerStorage):
         )
         return bool(updated)
 
-    def delete(self) -> None:
-        """Remove the whole session (configuration, instances, history)."""
+    # == session index and deletion (retention; see triggers.sessions) =======
+    # The session rows are the index: ``updated_at`` is the last write.
+
+    @classmethod
+    def _sessions(cls, options: Mapping[str, Any], prefix: str) -> Any:
+        alias = options.get("database") or (conf.get("STORAGE_OPTIONS") or {}).get("database")
+        rows = _models().Session.objects.using(alias or "default")
+        return rows.filter(uid__startswith=prefix) if prefix else rows
+
+    @classmethod
+    def list_sessions(
+        cls,
+        options: Mapping[str, Any],
+        *,
+        prefix: str = "",
+        offset: int = 0,
+        limit: int | None = None,
+        older_than: datetime | None = None,
+    ) -> list[tuple[str, datetime]]:
+        rows = cls._sessions(options, prefix)
+        if older_than is not None:
+            rows = rows.filter(updated_at__lt=older_than)
+        rows = rows.order_by("-updated_at", "uid").values_list("uid", "updated_at")
+        end = None if limit is None else offset + limit
+        return [(uid, when) for uid, when in rows[offset:end]]
+
+    @classmethod
+    def count_sessions(cls, options: Mapping[str, Any], *, prefix: str = "") -> int:
+        return int(cls._sessions(options, prefix).count())
+
+    def delete(self, *, idle_before: datetime | None = None) -> bool:
+        """Remove the whole session (configuration, instances, history) in
+        one transaction under its row lock; with ``idle_before``, only if its
+        last write was before then. ``True`` if a session was removed."""
+        if self._current is not None:
+            raise LockHeldError(
+                f"delete() of session {self.uid!r} inside a block that holds its lock; "
+                "call it after the block"
+            )
         with self.transaction() as txn:
             lock = txn.lock
             lock.ensure()
+            if lock.inserted:
+                return False  # there was none (the row made for the lock is rolled back)
+            if idle_before is not None and lock.updated_at >= idle_before:
+                return False
             lock.dirty = True
             _models().Session.objects.using(self.database).filter(pk=lock.session_id).delete()
-
+        return True
