@@ -39,6 +39,14 @@ class UnlistedStorage(CacheStorageBackend):
         raise NotImplementedError
 
 
+class TimerStorage(CacheStorageBackend):
+    """A backend that keeps timers (the shape of issue 13's is open)."""
+
+    @property
+    def timers(self) -> dict[str, Any]:
+        return {"reminder": {"fire": "remind", "at": "2030-01-01T00:00:00+00:00"}}
+
+
 def allow_operators(request: Any) -> bool:
     """An INSPECTOR_PERMISSION callable: users named 'operator', staff or not."""
     return request.user.is_authenticated and request.user.username == "operator"
@@ -234,6 +242,13 @@ def test_the_session_page_shows_tasks_instances_errors_and_the_graph(staff_clien
     assert 'id="timers"' not in html
 
 
+def test_pending_timers_show_for_storages_that_keep_them(staff_client, settings, failed_session):
+    settings.TRIGGERS = dict(django_settings.TRIGGERS, STORAGE="tests.test_inspector.TimerStorage")
+    html = staff_client.get(page_of(failed_session)).content.decode()
+    assert 'id="timers"' in html
+    assert "reminder" in html and "2030-01-01T00:00:00+00:00" in html
+
+
 def test_an_unknown_session_is_404(staff_client, unique_uid):
     assert staff_client.get(reverse("triggers:session", args=[unique_uid])).status_code == 404
     response = staff_client.post(
@@ -369,13 +384,15 @@ def test_skip_without_cascade_leaves_the_next_task_waiting(staff_client, failed_
     assert storage["t_report#0"].status == "unstarted"
 
 
-def test_resend_sends_a_stuck_instance_again(staff_client, failed_session):
+def test_resend_sends_a_stuck_instance_again(staff_client, settings, failed_session):
     # Given an instance marked scheduled whose message was lost
     failed_session.fire("start", {"ok": True})  # and_every-less: no new t_fetch instance
     failed_session.update_instance_status("t_report#0", "scheduled")
+    settings.TRIGGERS = dict(django_settings.TRIGGERS, STUCK_AFTER=0)
     html = staff_client.get(page_of(failed_session)).content.decode()
     row = re.search(r'<tr id="inst-t_report#0".*?</tr>', html, re.S).group(0)
     assert 'value="resend"' in row
+    assert '<strong class="stuck">stuck</strong>' in row
     # When the operator re-sends it
     response = post(staff_client, failed_session, action="resend", instance="t_report#0")
     # Then it runs
