@@ -12,7 +12,7 @@ from django.conf import settings as django_settings
 from django.test import Client
 from django.urls import reverse
 
-from triggers.runners.base import force_runner
+from triggers.runners.base import BaseTaskRunner, force_runner
 from triggers.runners.threading import ThreadingTaskRunner
 from triggers.shortcuts import get_trigger_manager
 from triggers.storages.cache import CacheStorageBackend
@@ -37,6 +37,15 @@ class UnlistedStorage(CacheStorageBackend):
     @classmethod
     def count_sessions(cls, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
+
+
+class BrokenRunner(BaseTaskRunner):
+    """A runner whose broker is down."""
+
+    name = "broken"
+
+    def run(self, manager: Any, task_instance: Any) -> None:
+        raise ConnectionError("broker down")
 
 
 class TimerStorage(CacheStorageBackend):
@@ -420,6 +429,31 @@ def test_fire_with_kwargs(staff_client, unique_uid):
             "at": storage["t_fetch#0"].metadata["inspector"]["at"],
             "trigger": "start",
         }
+    finally:
+        manager.storage.delete()
+
+
+def test_a_fire_whose_dispatch_fails_is_a_warning_and_the_instance_can_be_resent(
+    staff_client, unique_uid
+):
+    manager = get_trigger_manager(unique_uid)
+    manager.update_configuration(WORKFLOW)
+    try:
+        # Given a broker that is down
+        force_runner("tests.test_inspector.BrokenRunner")
+        # When the operator fires start
+        response = post(staff_client, manager, action="fire", trigger="start", kwargs='{"ok": 1}')
+        # Then the page warns that t_fetch#0 could not be sent (the fire itself was recorded)
+        [message] = list(response.context["messages"])
+        assert message.level_tag == "warning"
+        assert "could not dispatch t_fetch#0 (ConnectionError: broker down)" in str(message)
+        assert manager.storage.latest_kwargs["start"] == {"ok": 1}
+        row = re.search(r'<tr id="inst-t_fetch#0".*?</tr>', response.content.decode(), re.S)
+        assert "ready, not sent: ConnectionError: broker down" in row.group(0)
+        # And once the broker is back, Re-send runs it
+        force_runner("threading")
+        post(staff_client, manager, action="resend", instance="t_fetch#0")
+        assert manager.storage["t_fetch#0"].status == "finished"
     finally:
         manager.storage.delete()
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..exceptions import TriggersError
 from ..manager import TriggerManager
 
 __all__ = ["ACTIONS", "FormError", "run_action"]
@@ -128,6 +129,12 @@ def run_action(manager: TriggerManager, action: str, data: Mapping[str, str], us
     logger.info(
         "inspector: %s %s in session %r: %s", user, action, manager.storage.uid, outcome.message
     )
+    message = outcome.message
     for name in outcome.instances:
-        manager.update_instance_metadata(name, {"inspector": stamp})
-    return outcome.message
+        try:
+            manager.update_instance_metadata(name, {"inspector": stamp})
+        except TriggersError as exc:
+            # The action itself happened; say so, and that the stamp is missing.
+            logger.warning("inspector: could not record %s on %s: %s", action, name, exc)
+            message += f" (Could not record who did it on {name}: {exc}.)"
+    return message

@@ -25,7 +25,7 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods
 
 from .. import conf
-from ..exceptions import TriggersError
+from ..exceptions import DispatchError, TriggersError
 from ..graph import build_graph, task_state
 from ..inspection import inspect_session
 from ..shortcuts import get_trigger_manager
@@ -224,6 +224,10 @@ def session_detail(request: HttpRequest, uid: str) -> HttpResponse:
         except FormError as exc:
             form_error = exc
             messages.error(request, f"{action}: {exc.field}: {exc}")
+        except DispatchError as exc:
+            # The change was written; only handing instances to the runner failed.
+            messages.warning(request, f"{action}: {exc}")
+            return HttpResponseRedirect(request.path)
         except (TriggersError, ValueError, TypeError, KeyError) as exc:
             messages.error(request, f"{action} refused: {exc}")
             return HttpResponseRedirect(request.path)
