@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -374,6 +375,40 @@ def test_cleanup_keeps_a_session_written_while_it_runs(settings, prefix, monkeyp
     # Then the command keeps it and says why
     assert "Deleted 0 sessions" in text and "kept 1 written to meanwhile" in text
     assert "comeback" in get_trigger_manager(prefix + "revived").storage.latest_kwargs
+
+
+def test_cleanup_reports_a_session_it_could_not_lock_and_goes_on(settings, prefix):
+    use(settings, "default", LOCK_TIMEOUT=0.5)
+    with written_at(NOW - timedelta(days=40)):
+        resolved(prefix + "busy")
+        resolved(prefix + "free")
+    # Given a process that holds one session's lock for the whole run
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with get_trigger_manager(prefix + "busy").storage.acquire_lock():
+            held.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        # When the cleanup runs
+        out = io.StringIO()
+        with pytest.raises(CommandError) as caught:
+            call_command(
+                "triggers_cleanup", "--resolved-older-than", "30d", "--prefix", prefix, stdout=out
+            )
+    finally:
+        done.set()
+        holder.join()
+    # Then it deleted the other one, and exits 1 naming the busy one and why
+    assert f"Deleted '{prefix}free'" in out.getvalue()
+    assert caught.value.returncode == 1
+    assert f"1 session(s) could not be cleaned up:\n  {prefix}busy: " in str(caught.value)
+    assert "lock" in str(caught.value).lower()
+    assert uids(list_sessions(prefix=prefix)) == [prefix + "busy"]
 
 
 @pytest.mark.parametrize("age", ["soon", "30x", "-5d", ""])
