@@ -76,6 +76,14 @@ class GatedTask(TriggerTask):
         return {"from": context.instance_name}
 
 
+class FireRecordingManager(TriggerManager):
+    """Not registered: a worker rebuilds it from its dotted path. Records every
+    ``_post_fire`` (cascades fired by its tasks included) as an event."""
+
+    def _post_fire(self, trigger_name: str, tasks_scheduled: list[Any]) -> None:
+        record(self.storage.uid, "post_fire", trigger=trigger_name, pid=os.getpid())
+
+
 class DyingManager(TriggerManager):
     """Dies (SIGKILL, no cleanup) right before the commit that would store an
     instance's result and fire its cascade, if :func:`die_key` is set for the

@@ -22,7 +22,12 @@ so ``make test`` knows whether it must install a ``redis-server`` first.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import tempfile
+import threading
+import time
+from typing import Any
 
 from examples.embedded_redis import (
     EmbeddedRedis,
@@ -35,6 +40,7 @@ from examples.embedded_redis import (
 from examples.embedded_redis import free_port as _free_port
 
 __all__ = [
+    "PrivateRedis",
     "RedisUnavailable",
     "_free_port",
     "base_url",
@@ -75,6 +81,81 @@ def ensure_redis_url() -> str:
         url = _embedded.url
     os.environ[URL_ENV] = url
     return url
+
+
+class PrivateRedis:
+    """A redis-server of one test's own, for fault injection: paused with
+    SIGSTOP/SIGCONT, restarted empty on the same port (no persistence), or
+    squeezed under ``allkeys-lru`` eviction. Never the shared server."""
+
+    def __init__(self) -> None:
+        self.server = start_embedded_redis(prefix="triggers-fault-redis-")
+        self.port = self.server.port
+        self.paused = False
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def client(self, **kwargs: Any) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url, **kwargs)
+
+    def pause(self) -> None:
+        os.kill(self.server.process.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        os.kill(self.server.process.pid, signal.SIGCONT)
+        self.paused = False
+
+    def resume_after(self, seconds: float) -> threading.Timer:
+        timer = threading.Timer(seconds, self.resume)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def restart(self) -> None:
+        """Stop the server and start an empty one on the same port (what a
+        restart without persistence looks like to clients)."""
+        import subprocess
+
+        self.resume()
+        old = self.server
+        old.stop()
+        command = [
+            old.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", tempfile.mkdtemp(prefix="triggers-fault-redis-"),
+            "--daemonize", "no",
+        ]  # fmt: skip
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.server = EmbeddedRedis(process, self.port, command[10], old.binary, old.source)
+        deadline = time.monotonic() + 10
+        while not ping(self.url, timeout=0.2):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RedisUnavailable(f"could not restart redis-server on port {self.port}")
+            time.sleep(0.02)
+
+    def squeeze(self, maxmemory: str) -> None:
+        """Evict least recently used keys once ``maxmemory`` is reached."""
+        client = self.client()
+        try:
+            client.config_set("maxmemory-policy", "allkeys-lru")
+            client.config_set("maxmemory", maxmemory)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.paused:
+            self.resume()
+        self.server.stop()
 
 
 def embedded_server() -> EmbeddedRedis | None:

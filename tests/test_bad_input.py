@@ -28,6 +28,14 @@ from triggers.manager import TriggerManager
 from triggers.storages.cache import CacheStorageBackend
 from triggers.testing import FailingTask
 
+
+def override_triggers(**values: Any) -> Any:
+    from django.conf import settings
+    from django.test import override_settings
+
+    return override_settings(TRIGGERS={**settings.TRIGGERS, **values})
+
+
 pytestmark = pytest.mark.usefixtures("threaded")
 
 
@@ -269,16 +277,135 @@ def test_non_positive_timeout_is_a_configuration_error(timeout: int) -> None:
         CacheStorageBackend(new_uid(), timeout=timeout)
 
 
-def test_fire_of_a_task_configured_to_run_an_unknown_celery_task() -> None:
-    # A `run` naming no registered TriggerTask is reported when the task is due,
-    # naming the task; the trigger itself is recorded.
-    manager = TriggerManager(CacheStorageBackend(new_uid()))
-    manager.update_configuration({"t_x": {"after": ["a"], "run": "no.such.Task"}})
-    with pytest.raises(TriggersError) as info:
-        manager.fire("a")
-    assert "no.such.Task" in str(info.value)
-    assert manager.storage.latest_kwargs == {"a": {}}
-    assert manager.storage["t_x#0"].can_run
+@pytest.mark.parametrize(
+    "run, fragment",
+    [
+        ("no.such.Task", "no Celery task named 'no.such.Task'"),
+        ("tests.celery_app.ping_task", "not a TriggerTask"),
+        ("tests.tasks.Pass\x07Thru", "control characters"),
+        ("t" * 201, "the limit is 200"),
+    ],
+    ids=["unregistered", "plain-celery-task", "control-character", "too-long"],
+)
+def test_a_run_naming_no_registered_trigger_task_is_refused_when_configured(
+    populated: TriggerManager, run: str, fragment: str
+) -> None:
+    # Issue 9 item 4: found by update_configuration, not at fire time, with
+    # the message manage.py check gives; nothing stored
+    error = assert_rejected_without_change(
+        populated,
+        lambda: populated.update_configuration({"t_x": {"after": ["a"], "run": run}}),
+        ConfigurationError,
+        fragment,
+    )
+    assert (error.task, error.directive) == ("t_x", "run")
+    if run == "no.such.Task":
+        from triggers.workflows import find_problems
+
+        (problem,) = find_problems({"t_x": {"after": ["a"], "run": run}})
+        assert problem.kind == "run" and error.message in problem.message
+
+
+def nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [65, 300, 495, 5000])
+def test_kwargs_nested_past_the_limit_are_refused_before_the_lock(
+    populated: TriggerManager, depth: int
+) -> None:
+    # Issue 9 item 7: a typed error, not RecursionError from inside the fire
+    error = assert_rejected_without_change(
+        populated,
+        lambda: populated.fire("a", nested(depth)),
+        InvalidTriggerError,
+        "nests deeper than 64 levels",
+    )
+    assert "MAX_KWARGS_DEPTH" in str(error)
+
+
+def test_the_nesting_limit_comes_from_settings(populated: TriggerManager) -> None:
+    with override_triggers(MAX_KWARGS_DEPTH=3):
+        with pytest.raises(InvalidTriggerError, match="deeper than 3"):
+            populated.fire("a", nested(4))
+        populated.fire("a", nested(3))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: m.fire("a\ud800"),
+        lambda m: m.fire("a", {"text": "x\udfff"}),
+        lambda m: m.fire("a", {"k\ud800": 1}),
+        lambda m: m.update_configuration({"t_\ud800": {"after": ["a"], "run": FailingTask.name}}),
+    ],
+    ids=["trigger-name", "kwargs-value", "kwargs-key", "task-name"],
+)
+def test_lone_surrogates_are_refused_with_a_library_error(
+    populated: TriggerManager, make: Callable[[TriggerManager], Any]
+) -> None:
+    error = assert_rejected_without_change(
+        populated, lambda: make(populated), TriggersError, "lone surrogate"
+    )
+    assert isinstance(error, ValueError)
+
+
+def test_a_session_uid_with_a_lone_surrogate_is_refused() -> None:
+    with pytest.raises(InvalidTriggerError, match="lone surrogate"):
+        CacheStorageBackend("uid-\ud800")
+
+
+def test_a_non_json_kwarg_error_names_its_path(populated: TriggerManager) -> None:
+    # Issue 14 item 5: where in the kwargs the bad value is
+    error = assert_rejected_without_change(
+        populated,
+        lambda: populated.fire("a", {"a": [1, 2, {"b": object()}]}),
+        InvalidTriggerTypeError,
+        "kwargs['a'][2]['b'] is a object",
+    )
+    assert "JSON cannot represent" in str(error)
+    with pytest.raises(InvalidTriggerTypeError, match=r"kwargs\['x'\] is nan"):
+        populated.fire("a", {"x": float("nan")})
+
+
+def test_a_fire_into_an_unconfigured_session_warns_by_default(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 9 item 3: recorded as the original did, with a WARNING naming
+    # the session and trigger
+    manager = TriggerManager(make_storage(kind, new_uid("typo")))
+    with caplog.at_level("WARNING", logger="triggers"):
+        assert manager.fire("submitted", {"n": 1}) == []
+    assert manager.storage.latest_kwargs == {"submitted": {"n": 1}}
+    (record,) = [r for r in caplog.records if "no configuration" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert manager.storage.uid in record.getMessage() and "'submitted'" in record.getMessage()
+
+
+def test_on_unconfigured_raise_refuses_and_stores_nothing(kind: str) -> None:
+    from triggers.exceptions import SessionNotConfiguredError
+
+    manager = TriggerManager(make_storage(kind, new_uid("typo")))
+    with override_triggers(ON_UNCONFIGURED="raise"):
+        with pytest.raises(SessionNotConfiguredError) as info:
+            manager.fire("submitted", {"n": 1})
+        assert info.value.uid == manager.storage.uid and info.value.trigger == "submitted"
+        assert manager.storage.debug_repr()["latest_kwargs"] == {}
+        assert raw_state(manager.storage) == raw_state(make_storage(kind, new_uid("empty")))
+        # A configured session is not affected
+        manager.update_configuration({"t_x": {"after": ["a", "b"], "run": FailingTask.name}})
+        assert manager.fire("a") == []
+
+
+def test_on_unconfigured_record_is_silent(kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    manager = TriggerManager(make_storage(kind, new_uid("typo")))
+    with override_triggers(ON_UNCONFIGURED="record"), caplog.at_level("WARNING"):
+        manager.fire("submitted")
+    assert manager.storage.latest_kwargs == {"submitted": {}}
+    assert not [r for r in caplog.records if r.levelno >= 30]
 
 
 def test_the_longest_task_name_still_has_addressable_instances() -> None:

@@ -146,11 +146,11 @@ def closed_port() -> int:
     "broker, bound",
     [
         # Refused: Celery's publish retry policy (about 0.6 s).
-        ("redis://127.0.0.1:{closed}/2", 3),
-        ("amqp://guest:guest@127.0.0.1:{closed}//", 3),
+        ("redis://:s3cret@127.0.0.1:{closed}/2", 3),
+        ("amqp://guest:s3cret@127.0.0.1:{closed}//", 3),
         # Hung: BROKER_TIMEOUT (5 s) / Celery's broker_connection_timeout (4 s).
-        ("redis://127.0.0.1:{silent}/2", 10),
-        ("amqp://guest:guest@127.0.0.1:{silent}//", 10),
+        ("redis://:s3cret@127.0.0.1:{silent}/2", 10),
+        ("amqp://guest:s3cret@127.0.0.1:{silent}//", 10),
     ],
     ids=["redis-refused", "amqp-refused", "redis-hung", "amqp-hung"],
 )
@@ -171,6 +171,9 @@ def test_a_fire_while_the_broker_is_down_keeps_the_trigger_and_is_resent_later(
     # Then fire() raises DispatchError within seconds, not minutes ...
     assert outcome["error"] == "DispatchError", outcome
     assert outcome["seconds"] < bound, outcome
+    # ... naming the broker it tried, without its password
+    assert url.replace("s3cret", "**") in outcome["message"], outcome
+    assert "s3cret" not in outcome["message"]
     # ... the trigger and its kwargs are recorded, and the instance is ready
     # but not marked scheduled
     inst = manager.storage["t_go#0"]

@@ -39,6 +39,24 @@ DEFAULTS: dict[str, Any] = {
     "BROKER_TIMEOUT": 5,
     # Largest trigger kwargs accepted by fire(), in bytes of JSON.
     "MAX_KWARGS_BYTES": 256 * 1024,
+    # Deepest nesting of lists/dicts accepted in trigger kwargs (and task
+    # results); deeper input is refused before anything is stored.
+    "MAX_KWARGS_DEPTH": 64,
+    # What fire() does in a session that has no configuration: 'warn'
+    # (record the trigger, log a WARNING), 'raise' (SessionNotConfiguredError,
+    # nothing stored) or 'record' (record it silently, as the original did).
+    "ON_UNCONFIGURED": "warn",
+    # Seconds one Redis call of a session operation may block (socket and
+    # connect timeout of the client triggers uses, unless the cache's own
+    # client sets one). None: the client's own setting.
+    "REDIS_TIMEOUT": 5,
+    # Seconds a whole session operation (lock wait included) may take before
+    # SessionTimeoutError; should exceed LOCK_TIMEOUT.
+    "OPERATION_TIMEOUT": 45,
+    # How often a worker retries (with exponential backoff from 0.5 s) when
+    # the session cannot be reached to claim or record an instance, before it
+    # gives up and marks the instance failed.
+    "WORKER_RETRIES": 5,
     # What fire() does when a session this process saw has vanished:
     # 'raise' (SessionLostError) or 'restart' (start over, log a warning).
     "ON_LOST_SESSION": "raise",

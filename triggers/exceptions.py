@@ -11,12 +11,15 @@ __all__ = [
     "ConfigurationError",
     "DispatchError",
     "InstanceStateError",
+    "InvalidMessageError",
     "InvalidTriggerError",
     "InvalidTriggerTypeError",
     "LockLostError",
     "LockTimeoutError",
     "NotLockedError",
     "SessionLostError",
+    "SessionNotConfiguredError",
+    "SessionTimeoutError",
     "TriggersError",
     "UnknownInstanceError",
     "with_context",
@@ -151,10 +154,48 @@ class DispatchError(TriggersError):
         self.failures = dict(failures)
         names = ", ".join(sorted(self.failures))
         first = next(iter(self.failures.values()))
+        #: The broker the runner tried (password masked), if it said.
+        self.broker_url: str | None = getattr(first, "broker_url", None)
+        via = f" via broker {self.broker_url}" if self.broker_url else ""
         super().__init__(
-            f"session {uid!r}: could not dispatch {names} "
+            f"session {uid!r}: could not dispatch {names}{via} "
             f"({type(first).__name__}: {first}); they stay ready and can be re-sent"
         )
+
+
+class SessionNotConfiguredError(TriggersError, LookupError):
+    """A trigger was fired into a session that has no configuration (a typo in
+    the UID, or state lost in a Redis restart) while
+    ``TRIGGERS['ON_UNCONFIGURED']`` is ``'raise'``; nothing was stored."""
+
+    def __init__(self, uid: str, trigger: str) -> None:
+        self.uid = uid
+        self.trigger = trigger
+        super().__init__(
+            f"session {uid!r} has no configuration; not recording trigger {trigger!r} "
+            "(TRIGGERS['ON_UNCONFIGURED'] is 'raise')"
+        )
+
+
+class SessionTimeoutError(TriggersError, TimeoutError):
+    """A session operation did not get an answer from its backend in time
+    (``TRIGGERS['REDIS_TIMEOUT']`` per call, ``TRIGGERS['OPERATION_TIMEOUT']``
+    in all). Its changes are written whole or not at all: a write that timed
+    out is either applied entirely or not at all, never in part."""
+
+    def __init__(self, uid: str, waited: float, detail: str = "") -> None:
+        self.uid = uid
+        self.waited = waited
+        more = f": {detail}" if detail else ""
+        super().__init__(
+            f"session {uid!r}: no answer from the storage backend within {waited:.1f}s{more}"
+        )
+
+
+class InvalidMessageError(TriggersError, ValueError):
+    """A worker received a task message this library did not write (unknown
+    keys, wrong types, or a class that is not a registered subclass of the
+    expected base); it was refused before anything named in it was loaded."""
 
 
 def with_context(exc: E, context: Mapping[str, Any] | None) -> E:

@@ -171,7 +171,9 @@ class SessionLock(redis_lock.Lock):
         """Block until acquired or raise :class:`LockTimeoutError` (a deferred
         lock is taken later, within the same time limit)."""
         self._timeout = timeout
-        self._deadline = time.monotonic() + timeout
+        #: When the operation holding this lock started (see OPERATION_TIMEOUT).
+        self.started = time.monotonic()
+        self._deadline = self.started + timeout
         if self.deferred:
             self._pending = True
             return
@@ -339,6 +341,30 @@ def redis_client_for_cache(cache: Any) -> Any | None:
     if hasattr(cache, "get_master_client"):
         return cache.get_master_client()
     return None
+
+
+def with_timeouts(client: Any, timeout: float | None) -> Any:
+    """``client``, or a client on a pool of its own whose connections time out
+    after ``timeout`` seconds (connect and each reply) when the original sets
+    no socket timeout: a hung Redis must not block a session operation for
+    as long as the operating system lets a socket wait."""
+    if timeout is None or client is None:
+        return client
+    import redis
+
+    pool = getattr(client, "connection_pool", None)
+    if type(pool) is not redis.ConnectionPool:
+        return client  # cluster, sentinel, blocking pools: left as configured
+    kwargs = dict(pool.connection_kwargs)
+    if kwargs.get("socket_timeout") is not None:
+        return client
+    kwargs["socket_timeout"] = float(timeout)
+    if kwargs.get("socket_connect_timeout") is None:
+        kwargs["socket_connect_timeout"] = float(timeout)
+    bounded = redis.ConnectionPool(
+        connection_class=pool.connection_class, max_connections=pool.max_connections, **kwargs
+    )
+    return type(client)(connection_pool=bounded)
 
 
 def redis_client_from_setting(value: Any) -> Any:

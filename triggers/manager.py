@@ -18,6 +18,8 @@ from .exceptions import (
     InvalidTriggerError,
     LockLostError,
     SessionLostError,
+    SessionNotConfiguredError,
+    SessionTimeoutError,
 )
 from .registry import Registry
 from .runners import task_runners
@@ -84,6 +86,15 @@ class TriggerManager:
             try:
                 with self.storage.transaction() as txn:
                     return operation(txn)
+            except SessionTimeoutError as exc:
+                if self.storage._current is None:  # the outermost operation says it once
+                    logger.error(
+                        "%s (in %s)",
+                        exc,
+                        getattr(operation, "__qualname__", "a session operation"),
+                        extra={"triggers_session": self.storage.uid},
+                    )
+                raise
             except LockLostError:
                 if attempt == LOCK_LOST_RETRIES - 1 or self.storage._current is not None:
                     raise
@@ -105,9 +116,31 @@ class TriggerManager:
                 return
             raise SessionLostError(self.storage.uid)
         missing = self._missing_state(txn, trigger)
+        if not missing and getattr(self.storage, "_parts_in_fetch", False):
+            # The fetch already looked (no extra round trip): a part the
+            # metadata says exists but is gone (e.g. evicted) changes what
+            # this fire would do.
+            missing = self._missing_parts(txn)
         if missing:
             # Partial state cannot be started over from: always refuse.
             raise SessionLostError(self.storage.uid, missing)
+        if not (txn.meta or {}).get("configured"):
+            self._unconfigured(trigger)
+
+    def _unconfigured(self, trigger: str) -> None:
+        """A fire into a session without configuration (``ON_UNCONFIGURED``)."""
+        policy = conf.get("ON_UNCONFIGURED")
+        if policy == "raise":
+            raise SessionNotConfiguredError(self.storage.uid, trigger)
+        if policy != "record":
+            logger.warning(
+                "trigger %r fired into session %r, which has no configuration: recorded, "
+                "but nothing can run (a mistyped session uid, or state lost in a Redis "
+                "restart?); TRIGGERS['ON_UNCONFIGURED'] = 'raise' refuses such fires",
+                trigger,
+                self.storage.uid,
+                extra={"triggers_session": self.storage.uid, "triggers_trigger": trigger},
+            )
 
     def _missing_state(self, txn: Transaction, trigger: str) -> str | None:
         if txn.meta is None:
@@ -141,6 +174,8 @@ class TriggerManager:
             needed |= {"instances", "counters"}
         if txn.meta.get("fired"):
             needed.add("kwargs")
+        if txn.meta.get("waiting") and "waiting" in getattr(self.storage, "_parts", ()):
+            needed.add("waiting")
         missing = sorted(needed - parts)
         return ", ".join(missing) if missing else None
 
@@ -174,6 +209,13 @@ class TriggerManager:
         and directive, and stores nothing, if any task is invalid. Triggers
         fired earlier are not re-applied to the new tasks.
         """
+
+        from .runners.base import BaseTaskRunner as _Runner
+
+        configs = validate_configuration(configuration)
+        for name, config in configs.items():
+            # The same lookup (and error) as manage.py check and dispatch.
+            _Runner.resolve(config.run, name)
 
         def op(txn: Transaction) -> None:
             txn.fetch(everything=True)
@@ -471,6 +513,28 @@ class TriggerManager:
 
         return self._atomic(op)
 
+    def _fail_unstarted(self, name: str, metadata: dict[str, Any]) -> bool:
+        """Mark a dispatched instance whose run could not start ``failed``
+        (unless it moved on meanwhile, or a live worker holds it)."""
+
+        def op(txn: Transaction) -> bool:
+            txn.fetch(instances=[name])
+            inst = txn.instances.get(name)
+            if inst is None or inst.is_resolved or inst.status == TaskInstance.STATUS_FAILED:
+                return False
+            if inst.status == TaskInstance.STATUS_RUNNING and txn.leases.get(name, 0) > 0:
+                return False
+            if inst.status == TaskInstance.STATUS_UNSTARTED and not inst.can_run:
+                return False
+            inst.metadata.update(metadata)
+            inst.set_status(TaskInstance.STATUS_FAILED)
+            inst.token = None
+            txn.save(inst)
+            txn.drop_lease(name)
+            return True
+
+        return self._atomic(op)
+
     def _owned(self, txn: Transaction, name: str, token: str) -> TaskInstance | None:
         inst = txn.get_instance(name)
         if inst.status != TaskInstance.STATUS_RUNNING or inst.token != token:
@@ -595,5 +659,5 @@ class TriggerManager:
 
 
 trigger_managers: Registry[TriggerManager] = Registry(
-    "triggers.managers", {"default": "triggers.manager.TriggerManager"}
+    "triggers.managers", {"default": "triggers.manager.TriggerManager"}, base=TriggerManager
 )

@@ -18,8 +18,9 @@ import celery
 from celery import _state as celery_state
 
 from . import conf
-from .exceptions import TriggersError
+from .exceptions import InvalidMessageError, TriggersError
 from .locking import renewer
+from .messages import is_transient, manager_class, read_message, rebuild_storage
 from .types import TaskInstance
 from .validation import normalise_kwargs
 
@@ -296,13 +297,15 @@ class TriggerTask(celery.Task):
         manager: str = "default",
         storage: str = "cache",
         storage_kwargs: Mapping[str, Any] | None = None,
+        **extra: Any,
     ) -> dict[str, Any] | None:
         message = {
             "uid": uid,
             "instance": instance,
             "manager": manager,
             "storage": storage,
-            "storage_kwargs": dict(storage_kwargs or {}),
+            "storage_kwargs": {} if storage_kwargs is None else storage_kwargs,
+            **extra,
         }
         return self.execute_message(message, requeue=self._requeue)
 
@@ -310,38 +313,89 @@ class TriggerTask(celery.Task):
         self.apply_async(kwargs=message, countdown=delay)
 
     def execute_message(
-        self, message: Mapping[str, Any], requeue: Any = None
+        self, message: Mapping[str, Any], requeue: Any = None, manager: Any = None
     ) -> dict[str, Any] | None:
         """Claim, run and finish the instance a runner message names.
 
         ``requeue(message, delay)`` is called when another live worker owns
-        the instance; without it this call waits and tries again.
+        the instance or the session cannot be reached for now; without it
+        this call waits and tries again. ``manager`` (in-process runners)
+        is used instead of rebuilding one from the message. Every failure
+        before the task body runs ends with the instance ``failed`` (or
+        tried again) and an ERROR/WARNING log naming session and instance.
         """
-        from .manager import trigger_managers
-        from .storages import storage_backends
+        try:
+            msg = read_message(message)
+            if manager is None:
+                storage = rebuild_storage(msg)
+        except InvalidMessageError as exc:
+            uid = message.get("uid") if isinstance(message, Mapping) else None
+            logger.error("%s: %s (session %r)", self.name, exc, uid)
+            raise
+        except Exception as exc:
+            # No storage, so nowhere to record the failure: say so loudly and
+            # let the message fail (Celery records that too).
+            logger.error(
+                "cannot rebuild storage %r for %s in session %r (%s: %s); the instance "
+                "stays scheduled until resent (find_stuck_instances / triggers_inspect)",
+                message.get("storage"),
+                message.get("instance"),
+                message.get("uid"),
+                type(exc).__name__,
+                exc,
+                exc_info=True,
+            )
+            raise
+        if manager is None:
+            try:
+                manager = manager_class(msg)(storage)
+            except Exception as exc:
+                from .manager import TriggerManager
 
-        storage = storage_backends.get(
-            message["storage"], message["uid"], **dict(message["storage_kwargs"])
-        )
-        manager = trigger_managers.get(message["manager"], storage)
-        name = message["instance"]
+                self._fail_before_run(TriggerManager(storage), msg.instance, exc)
+                return None
+        name = msg.instance
         token = uuid.uuid4().hex
         lease_ms = int(float(conf.get("LEASE_EXPIRE")) * 1000)
+        attempt = msg.attempt
         while True:
-            state, info = manager._claim(name, token, lease_ms)
+            try:
+                state, info = manager._claim(name, token, lease_ms)
+            except Exception as exc:
+                if is_transient(exc) and attempt < int(conf.get("WORKER_RETRIES")):
+                    attempt += 1
+                    delay = min(0.5 * 2 ** (attempt - 1), 30.0)
+                    logger.warning(
+                        "could not claim %s in session %r (%s: %s); trying again in %.1fs "
+                        "(attempt %d of %d)",
+                        name,
+                        manager.storage.uid,
+                        type(exc).__name__,
+                        exc,
+                        delay,
+                        attempt,
+                        conf.get("WORKER_RETRIES"),
+                    )
+                    if requeue is not None:
+                        requeue({**msg.as_dict(), "attempt": attempt}, delay)
+                        return None
+                    threading.Event().wait(delay)
+                    continue
+                self._fail_before_run(manager, name, exc)
+                return None
             if state != "busy":
                 break
             delay = info / 1000 + 0.1
             if requeue is not None:
                 logger.info("%s is running elsewhere; trying again in %.1fs", name, delay)
-                requeue(dict(message), delay)
+                requeue(msg.as_dict(), delay)
                 return None
             threading.Event().wait(min(delay, 1.0))
         if state != "run":
             logger.info(
                 "not running %s in session %r: %s",
                 name,
-                storage.uid,
+                manager.storage.uid,
                 info if state == "skip" else f"already {info.status}",
             )
             return None
@@ -349,8 +403,57 @@ class TriggerTask(celery.Task):
         renewer.add(lease, lease_ms / 3000)
         try:
             return self._execute(manager, info, token)
+        except Exception as exc:
+            if not getattr(exc, "_triggers_recorded", False):
+                # Failed outside the task body (building its context, storing
+                # its result): record it on the instance all the same.
+                self._record_outcome(manager, name, exc, token)
+            raise
         finally:
             renewer.remove(lease)
+
+    def _fail_before_run(self, manager: Any, name: str, exc: BaseException) -> None:
+        """Mark an instance that never started ``failed`` with ``exc``."""
+        self._record_outcome(manager, name, exc, None)
+
+    def _record_outcome(
+        self, manager: Any, name: str, exc: BaseException, token: str | None
+    ) -> None:
+        uid = manager.storage.uid
+        logger.error(
+            "%s in session %r failed outside its task body: %s: %s",
+            name,
+            uid,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+            extra={"triggers_session": uid, "triggers_instance": name},
+        )
+        meta = self._exception_meta(exc)
+        meta["failed_outside_task"] = True
+        retries = int(conf.get("WORKER_RETRIES"))
+        for attempt in range(retries + 1):
+            try:
+                if token is None:
+                    manager._fail_unstarted(name, meta)
+                else:
+                    manager._end_run(name, token, TaskInstance.STATUS_FAILED, meta)
+                exc._triggers_recorded = True  # type: ignore[attr-defined]
+                return
+            except Exception as again:
+                if not is_transient(again) or attempt == retries:
+                    logger.critical(
+                        "could not record the failure of %s in session %r (%s: %s); it "
+                        "stays %s until resent (find_stuck_instances / triggers_inspect)",
+                        name,
+                        uid,
+                        type(again).__name__,
+                        again,
+                        "running" if token else "scheduled",
+                        exc_info=again,
+                    )
+                    return
+                threading.Event().wait(min(0.5 * 2**attempt, 30.0))
 
     def _execute(self, manager: Any, inst: TaskInstance, token: str) -> dict[str, Any] | None:
         context = TaskContext(manager, inst, self)
@@ -422,6 +525,7 @@ class TriggerTask(celery.Task):
                 )
         meta.update(self._exception_meta(exc))
         manager._end_run(inst.name, token, TaskInstance.STATUS_FAILED, finish_meta())
+        exc._triggers_recorded = True  # type: ignore[attr-defined]
 
     @staticmethod
     def _exception_meta(exc: BaseException) -> dict[str, Any]:

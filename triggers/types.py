@@ -9,8 +9,9 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from . import conf
 from .exceptions import ConfigurationError, InvalidTriggerError, InvalidTriggerTypeError
-from .validation import check_name, dump_json
+from .validation import check_json_tree, check_name, dump_json
 
 __all__ = ["TaskConfig", "TaskInstance", "validate_configuration", "find_cascade_cycle"]
 
@@ -130,6 +131,10 @@ class TaskConfig:
                 task=name,
                 directive="run",
             )
+        try:
+            check_name(run, "Celery task name")
+        except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
+            raise ConfigurationError(str(exc), task=name, directive="run") from None
 
         and_every = directives.get("andEvery")
         if and_every is not None:
@@ -170,8 +175,9 @@ class TaskConfig:
                     directive="withParams",
                 )
         try:
+            check_json_tree("withParams", with_params, int(conf.get("MAX_KWARGS_DEPTH")))
             dump_json(with_params, "withParams")
-        except InvalidTriggerTypeError as exc:
+        except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
             raise ConfigurationError(str(exc), task=name, directive="withParams") from None
 
         using = directives.get("using")
@@ -193,8 +199,9 @@ class TaskConfig:
                 )
         for key, value in extras.items():
             try:
+                check_json_tree(f"directive {key!r}", value, int(conf.get("MAX_KWARGS_DEPTH")))
                 dump_json(value, f"directive {key!r}")
-            except InvalidTriggerTypeError as exc:
+            except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
                 raise ConfigurationError(str(exc), task=name, directive=key) from None
 
         return cls(

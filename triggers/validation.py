@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -31,7 +32,19 @@ def check_name(value: Any, what: str, *, max_length: int = MAX_NAME_LENGTH) -> s
         )
     if _CONTROL.search(value):
         raise InvalidTriggerError(f"{what} {value!r} contains control characters")
+    if not value.isascii() and not _encodable(value):
+        raise InvalidTriggerError(
+            f"{what} {value!r} contains a lone surrogate (not valid Unicode text)"
+        )
     return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_uid(uid: Any) -> str:
@@ -44,6 +57,58 @@ def dump_json(value: Any, what: str) -> str:
         return json.dumps(value, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidTriggerTypeError(f"{what} must serialise to JSON: {exc}") from exc
+
+
+def _path(parts: tuple[Any, ...]) -> str:
+    return "kwargs" + "".join(f"[{p!r}]" for p in parts)
+
+
+def check_json_tree(what: str, value: Any, max_depth: int) -> None:
+    """Refuse what JSON cannot hold faithfully, naming where it is
+    (``kwargs['a'][2]['b']``): values of other types, non-finite floats, text
+    with lone surrogates, non-string keys, and nesting deeper than
+    ``max_depth`` (which would otherwise hit Python's recursion limit inside
+    a locked operation). Iterative, so any depth is safe to inspect."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
+    while stack:
+        item, parts = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and not _encodable(item):
+                raise InvalidTriggerError(f"{what}: {_path(parts)} contains a lone surrogate")
+            continue
+        if item is None or isinstance(item, bool | int):
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise InvalidTriggerTypeError(
+                    f"{what}: {_path(parts)} is {item!r}, which JSON cannot represent"
+                )
+            continue
+        if isinstance(item, Mapping | list | tuple):
+            if len(parts) > max_depth:
+                raise InvalidTriggerError(
+                    f"{what}: {_path(parts)} nests deeper than {max_depth} levels "
+                    "(TRIGGERS['MAX_KWARGS_DEPTH'])"
+                )
+            if isinstance(item, Mapping):
+                for key, child in item.items():
+                    if not isinstance(key, str):
+                        raise InvalidTriggerTypeError(
+                            f"{what}: {_path(parts)} has a non-string key {key!r}; "
+                            "JSON object keys are strings"
+                        )
+                    if not key.isascii() and not _encodable(key):
+                        raise InvalidTriggerError(
+                            f"{what}: a key of {_path(parts)} contains a lone surrogate"
+                        )
+                    stack.append((child, (*parts, key)))
+            else:
+                stack.extend((child, (*parts, i)) for i, child in enumerate(item))
+            continue
+        raise InvalidTriggerTypeError(
+            f"{what}: {_path(parts)} is a {type(item).__name__} ({item!r:.60}), "
+            "which JSON cannot represent"
+        )
 
 
 def normalise_kwargs(
@@ -63,7 +128,11 @@ def normalise_kwargs(
             raise InvalidTriggerTypeError(
                 f"kwargs for trigger {trigger_name!r} must have string keys, got {key!r}"
             )
-    text = dump_json(dict(trigger_kwargs), f"kwargs for trigger {trigger_name!r}")
+    from . import conf
+
+    what = f"kwargs for trigger {trigger_name!r}"
+    check_json_tree(what, trigger_kwargs, int(conf.get("MAX_KWARGS_DEPTH")))
+    text = dump_json(dict(trigger_kwargs), what)
     if max_bytes is not None and len(text.encode()) > max_bytes:
         raise InvalidTriggerError(
             f"kwargs for trigger {trigger_name!r} are {len(text.encode())} bytes "

@@ -19,6 +19,7 @@ task_runners: Registry[BaseTaskRunner] = Registry(
         "celery": "triggers.runners.celery.CeleryTaskRunner",
         "threading": "triggers.runners.threading.ThreadingTaskRunner",
     },
+    base=BaseTaskRunner,
 )
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "force_runner",
 ]
 
+
 class _BuiltinDefault(str):
     """The shipped value of ``DEFAULT_TASK_RUNNER``; its own type tells it
     apart from the same key assigned by an application."""
@@ -86,13 +87,18 @@ def build_message(manager: TriggerManager, task_instance: TaskInstance) -> dict[
     from ..storages import storage_backends
 
     storage = manager.storage
-    return {
+    message = {
         "uid": storage.uid,
         "instance": task_instance.name,
         "manager": trigger_managers.key_for(type(manager)),
         "storage": storage_backends.key_for(type(storage)),
         "storage_kwargs": storage.get_init_kwargs(),
     }
+    if "." in message["manager"]:
+        # Not registered: a worker that cannot rebuild it falls back to its
+        # nearest registered ancestor (reliability, issue 8 item 4).
+        message["manager_fallbacks"] = trigger_managers.fallbacks_for(type(manager))
+    return message
 
 
 class BaseTaskRunner:
@@ -109,25 +115,29 @@ class BaseTaskRunner:
 
     @staticmethod
     def resolve(target: str, task_name: str | None = None) -> TriggerTask:
-        """The registered :class:`~triggers.task.TriggerTask` called ``target``."""
+        """The registered :class:`~triggers.task.TriggerTask` called ``target``.
+
+        Looked up in the Celery app's task registry only. A name it does not
+        know makes the app import its own task modules once (Celery's
+        ``imports``/``include`` settings and ``autodiscover_tasks()``); a
+        module named by ``target`` itself is never imported.
+        """
         from celery import current_app
 
         from ..task import TriggerTask
 
-        task = current_app.tasks.get(target)
-        if task is None and "." in target:
-            # The module defining it may not have been imported in this process.
-            from importlib import import_module
-
-            module = target.rsplit(".", 1)[0]
-            try:
-                import_module(module)
-            except ImportError:
-                pass
-            task = current_app.tasks.get(target)
+        app = current_app._get_current_object()
+        task = app.tasks.get(target)
+        if task is None and not getattr(app, "_triggers_imported_task_modules", False):
+            app._triggers_imported_task_modules = True
+            app.loader.import_default_modules()
+            task = app.tasks.get(target)
         if task is None:
             raise ConfigurationError(
-                f"no Celery task named {target!r} is registered", task=task_name, directive="run"
+                f"no Celery task named {target!r} is registered with the Celery app "
+                "(list its module in the app's imports or let autodiscover_tasks() find it)",
+                task=task_name,
+                directive="run",
             )
         if not isinstance(task, TriggerTask):
             raise ConfigurationError(

@@ -62,11 +62,57 @@ class CeleryTaskRunner(BaseTaskRunner):
                 directive="using",
             )
         cooldown = task_instance.metadata.get("cooldown")
+        check_rebuildable(manager, task_instance)
         message = build_message(manager, task_instance)
-        if cooldown or not publishes_directly(task):
-            task.apply_async(kwargs=message, countdown=cooldown or None)
-        else:
-            publish(task, message)
+        try:
+            if cooldown or not publishes_directly(task):
+                task.apply_async(kwargs=message, countdown=cooldown or None)
+            else:
+                publish(task, message)
+        except Exception as exc:
+            # DispatchError names the broker it tried (password hidden).
+            exc.broker_url = safe_broker_url(task.app)  # type: ignore[attr-defined]
+            raise
+
+
+def safe_broker_url(app: Any) -> str:
+    """The app's broker URL with any password masked."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(str(app.conf.broker_url or "")))
+
+
+def check_rebuildable(manager: TriggerManager, task_instance: TaskInstance) -> None:
+    """Refuse to send what no worker could rebuild: a storage class, or a
+    manager class without a registered ancestor, defined in a function or in
+    ``__main__`` (a worker process cannot import those)."""
+    from ..manager import trigger_managers
+    from ..storages import storage_backends
+
+    pair = (type(manager), type(manager.storage))
+    if pair in _REBUILDABLE:
+        return
+    storage_cls = type(manager.storage)
+    if not storage_backends.rebuildable(storage_cls):
+        raise ConfigurationError(
+            f"storage class {storage_cls.__module__}.{storage_cls.__qualname__} cannot be "
+            "rebuilt in a Celery worker (it is defined in a function or in __main__); "
+            "define it at module level or register it in the 'triggers.storages' registry",
+            task=task_instance.config.name,
+        )
+    manager_cls = type(manager)
+    if not trigger_managers.rebuildable(manager_cls) and not trigger_managers.fallbacks_for(
+        manager_cls
+    ):
+        raise ConfigurationError(
+            f"trigger manager class {manager_cls.__module__}.{manager_cls.__qualname__} "
+            "cannot be rebuilt in a Celery worker and has no registered ancestor",
+            task=task_instance.config.name,
+        )
+    _REBUILDABLE.add(pair)
+
+
+_REBUILDABLE: set[tuple[type, type]] = set()
 
 
 # -- the publish fast path ---------------------------------------------------

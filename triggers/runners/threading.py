@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,8 @@ from .base import BaseTaskRunner, build_message
 if TYPE_CHECKING:
     from ..manager import TriggerManager
     from ..types import TaskInstance
+
+logger = logging.getLogger(__name__)
 
 
 class ThreadingTaskRunner(BaseTaskRunner):
@@ -25,7 +28,9 @@ class ThreadingTaskRunner(BaseTaskRunner):
         cooldown = float(task_instance.metadata.get("cooldown") or 0)
         thread = threading.Thread(
             target=self._execute,
-            args=(task, message, cooldown),
+            # The manager itself, not a registry key: an unregistered custom
+            # manager (a class in a test function, in __main__) runs as is.
+            args=(task, message, cooldown, manager),
             name=f"triggers-{task_instance.name}",
             daemon=True,
         )
@@ -36,15 +41,29 @@ class ThreadingTaskRunner(BaseTaskRunner):
             thread.start()
 
     @classmethod
-    def _execute(cls, task: Any, message: dict[str, Any], cooldown: float) -> None:
+    def _execute(
+        cls, task: Any, message: dict[str, Any], cooldown: float, manager: Any = None
+    ) -> None:
         if cooldown and cls._stop.wait(cooldown):
             return
         try:
-            task.execute_message(message, requeue=None)
-        except Exception:
-            # Already recorded on the instance (status 'failed'); a thread has
-            # nobody to propagate to.
-            pass
+            task.execute_message(message, requeue=None, manager=manager)
+        except BaseException as exc:
+            if getattr(exc, "_triggers_recorded", False):
+                return  # on the instance (failed) and logged already
+            # Nobody to propagate to from a thread: never lose it silently.
+            logger.error(
+                "task thread for %s in session %r ended with %s: %s",
+                message.get("instance"),
+                message.get("uid"),
+                type(exc).__name__,
+                exc,
+                exc_info=True,
+                extra={
+                    "triggers_session": message.get("uid"),
+                    "triggers_instance": message.get("instance"),
+                },
+            )
 
     @classmethod
     def join_all(cls, timeout: float | None = 60.0) -> None:

@@ -13,4 +13,5 @@ storage_backends: Registry[BaseTriggerStorage] = Registry(
         "cache": "triggers.storages.cache.CacheStorageBackend",
         "database": "triggers.storages.database.DatabaseStorageBackend",
     },
+    base=BaseTriggerStorage,
 )

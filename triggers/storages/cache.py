@@ -32,9 +32,11 @@ the process only.
 
 from __future__ import annotations
 
+import functools
 import json
+import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from functools import cached_property
@@ -47,8 +49,13 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import conf
-from ..exceptions import ConfigurationError, LockHeldError, LockLostError
-from ..locking import SessionLock, redis_client_for_cache, redis_client_from_setting
+from ..exceptions import ConfigurationError, LockHeldError, LockLostError, SessionTimeoutError
+from ..locking import (
+    SessionLock,
+    redis_client_for_cache,
+    redis_client_from_setting,
+    with_timeouts,
+)
 from ..types import TaskConfig, TaskInstance
 from .base import BaseTriggerStorage, config_from_stored
 from .session_index import DocumentSessionIndex, RedisSessionIndex, clock, index_keys
@@ -58,7 +65,7 @@ __all__ = ["CacheStorageBackend"]
 
 SEP = "\x1f"
 #: State keys a fire can check for (see ``_existing_parts``), in fetch.lua's order.
-_PARTS = ("config", "index", "instances", "counters", "kwargs")
+_PARTS = ("config", "index", "instances", "counters", "kwargs", "waiting")
 _DEFAULT = object()
 _CLIENTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _SCRIPTS: dict[str, Any] = {}
@@ -87,11 +94,30 @@ def _client_for(cache: Any) -> Any | None:
         pass
     setting = conf.get("REDIS_CLIENT")
     client = redis_client_from_setting(setting) if setting else redis_client_for_cache(cache)
+    client = with_timeouts(client, conf.get("REDIS_TIMEOUT"))
     try:
         _CLIENTS[cache] = client
     except TypeError:
         pass
     return client
+
+
+def _bounded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Report a Redis call that timed out as :class:`SessionTimeoutError`
+    naming the session (the commit script is atomic: whatever timed out was
+    written whole or not at all)."""
+
+    @functools.wraps(method)
+    def call(self: CacheStorageBackend, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except RedisTimeoutError as exc:
+            lock = self._operation_lock()
+            started = getattr(lock, "started", None)
+            waited = time.monotonic() - started if started else float(conf.get("REDIS_TIMEOUT"))
+            raise SessionTimeoutError(self.uid, waited, f"Redis did not answer ({exc})") from exc
+
+    return call
 
 
 class CacheStorageBackend(BaseTriggerStorage):
@@ -101,6 +127,10 @@ class CacheStorageBackend(BaseTriggerStorage):
     ``None`` keeps them forever)."""
 
     name = "cache"
+    #: Parts ``_existing_parts`` reports on; a fire's fetch reports them
+    #: too, so checking them costs no round trip.
+    _parts = _PARTS
+    _parts_in_fetch = True
 
     def __init__(self, uid: str, cache: str | None = None, timeout: Any = _DEFAULT) -> None:
         super().__init__(uid)
@@ -131,6 +161,7 @@ class CacheStorageBackend(BaseTriggerStorage):
     def uses_redis(self) -> bool:
         return self._redis is not None
 
+    @_bounded
     def _existing_parts(self) -> set[str] | None:
         if self._redis is None:
             return None
@@ -167,6 +198,13 @@ class CacheStorageBackend(BaseTriggerStorage):
         resend it: both scripts are safe to resend (a fetch finds the lock
         already ours, a commit finds its token among the recent commits)."""
         script = _script(self._redis, name)
+        started = getattr(lock, "started", None) if isinstance(lock, SessionLock) else None
+        if started is not None:
+            waited = time.monotonic() - started
+            if waited > float(conf.get("OPERATION_TIMEOUT")):
+                raise SessionTimeoutError(
+                    self.uid, waited, "TRIGGERS['OPERATION_TIMEOUT'] passed; nothing written"
+                )
         connection = lock.pinned() if isinstance(lock, SessionLock) else None
         if connection is not None:
             try:
@@ -207,6 +245,7 @@ class CacheStorageBackend(BaseTriggerStorage):
         DocumentSessionIndex(self.cache).note(self.uid)
 
     # -- Redis path ---------------------------------------------------------
+    @_bounded
     def _fetch(
         self, triggers: list[str], instances: list[str], tasks: list[str], everything: bool
     ) -> Snapshot:
@@ -270,6 +309,8 @@ class CacheStorageBackend(BaseTriggerStorage):
         }
         waiting: dict[tuple[str, str], list[str]] = {}
         for member in waiting_raw:
+            if not member:
+                continue  # commit.lua's keep-alive member
             task, trig, name = _text(member).split(SEP, 2)
             waiting.setdefault((task, trig), []).append(name)
         latest = {_text(k): json.loads(v) for k, v in kw_raw.items()}
@@ -287,6 +328,7 @@ class CacheStorageBackend(BaseTriggerStorage):
             everything=True,
         )
 
+    @_bounded
     def _commit(self, lock: Any, changes: Changes, release: bool) -> None:
         if self._redis is None:
             return super()._commit(lock, changes, release)
@@ -340,6 +382,7 @@ class CacheStorageBackend(BaseTriggerStorage):
         if result == 1:
             raise LockLostError(self.uid)
 
+    @_bounded
     def _renew_lease(self, name: str, token: str, ms: int) -> bool:
         if self._redis is None:
             return super()._renew_lease(name, token, ms)

@@ -15,6 +15,7 @@ if ARGV[1] ~= '' and not redis.call('SET', KEYS[8], ARGV[1], 'NX', 'PX', ARGV[2]
   return false
 end
 local SEP = '\31'
+local meta_raw = redis.call('GET', KEYS[7])
 local wanted = cjson.decode(ARGV[4])
 local trigs, req_tasks, req_insts = wanted[1], wanted[2], wanted[3]
 
@@ -71,6 +72,7 @@ for _, trig in ipairs(trigs) do
     local prefix = t .. SEP .. trig .. SEP
     local members = redis.call('ZRANGEBYLEX', KEYS[4], '[' .. prefix, '(' .. prefix .. '\255')
     local names = {}
+    if members[1] then present[4] = true end
     for i, m in ipairs(members) do
       names[i] = string.sub(m, #prefix + 1)
       add_inst(names[i])
@@ -100,14 +102,30 @@ for _, n in ipairs(req_insts) do
   lease_out[#lease_out + 1] = redis.call('PTTL', ARGV[3] .. n)
 end
 
--- Which state keys exist (config, index, instances, counters, kwargs), so a
--- fire can tell a partly vanished session without another round trip.
+-- Which state keys exist (config, index, instances, counters, kwargs,
+-- waiting), so a fire can tell a partly vanished session without another
+-- round trip. Only the keys the metadata says the session has are checked
+-- (the others are reported absent): those are all a fire compares.
+local expect = {}
+if meta_raw then
+  local ok, m = pcall(cjson.decode, meta_raw)
+  if ok and type(m) == 'table' then
+    expect[1] = m['configured']; expect[2] = m['configured']
+    expect[3] = m['has_instances']; expect[5] = m['has_instances']
+    expect[6] = m['fired']; expect[4] = m['waiting']
+  end
+end
 local parts = {}
-for _, k in ipairs({1, 2, 3, 5, 6}) do
-  parts[#parts + 1] = present[k] and 1 or redis.call('EXISTS', KEYS[k])
+for _, k in ipairs({1, 2, 3, 5, 6, 4}) do
+  if present[k] then
+    parts[#parts + 1] = 1
+  elseif meta_raw and not expect[k] then
+    parts[#parts + 1] = 0
+  else
+    parts[#parts + 1] = redis.call('EXISTS', KEYS[k])
+  end
 end
 
 return cjson.encode({
-  redis.call('GET', KEYS[7]) or '', index_out, tasks_out, waiting_out, inst_out, kw_out, lease_out,
-  parts
+  meta_raw or '', index_out, tasks_out, waiting_out, inst_out, kw_out, lease_out, parts
 })
