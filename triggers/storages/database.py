@@ -224,6 +224,12 @@ class DatabaseStorageBackend(BaseTriggerStorage):
             )
 
     def _existing_parts(self) -> set[str] | None:
+        """Which parts of the session have rows. Inside an operation the
+        answer is ``None`` (cannot be lost): every write is one transaction
+        and a session's rows are only ever deleted together, so no part can
+        vanish on its own the way a Redis key can be evicted."""
+        if self._current is not None:
+            return None
         models = _models()
         db = self.database
         session = OuterRef("pk")
