@@ -8,6 +8,7 @@ with ``literalinclude`` (imported and exercised here).
 from __future__ import annotations
 
 import doctest
+import importlib
 import json
 import os
 import re
@@ -39,6 +40,9 @@ def docs_env(settings, monkeypatch):
     alias of their own so the pages' fixed session UIDs never meet another
     run's."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
+    # What the project's Celery app does at startup (autodiscover_tasks()):
+    # configurations name tasks, they never make the library import modules.
+    importlib.import_module("questionnaire.tasks")
     caches = dict(django_settings.CACHES)
     caches["docs"] = dict(caches["default"], KEY_PREFIX=f"docs-{uuid.uuid4().hex}")
     settings.CACHES = caches

@@ -27,6 +27,7 @@ from tests.utils import wait_for
 from triggers import conf
 from triggers.exceptions import InstanceStateError, SessionLostError
 from triggers.manager import TriggerManager
+from triggers.runners.threading import ThreadingTaskRunner
 from triggers.storages.cache import CacheStorageBackend
 from triggers.types import TaskInstance
 
@@ -467,6 +468,37 @@ def test_a_fresh_process_notices_a_partly_vanished_session(redis_client, unique_
     fresh = new_manager(unique_uid)
     with pytest.raises(SessionLostError):
         fresh.fire(trigger)
+    assert session_keys(redis_client, unique_uid) == before
+
+
+@pytest.mark.parametrize(
+    "lost, config, fires, then",
+    [
+        # Issue 9 item 2: without the waiting index, "b" found nobody waiting
+        # and returned [] while t_two#0 waited for it forever.
+        ("waiting", {"t_two": {"after": ["a", "b"]}}, ["a"], "b"),
+        # Without the latest kwargs, the next andEvery instance waited
+        # forever for "a", which had already fired.
+        ("kwargs", {"t_each": {"after": ["a"], "andEvery": "tick"}}, ["a", "tick"], "tick"),
+    ],
+)
+def test_a_fire_that_would_go_wrong_without_a_lost_part_names_it(
+    redis_client, unique_uid, lost, config, fires, then
+):
+    manager = new_manager(unique_uid)
+    manager.update_configuration(
+        {n: {**c, "run": CountingTask.name, "using": "threading"} for n, c in config.items()}
+    )
+    for trigger in fires:
+        manager.fire(trigger)
+    ThreadingTaskRunner.join_all()
+    (key,) = [k for k in session_keys(redis_client, unique_uid) if k.endswith(f":{lost}".encode())]
+    redis_client.delete(key)
+    before = session_keys(redis_client, unique_uid)
+
+    for fresh in (manager, new_manager(unique_uid)):  # this process and another
+        with pytest.raises(SessionLostError, match=lost):
+            fresh.fire(then)
     assert session_keys(redis_client, unique_uid) == before
 
 
