@@ -84,6 +84,21 @@ class FireRecordingManager(TriggerManager):
         record(self.storage.uid, "post_fire", trigger=trigger_name, pid=os.getpid())
 
 
+def broken_claim_key(uid: str) -> str:
+    return f"triggers-faults:break-claim:{uid}"
+
+
+class BrokenClaimManager(TriggerManager):
+    """Not registered. Its claim fails with a non-transient error while
+    :func:`broken_claim_key` is set for the session (a bug between dispatch
+    and the task body, as seen by a worker)."""
+
+    def _claim(self, name: str, token: str, lease_ms: int) -> tuple[str, Any]:
+        if redis_client().exists(broken_claim_key(self.storage.uid)):
+            raise RecursionError("maximum recursion depth exceeded while claiming (injected)")
+        return super()._claim(name, token, lease_ms)
+
+
 class DyingManager(TriggerManager):
     """Dies (SIGKILL, no cleanup) right before the commit that would store an
     instance's result and fire its cascade, if :func:`die_key` is set for the

@@ -13,9 +13,15 @@ from typing import Any
 
 import pytest
 
-from tests.fault_tasks import CountingTask, FireRecordingManager, events
+from tests.fault_tasks import (
+    BrokenClaimManager,
+    CountingTask,
+    FireRecordingManager,
+    broken_claim_key,
+    events,
+)
 from tests.utils import wait_for
-from triggers.exceptions import DispatchError, InvalidMessageError
+from triggers.exceptions import ConfigurationError, DispatchError, InvalidMessageError
 from triggers.manager import TriggerManager, trigger_managers
 from triggers.runners.base import build_message
 from triggers.runners.threading import ThreadingTaskRunner
@@ -210,3 +216,39 @@ def test_a_storage_class_no_worker_can_rebuild_fails_at_dispatch(unique_uid: str
         manager.fire("go")
     assert "LocalStorage" in str(info.value) and "t_first#0" in str(info.value)
     assert "LocalStorage" in manager.storage["t_first#0"].metadata["dispatch_error"]
+
+
+def test_a_claim_that_fails_in_a_worker_fails_the_instance(
+    celery_worker: Any, redis_client: Any, unique_uid: str
+) -> None:
+    # Given a worker whose claim of the instance fails (not a Redis hiccup)
+    redis_client.set(broken_claim_key(unique_uid), 1, ex=300)
+    manager = BrokenClaimManager(CacheStorageBackend(unique_uid))
+    manager.update_configuration(CASCADE)
+    manager.fire("go")
+    # Then the instance is failed with the error, not left 'scheduled'
+    wait_for(lambda: status(manager, "t_first#0") == TaskInstance.STATUS_FAILED, timeout=30)
+    inst = manager.storage["t_first#0"]
+    assert inst.metadata["exc_type"] == "builtins.RecursionError"
+    assert "RecursionError" in inst.metadata["exc_traceback"]
+    assert manager.find_stuck_instances(older_than=0) == []
+    # ... and once the cause is gone it can be replayed
+    redis_client.delete(broken_claim_key(unique_uid))
+    manager.replay_failed_instance("t_first#0")
+    wait_for(lambda: status(manager, "t_second#0") == TaskInstance.STATUS_FINISHED, timeout=30)
+
+
+def test_a_run_naming_a_module_never_imports_it(marker: Path, unique_uid: str) -> None:
+    # Issue 9 item 6: configuration written by admins names a module with
+    # side effects; the library looks the name up, it never imports it
+    manager = TriggerManager(CacheStorageBackend(unique_uid))
+    with pytest.raises(ConfigurationError):  # the first lookup loads the app's own modules
+        manager.update_configuration({"t_x": {"after": ["a"], "run": "no.such.Task"}})
+    before = set(sys.modules)
+    with pytest.raises(ConfigurationError, match="no Celery task named"):
+        manager.update_configuration(
+            {"t_x": {"after": ["a"], "run": "tests.fault_planted.PlantedManager"}}
+        )
+    assert "tests.fault_planted" not in sys.modules
+    assert set(sys.modules) - before == set()
+    assert not list(marker.parent.glob("planted*"))

@@ -137,3 +137,53 @@ def test_a_registered_manager_keeps_its_behaviour_inside_tasks() -> None:
     settle()
     # Then the cascades were fired by AuditManagers rebuilt from the registry key
     assert AUDIT[manager.storage.uid] == ["start", "t_first", "t_second"]
+
+
+# -- hardening (issue 9 item 5) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "registry, key",
+    [
+        (storage_backends, "os.system"),
+        (storage_backends, "builtins.eval"),
+        (trigger_managers, "subprocess.Popen"),
+        (task_runners, "triggers.manager.TriggerManager"),
+        (trigger_managers, "tests.test_registry.AUDIT"),
+        (trigger_managers, "tests.test_registry.<locals>.X"),
+    ],
+)
+def test_a_key_that_names_anything_but_a_subclass_is_refused(registry: Any, key: str) -> None:
+    with pytest.raises(KeyError) as info:
+        registry.get(key, "ignored")
+    assert key in str(info.value)
+
+
+def test_only_subclasses_of_the_base_can_be_registered() -> None:
+    with pytest.raises(KeyError, match="not a subclass"):
+        trigger_managers.register("tests-not-a-manager", dict)
+    assert "tests-not-a-manager" not in trigger_managers
+
+
+def test_keys_from_messages_never_import_a_module() -> None:
+    import sys
+
+    assert "tests.fault_planted" not in sys.modules
+    with pytest.raises(KeyError, match="cannot import"):
+        trigger_managers.get_class("tests.fault_planted.PlantedManager", load_modules=False)
+    assert "tests.fault_planted" not in sys.modules
+
+
+def test_a_worker_falls_back_to_the_nearest_registered_ancestor(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class LocalAudit(AuditManager):
+        pass
+
+    assert not trigger_managers.rebuildable(LocalAudit)
+    assert trigger_managers.fallbacks_for(LocalAudit) == ["tests-audit", "default"]
+    key = trigger_managers.key_for(LocalAudit)
+    with caplog.at_level("WARNING"):
+        found = trigger_managers.get_class_or_fallback(key, ["tests-audit", "default"])
+    assert found is AuditManager
+    assert any("registered ancestor 'tests-audit'" in r.getMessage() for r in caplog.records)
