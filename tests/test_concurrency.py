@@ -132,7 +132,7 @@ def test_200_triggers_fired_from_4_processes_run_the_waiting_task_once(
     assert runs[0]["kwargs"] == expected
     # ... and no trigger was lost from the session's state
     storage = manager.storage
-    assert list(storage) == ["t_all#0"]
+    assert [i.name for i in storage] == ["t_all#0"]
     assert storage["t_all#0"].status == TaskInstance.STATUS_FINISHED
     assert storage["t_all#0"].kwargs == expected
     assert {t: v for t, v in storage.latest_kwargs.items() if t in expected} == expected

@@ -46,7 +46,7 @@ def test_fire_returns_the_instances_it_scheduled_named_task_hash_n(
         ["t_each#1"],
         ["t_each#2"],
     ]
-    assert list(manager.storage) == ["t_each#0", "t_each#1", "t_each#2", "t_once#0"]
+    assert [i.name for i in manager.storage] == ["t_each#0", "t_each#1", "t_each#2", "t_once#0"]
     assert set(statuses(manager.storage).values()) == {"finished"}
 
 
@@ -130,7 +130,7 @@ def test_firing_the_same_trigger_twice_does_not_create_a_second_one_shot_instanc
     manager.fire("a", {"v": 1})
     manager.fire("a", {"v": 2})
     # Then the waiting instance kept what it received first
-    assert list(manager.storage) == ["t_x#0"]
+    assert [i.name for i in manager.storage] == ["t_x#0"]
     assert manager.storage["t_x#0"].kwargs == {"a": {"v": 1}}
     assert manager.storage.latest_kwargs["a"] == {"v": 2}
     # When the task has run and its triggers fire again

@@ -202,7 +202,7 @@ def test_a_task_returning_non_json_fails_clearly_and_stores_nothing_unserialisab
     assert "JSON" in inst.metadata["exc_message"]
     assert "result" not in inst.metadata
     assert [r["instance"] for r in read_events(runs_key(unique_uid))] == ["t_nonjson#0"]
-    assert list(manager.storage) == ["t_nonjson#0"]
+    assert [i.name for i in manager.storage] == ["t_nonjson#0"]
     # ... and the session still holds only JSON
     decoded_session_keys(redis_client, unique_uid)
 

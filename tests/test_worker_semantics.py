@@ -105,7 +105,7 @@ def test_a_message_delivered_twice_runs_finishes_and_cascades_once(
     assert slow.status == TaskInstance.STATUS_FINISHED
     assert slow.metadata["timestamps"]["finished"] == finished_at
     assert slow.metadata["attempts"] == 1
-    assert list(manager.storage) == ["t_next#0", "t_slow#0"]
+    assert [i.name for i in manager.storage] == ["t_next#0", "t_slow#0"]
     assert len(read_events(runs_key(unique_uid), instance="t_next#0")) == 1
     assert manager.storage["t_next#0"].status == TaskInstance.STATUS_FINISHED
 
