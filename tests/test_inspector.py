@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
 from django.test import Client
 from django.urls import reverse
 
@@ -174,9 +175,24 @@ def test_a_get_never_runs_an_action(staff_client, failed_session):
     assert state(failed_session) == before
 
 
-def test_the_admin_index_links_to_the_inspector(staff_client):
+def test_the_admin_index_links_to_the_inspector(staff_client, settings):
     html = staff_client.get(reverse("admin:index")).content.decode()
     assert f'href="{reverse("triggers:sessions")}"' in html
+    # ... inside the main column, so the admin's layout holds
+    main = re.search(r'<div id="content-main">.*?<div id="content-related">', html, re.S)
+    assert 'id="triggers-inspector-link"' in main.group(0)
+    # ... and only for users the inspector lets in
+    settings.TRIGGERS = dict(
+        django_settings.TRIGGERS, INSPECTOR_PERMISSION="tests.test_inspector.allow_operators"
+    )
+    html = staff_client.get(reverse("admin:index")).content.decode()
+    assert 'id="triggers-inspector-link"' not in html
+
+
+def test_a_permission_path_that_cannot_be_imported_names_the_setting(staff_client, settings):
+    settings.TRIGGERS = dict(django_settings.TRIGGERS, INSPECTOR_PERMISSION="tests.nowhere.allow")
+    with pytest.raises(ImproperlyConfigured, match=r"INSPECTOR_PERMISSION.*tests\.nowhere"):
+        staff_client.get(reverse("triggers:sessions"))
 
 
 # -- what the pages show ------------------------------------------------------------
