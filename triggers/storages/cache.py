@@ -94,7 +94,9 @@ def _client_for(cache: Any) -> Any | None:
         pass
     setting = conf.get("REDIS_CLIENT")
     client = redis_client_from_setting(setting) if setting else redis_client_for_cache(cache)
-    client = with_timeouts(client, conf.get("REDIS_TIMEOUT"))
+    if not setting or (isinstance(setting, str) and "://" in setting):
+        # A client factory of the project's own keeps its options.
+        client = with_timeouts(client, conf.get("REDIS_TIMEOUT"))
     try:
         _CLIENTS[cache] = client
     except TypeError:
