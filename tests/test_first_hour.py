@@ -193,11 +193,12 @@ class Worker:
 
     def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
         self.log = cwd.parent / "worker.log"
+        self.output = self.log.open("w")
         self.process = subprocess.Popen(
             argv,
             cwd=cwd,
             env=env,
-            stdout=self.log.open("w"),
+            stdout=self.output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -221,6 +222,7 @@ class Worker:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
+        self.output.close()
 
 
 def _legacy_environment() -> bool:
