@@ -109,8 +109,10 @@ def uids(summaries: list[SessionSummary]) -> list[str]:
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
-def test_sessions_are_listed_newest_activity_first(settings, flavour, prefix):
+def test_sessions_are_listed_newest_activity_first(settings, flavour, prefix, monkeypatch):
     use(settings, flavour)
+    # (a prefix search reads activity in slices; make them small)
+    monkeypatch.setattr(session_index, "SCORE_BATCH", 2)
     # Given three sessions last written ten minutes apart
     for minutes, name in ((30, "old"), (10, "new"), (20, "mid")):
         with written_at(NOW - timedelta(minutes=minutes)):

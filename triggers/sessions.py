@@ -84,7 +84,7 @@ def list_sessions(
     limit: int | None = None,
     older_than: datetime | None = None,
 ) -> list[SessionSummary]:
-    """Stored sessions, newest activity first (ties by uid).
+    """Stored sessions, newest activity first.
 
     ``prefix`` keeps the uids that start with it; ``older_than`` (an aware
     datetime) the sessions last written before it; ``offset`` and ``limit``

@@ -484,7 +484,7 @@ class BaseTriggerStorage:
     ) -> list[tuple[str, datetime]]:
         """``(uid, last activity)`` of the stored sessions whose uid starts
         with ``prefix`` and, with ``older_than``, whose last write was before
-        it: newest activity first (ties by uid), then ``offset`` and
+        it: newest activity first, then ``offset`` and
         ``limit``."""
         raise NotImplementedError(f"{cls.__name__} keeps no index of its sessions")
 

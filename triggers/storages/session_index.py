@@ -46,6 +46,8 @@ __all__ = ["clock", "RedisSessionIndex", "DocumentSessionIndex"]
 SUFFIXES = ("activity", "names", "expires")
 #: Uids dropped per prune script call (a long prune never blocks Redis).
 PRUNE_BATCH = 500
+#: Uids per ZMSCORE when a prefix search reads their activity.
+SCORE_BATCH = 1000
 #: Seconds between a process's re-checks that the document index lists a uid.
 DOCUMENT_RECHECK = 60.0
 
@@ -177,8 +179,12 @@ class RedisSessionIndex:
         uids = list(uids)
         if not uids:
             return []
-        # ZMSCORE as a raw command: redis-py 3 has no zmscore().
-        scores = self.client.execute_command("ZMSCORE", activity, *uids)
+        # ZMSCORE as a raw command (redis-py 3 has no zmscore()), in slices
+        # so a short prefix matching many sessions never builds one huge reply.
+        pipe = self.client.pipeline(transaction=False)
+        for start in range(0, len(uids), SCORE_BATCH):
+            pipe.execute_command("ZMSCORE", activity, *uids[start : start + SCORE_BATCH])
+        scores = [score for part in pipe.execute() for score in part]
         return [(_text(u), float(s)) for u, s in zip(uids, scores, strict=True) if s is not None]
 
     def count(self, prefix: str) -> int:
