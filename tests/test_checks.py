@@ -185,6 +185,22 @@ def test_manage_py_check_catches_celerys_fallback_app(no_project_celery_app):
     assert "from .celery import app as celery_app" in text
 
 
+def test_manage_py_check_catches_an_app_current_in_one_thread_only(monkeypatch):
+    # Given a project app created before DJANGO_SETTINGS_MODULE was set:
+    # current in the thread that made it, but not the default of the others
+    from celery import Celery, _state
+
+    app = Celery("survey", broker="redis://127.0.0.1:6379/9", set_as_current=False, fixups=[])
+    monkeypatch.setattr(_state, "default_app", None)
+    monkeypatch.setattr(_state._tls, "current_app", app)
+    # When `manage.py check` runs
+    text = _check_output()
+    # Then it explains that request threads would not use it
+    assert "triggers.E010" in text
+    assert "'survey' is current only in the thread that created it" in text
+    assert "DJANGO_SETTINGS_MODULE" in text
+
+
 @override_settings(TRIGGERS={"DEFAULT_RUNNER": "threading"})
 def test_the_celery_app_check_is_quiet_when_tasks_run_in_threads(no_project_celery_app):
     assert check_celery_app() == []

@@ -302,10 +302,21 @@ def check_celery_app(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
         return []
     app = _project_app()
     if app is None:
+        from celery import _state
+
+        local = getattr(_state._tls, "current_app", None)
+        if local is not None and local.main != "default":
+            problem = (
+                f"the Celery app {local.main!r} is current only in the thread that created "
+                "it (DJANGO_SETTINGS_MODULE was not set yet, so Celery's Django support did "
+                "not make it the default): fire() in any other thread, such as a web "
+                "request's, would send"
+            )
+        else:
+            problem = "no Celery app of the project is loaded in this process: fire() would send"
         return [
             Error(
-                "no Celery app of the project is loaded in this process: fire() would send "
-                "ready instances with Celery's default app, whose broker is "
+                f"{problem} ready instances with Celery's default app, whose broker is "
                 "amqp://guest@localhost// and not your CELERY_BROKER_URL",
                 hint="Create the Celery app in <project>/celery.py after "
                 "os.environ.setdefault('DJANGO_SETTINGS_MODULE', ...) and import it in "
