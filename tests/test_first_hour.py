@@ -438,3 +438,14 @@ def test_readme_example_is_complete_and_the_getting_started_workflow():
     docs_views = (examples / "views.py").read_text()
     for fired in re.findall(r'fire\("(\w+)"', views):
         assert f'fire("{fired}"' in docs_views
+
+
+def test_every_install_command_names_the_distribution():
+    # `triggers` on PyPI is another project: an install of that name in the
+    # README or the docs would give a new user the wrong package.
+    pages = [README, *sorted(DOCS.glob("*.rst"))]
+    for page in pages:
+        text = re.sub(r"\s+", " ", page.read_text())
+        for command in re.findall(r"pip install (?:--?[\w-]+ )*'?([\w.-]+)", text):
+            if command.startswith("triggers"):
+                assert command.startswith(DIST_NAME), f"{page.name}: pip install {command}"
