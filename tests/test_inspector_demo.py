@@ -15,6 +15,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pytest
 import redis
 
 from tests.test_demo import broker_args, broker_leftovers, found, leftover_processes
@@ -23,18 +24,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:
-    """What the process printed up to the line holding ``marker``."""
+    """What the process printed up to (at least) the line holding ``marker``.
+    Reads the pipe's descriptor directly: a buffered reader could hold the
+    marker while select() waits for more."""
     assert process.stdout is not None
-    out = ""
+    fd = process.stdout.fileno()
+    out = b""
     deadline = time.monotonic() + timeout
-    while marker not in out:
+    while marker.encode() not in out:
         left = deadline - time.monotonic()
-        assert left > 0, f"no {marker!r} within {timeout}s:\n{out}"
-        ready, _, _ = select.select([process.stdout], [], [], left)
-        line = process.stdout.readline() if ready else ""
-        assert line or process.poll() is None, f"the demo exited early:\n{out}"
-        out += line
-    return out
+        assert left > 0, f"no {marker!r} within {timeout}s:\n{out.decode(errors='replace')}"
+        ready, _, _ = select.select([fd], [], [], left)
+        chunk = os.read(fd, 65536) if ready else b""
+        assert chunk or not ready, f"the demo exited early:\n{out.decode(errors='replace')}"
+        out += chunk
+    return out.decode()
 
 
 def sign_in(opener: urllib.request.OpenerDirector, base: str, user: str, password: str) -> None:
@@ -49,6 +53,9 @@ def sign_in(opener: urllib.request.OpenerDirector, base: str, user: str, passwor
     assert landed.geturl() == f"{base}/triggers/", landed.geturl()
 
 
+# The demo starts a worker and two firing processes and runs the workflow
+# first (test_demo.py allows it 100 s); serving and stopping come on top.
+@pytest.mark.timeout(300)
 def test_the_demo_serves_the_inspector_with_each_sessions_page(redis_url):
     # Given the demo run with --serve
     env = dict(os.environ)
@@ -65,7 +72,7 @@ def test_the_demo_serves_the_inspector_with_each_sessions_page(redis_url):
     try:
         # When it has run the workflow, it prints the inspector's address,
         # a sign-in and the page of each session
-        out = read_until(process, "Serving until Ctrl-C.", timeout=120)
+        out = read_until(process, "Serving until Ctrl-C.", timeout=180)
         assert "Result: every instance ended as the workflow says." in out
         base = found(r"Inspector (http://127\.0\.0\.1:\d+)/triggers/", out)
         user, password = re.search(r"sign in as (\S+) / (\S+)", out).groups()
