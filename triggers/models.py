@@ -8,10 +8,10 @@ a fire reads and writes only the rows of the trigger it fired:
 table                       one row per
 ==========================  =================================================
 ``triggers_session``        session: ``version`` (bumped by every write),
-                            ``meta`` (JSON), ``updated_at``; its row lock is
-                            the session lock
-``triggers_task``           task: its directives (JSON, ``NULL`` until
-                            configured) and the next instance number
+                            ``meta`` (JSON), ``counters`` (task -> next
+                            instance number, JSON), ``updated_at``; its row
+                            lock is the session lock
+``triggers_task``           task: its directives (JSON)
 ``triggers_trigger_index``  trigger: the tasks that mention it (JSON list)
 ``triggers_instance``       instance: its record (JSON) and the lease of the
                             worker running it (token, expiry)
@@ -36,6 +36,7 @@ class Session(models.Model):
     uid = models.CharField(max_length=250, unique=True)
     version = models.BigIntegerField(default=0)
     meta = models.JSONField(null=True)
+    counters = models.JSONField(default=dict)
     updated_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
@@ -49,8 +50,7 @@ class SessionTask(models.Model):
     id = models.BigAutoField(primary_key=True)
     session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="task_rows")
     name = models.CharField(max_length=200)
-    config = models.JSONField(null=True)
-    next_number = models.BigIntegerField(default=0)
+    config = models.JSONField()
 
     class Meta:
         db_table = "triggers_task"

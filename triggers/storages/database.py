@@ -77,6 +77,7 @@ class DatabaseLock:
         self.session_id: int | None = None
         self.meta: dict[str, Any] | None = None
         self.updated_at: datetime | None = None
+        self.counters: dict[str, int] = {}
         #: The row was inserted by this operation (an empty session).
         self.inserted = False
         #: Something was written outside ``Changes`` (``delete()``).
@@ -123,18 +124,19 @@ class DatabaseLock:
             .filter(uid=self.storage.uid, timeout_set__isnull=False)
         )
         try:
-            found = list(rows.values_list("id", "meta", "updated_at"))
+            fields = ("id", "meta", "counters", "updated_at")
+            found = list(rows.values_list(*fields))
             if not found:
                 models.Session.objects.using(self.alias).bulk_create(
                     [models.Session(uid=self.storage.uid)], ignore_conflicts=True
                 )
-                found = list(rows.values_list("id", "meta", "updated_at"))
+                found = list(rows.values_list(*fields))
                 self.inserted = True
         except DatabaseError as exc:
             if getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE:
                 raise LockTimeoutError(self.storage.uid, self.timeout) from None
             raise
-        self.session_id, self.meta, self.updated_at = found[0]
+        self.session_id, self.meta, self.counters, self.updated_at = found[0]
 
     def commit(self) -> None:
         atomic, self._atomic = self._atomic, None
@@ -200,9 +202,8 @@ class DatabaseStorageBackend(BaseTriggerStorage):
         lock = self._operation_lock()
         if lock is not None:
             lock.ensure()
-            return read_rows(
-                self.database, lock.session_id, lock.meta, triggers, instances, tasks, everything
-            )
+            session = (lock.session_id, lock.meta, lock.counters)
+            return read_rows(self.database, session, triggers, instances, tasks, everything)
         # Outside an operation: one read-only snapshot, so every part comes
         # from the same moment (no lock: writers are not held up).
         connection = connections[self.database]
@@ -215,13 +216,11 @@ class DatabaseStorageBackend(BaseTriggerStorage):
                 _models()
                 .Session.objects.using(self.database)
                 .filter(uid=self.uid)
-                .values_list("id", "meta")
+                .values_list("id", "meta", "counters")
             )
             if not row:
                 return Snapshot(everything=everything)
-            return read_rows(
-                self.database, row[0][0], row[0][1], triggers, instances, tasks, everything
-            )
+            return read_rows(self.database, row[0], triggers, instances, tasks, everything)
 
     def _existing_parts(self) -> set[str] | None:
         """Which parts of the session have rows. Inside an operation the
@@ -238,16 +237,18 @@ class DatabaseStorageBackend(BaseTriggerStorage):
             return Exists(model.objects.using(db).filter(session_id=session, **filters))
 
         parts = {
-            "config": exists(models.SessionTask, config__isnull=False),
+            "config": exists(models.SessionTask),
             "index": exists(models.TriggerIndex),
             "instances": exists(models.SessionInstance),
-            "counters": exists(models.SessionTask, next_number__gt=0),
+            "waiting": exists(models.WaitingEntry),
             "kwargs": exists(models.LatestKwargs),
         }
-        found = list(models.Session.objects.using(db).filter(uid=self.uid).values(**parts)[:1])
+        rows = models.Session.objects.using(db).filter(uid=self.uid)
+        found = list(rows.values("counters", **parts)[:1])
         if not found:
             return set()
-        return {name for name, present in found[0].items() if present}
+        present = {name for name in parts if found[0][name]}
+        return present | ({"counters"} if found[0]["counters"] else set())
 
     # -- writes ---------------------------------------------------------------
     def _commit(self, lock: Any, changes: Changes, release: bool) -> None:
@@ -261,7 +262,7 @@ class DatabaseStorageBackend(BaseTriggerStorage):
                 return
             lock.ensure()
             if changes:
-                write_changes(self.database, lock.session_id, changes)
+                write_changes(self.database, lock.session_id, changes, lock.counters)
             if release:
                 lock.commit()
         finally:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import DurationField, ExpressionWrapper, F, OuterRef, Q
+from django.db.models import DurationField, ExpressionWrapper, F, Func, OuterRef, Q, Subquery
 from django.db.models.functions import Now
 
 from .base import config_from_stored
@@ -37,41 +37,43 @@ def _lease_left() -> ExpressionWrapper:
 
 def read_rows(
     db: str,
-    session_id: int | None,
-    meta: dict[str, Any] | None,
+    session: tuple[int | None, dict[str, Any] | None, dict[str, int]],
     triggers: list[str],
     instances: list[str],
     tasks: list[str],
     everything: bool,
 ) -> Snapshot:
+    """``session`` is the session row's ``(id, meta, counters)``."""
     models = _models()
+    session_id, meta, counters = session
     if everything:
-        return read_all(db, session_id, meta)
+        return read_all(db, session)
     snap = Snapshot(meta=meta)
-    task_order: dict[str, None] = {}
+    kw_names: dict[str, None] = dict.fromkeys(triggers)
+    wanted_tasks = Q(name__in=tasks) if tasks else Q(pk__in=[])
     if triggers:
-        for trig, names in (
+        # The tasks the index rows of these triggers list, in the same
+        # statement (the index is derived from the configs, so it is
+        # rebuilt from them below).
+        indexed = (
             models.TriggerIndex.objects.using(db)
             .filter(session_id=session_id, trigger__in=triggers)
-            .values_list("trigger", "tasks")
-        ):
-            snap.index[trig] = list(names or [])
-        for trig in triggers:
-            task_order.update(dict.fromkeys(snap.index.get(trig, [])))
-    task_order.update(dict.fromkeys(tasks))
-    kw_names: dict[str, None] = dict.fromkeys(triggers)
-    if task_order:
-        rows = models.SessionTask.objects.using(db).filter(
-            session_id=session_id, name__in=list(task_order)
+            .annotate(task=Func(F("tasks"), function="jsonb_array_elements_text"))
+            .values("task")
         )
-        for name, config, number in rows.values_list("name", "config", "next_number"):
-            snap.counters[name] = int(number)
-            if config is not None:
-                cfg = config_from_stored(name, config)
-                snap.configs[name] = cfg
-                kw_names.update(dict.fromkeys(sorted(cfg.triggers)))
-        for name in task_order:
-            snap.counters.setdefault(name, 0)
+        wanted_tasks |= Q(name__in=Subquery(indexed))
+    if triggers or tasks:
+        rows = models.SessionTask.objects.using(db).filter(wanted_tasks, session_id=session_id)
+        for name, config in rows.values_list("name", "config"):
+            cfg = config_from_stored(name, config)
+            snap.configs[name] = cfg
+            kw_names.update(dict.fromkeys(sorted(cfg.triggers)))
+    for trig in triggers:
+        names = sorted(n for n, cfg in snap.configs.items() if trig in cfg.triggers)
+        if names:
+            snap.index[trig] = names
+    for name in [*tasks, *(n for names in snap.index.values() for n in names)]:
+        snap.counters[name] = int(counters.get(name, 0))
     pairs = [(task, trig) for trig in triggers for task in snap.index.get(trig, [])]
     for pair in pairs:
         snap.waiting[pair] = []
@@ -116,17 +118,20 @@ def read_rows(
     return snap
 
 
-def read_all(db: str, session_id: int | None, meta: dict[str, Any] | None) -> Snapshot:
+def read_all(
+    db: str, session: tuple[int | None, dict[str, Any] | None, dict[str, int]]
+) -> Snapshot:
+    """Every row of the session (``session``: its ``(id, meta, counters)``)."""
     models = _models()
+    session_id, meta, counters = session
     snap = Snapshot(meta=meta, everything=True)
-    for name, config, number in (
+    snap.counters = {name: int(n) for name, n in counters.items()}
+    for name, config in (
         models.SessionTask.objects.using(db)
         .filter(session_id=session_id)
-        .values_list("name", "config", "next_number")
+        .values_list("name", "config")
     ):
-        snap.counters[name] = int(number)
-        if config is not None:
-            snap.configs[name] = config_from_stored(name, config)
+        snap.configs[name] = config_from_stored(name, config)
     snap.index = build_index(snap.configs)
     for name, record, lease_left in (
         models.SessionInstance.objects.using(db)
@@ -154,34 +159,22 @@ def read_all(db: str, session_id: int | None, meta: dict[str, Any] | None) -> Sn
     return snap
 
 
-def write_changes(db: str, sid: int | None, changes: Changes) -> None:
+def write_changes(
+    db: str, sid: int | None, changes: Changes, counters: dict[str, int] | None = None
+) -> None:
+    """Write ``changes``; ``counters`` are the session row's counters as the
+    operation read them under the lock (the changed ones are merged in)."""
     models = _models()
-    task_rows = set(changes.configs) | set(changes.counters)
-    if task_rows:
-        rows = [
-            models.SessionTask(
-                session_id=sid,
-                name=name,
-                config=(changes.configs[name].to_directives() if name in changes.configs else None),
-                next_number=changes.counters.get(name, 0),
-            )
-            for name in sorted(task_rows)
-        ]
-        both = [r for r in rows if r.name in changes.configs and r.name in changes.counters]
-        configs_only = [r for r in rows if r.name not in changes.counters]
-        counters_only = [r for r in rows if r.name not in changes.configs]
-        for group, fields in (
-            (both, ["config", "next_number"]),
-            (configs_only, ["config"]),
-            (counters_only, ["next_number"]),
-        ):
-            if group:
-                models.SessionTask.objects.using(db).bulk_create(
-                    group,
-                    update_conflicts=True,
-                    unique_fields=["session", "name"],
-                    update_fields=fields,
-                )
+    if changes.configs:
+        models.SessionTask.objects.using(db).bulk_create(
+            [
+                models.SessionTask(session_id=sid, name=name, config=cfg.to_directives())
+                for name, cfg in sorted(changes.configs.items())
+            ],
+            update_conflicts=True,
+            unique_fields=["session", "name"],
+            update_fields=["config"],
+        )
     if changes.index is not None:
         models.TriggerIndex.objects.using(db).filter(session_id=sid).delete()
         models.TriggerIndex.objects.using(db).bulk_create(
@@ -238,4 +231,6 @@ def write_changes(db: str, sid: int | None, changes: Changes) -> None:
     values: dict[str, Any] = {"version": F("version") + 1, "updated_at": Now()}
     if changes.meta is not None:
         values["meta"] = changes.meta
+    if changes.counters:
+        values["counters"] = {**(counters or {}), **changes.counters}
     session.update(**values)
