@@ -7,6 +7,7 @@ the fault has cleared. The shared Redis on 6379 is never paused or evicted.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -122,23 +123,28 @@ def test_a_claim_that_times_out_is_retried_with_a_warning_then_runs(
     faulty: PrivateRedis, unique_uid: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a manager class defined right here (unregistered), whose task
-    # thread finds Redis paused for 3 s when it claims the instance
-    # (socket timeout 2 s)
+    # thread finds Redis paused for 8 s when it claims the instance: longer
+    # than the client's own retries last with a 1 s socket timeout
+    fired = threading.Event()
+
     class PausingManager(TriggerManager):
         paused_once = False
 
         def _claim(self, name: str, token: str, lease_ms: int) -> tuple[str, Any]:
             if not PausingManager.paused_once:
                 PausingManager.paused_once = True
+                assert fired.wait(30)  # the fire that dispatched it has committed
                 faulty.pause()
-                faulty.resume_after(3)
+                faulty.resume_after(8)
             return super()._claim(name, token, lease_ms)
 
-    manager = PausingManager(storage(unique_uid))
+    with override_settings(TRIGGERS={**settings.TRIGGERS, "REDIS_TIMEOUT": 1}):
+        manager = PausingManager(storage(unique_uid))
     manager.update_configuration(TWO_STEP)
     manager.fire("a")
     with caplog.at_level("WARNING"):
         manager.fire("b")
+        fired.set()
         ThreadingTaskRunner.join_all(timeout=60)
 
     # Then the claim was retried (a WARNING naming session and instance) and
@@ -233,8 +239,7 @@ def evict_until_gone(
             lambda: min(client.object("idletime", k) or 0 for k in gone) >= 2,
             message="the parts to evict have been idle for 2 s",
         )
-        missing = [k.rpartition(":")[2] for k in kept if not client.exists(k)]
-        assert not missing, f"missing before eviction: {missing}"
+        kept = [k for k in kept if client.exists(k)]  # an empty waiting index has no key
         client.config_set("maxmemory-samples", 64)
         used = int(client.info("memory")["used_memory"])
         faulty.squeeze(str(used + 512 * 1024))
@@ -245,7 +250,7 @@ def evict_until_gone(
             assert time.monotonic() < deadline, "eviction never reached the session"
             pipe = client.pipeline(transaction=False)
             pipe.touch(*kept)
-            for i in range(20):
+            for i in range(4):
                 pipe.set(f"filler:{uid}:{batch}:{i}", filler)
             pipe.execute()
             batch += 1
@@ -287,7 +292,7 @@ def test_evicted_parts_are_named_instead_of_silently_changing_a_fire(
     then: str,
 ) -> None:
     parts = ["config", "index", "instances", "counters", "kwargs", "waiting", "meta"]
-    for attempt in range(6):
+    for attempt in range(10):
         # Given a session whose parts are all there
         uid = f"{unique_uid}-{attempt}"
         manager = TriggerManager(storage(uid))

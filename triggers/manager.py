@@ -174,7 +174,8 @@ class TriggerManager:
             needed |= {"instances", "counters"}
         if txn.meta.get("fired"):
             needed.add("kwargs")
-        if txn.meta.get("waiting") and "waiting" in getattr(self.storage, "_parts", ()):
+        if txn.meta.get("has_instances") and "waiting" in getattr(self.storage, "_parts", ()):
+            # Reported missing only when it should exist (see fetch.lua).
             needed.add("waiting")
         missing = sorted(needed - parts)
         return ", ".join(missing) if missing else None

@@ -12,7 +12,9 @@ key suffix         type     contents
 ``:instances``     hash     instance name -> instance record (JSON)
 ``:waiting``       zset     ``task<US>trigger<US>instance`` for every unstarted
                             instance still missing that trigger (lex ordered)
-``:counters``      hash     task name -> next instance number
+``:counters``      hash     task name -> next instance number; ``<US>w`` -> 1
+                            while the waiting index should exist (so an
+                            evicted one is told from an empty one)
 ``:kwargs``        hash     trigger name -> latest kwargs it fired with (JSON)
 ``:meta``          string   session metadata (JSON)
 ``:lease:<inst>``  string   token of the worker running an instance (expires)
@@ -66,6 +68,8 @@ __all__ = ["CacheStorageBackend"]
 SEP = "\x1f"
 #: State keys a fire can check for (see ``_existing_parts``), in fetch.lua's order.
 _PARTS = ("config", "index", "instances", "counters", "kwargs", "waiting")
+#: Field of the counters hash that says the waiting index should exist.
+_WAITING_FLAG = SEP + "w"
 _DEFAULT = object()
 _CLIENTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _SCRIPTS: dict[str, Any] = {}
@@ -176,7 +180,14 @@ class CacheStorageBackend(BaseTriggerStorage):
         pipe = self._redis.pipeline(transaction=False)
         for name in names:
             pipe.exists(f"{self._base}:{name}")
-        return {name for name, found in zip(names, pipe.execute(), strict=True) if found}
+        pipe.hget(f"{self._base}:counters", _WAITING_FLAG)
+        *found, flag = pipe.execute()
+        parts = {name for name, there in zip(names, found, strict=True) if there}
+        if _text(flag) != "1" and "counters" in parts:
+            # Redis deletes an empty waiting index: absent is only lost when
+            # the last commit left it non-empty.
+            parts.add("waiting")
+        return parts
 
     def get_init_kwargs(self) -> dict[str, Any]:
         return {"cache": self.cache_name, "timeout": self.timeout}
@@ -311,8 +322,6 @@ class CacheStorageBackend(BaseTriggerStorage):
         }
         waiting: dict[tuple[str, str], list[str]] = {}
         for member in waiting_raw:
-            if not member:
-                continue  # commit.lua's keep-alive member
             task, trig, name = _text(member).split(SEP, 2)
             waiting.setdefault((task, trig), []).append(name)
         latest = {_text(k): json.loads(v) for k, v in kw_raw.items()}
@@ -322,7 +331,9 @@ class CacheStorageBackend(BaseTriggerStorage):
             meta=json.loads(meta_raw) if meta_raw else None,
             index=build_index(configs),
             configs=configs,
-            counters={_text(k): int(v) for k, v in counters_raw.items()},
+            counters={
+                _text(k): int(v) for k, v in counters_raw.items() if _text(k) != _WAITING_FLAG
+            },
             waiting=waiting,
             records={_text(k): json.loads(v) for k, v in inst_raw.items()},
             latest_kwargs=latest,

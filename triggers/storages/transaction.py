@@ -330,12 +330,7 @@ class Transaction:
             meta = self.meta or {}
             flags = {
                 flag: True
-                for flag, written in (
-                    ("fired", ch.latest_kwargs),
-                    ("has_instances", ch.counters),
-                    # The waiting index (cache backend) exists from now on.
-                    ("waiting", ch.waiting_add),
-                )
+                for flag, written in (("fired", ch.latest_kwargs), ("has_instances", ch.counters))
                 if written and not meta.get(flag)
             }
             if ch.meta is None or flags:

@@ -24,15 +24,15 @@ end
 local ops = cjson.decode(ARGV[6] or '[]')
 local i = 1
 local n = #ops
-local added = false
+local waiting_changed = false
 while i <= n do
   local op = ops[i]
   if op == 'H' then
     redis.call('HSET', KEYS[tonumber(ops[i + 1])], ops[i + 2], ops[i + 3]); i = i + 4
   elseif op == 'Z' then
-    redis.call('ZADD', KEYS[4], 0, ops[i + 1]); i = i + 2; added = true
+    redis.call('ZADD', KEYS[4], 0, ops[i + 1]); i = i + 2; waiting_changed = true
   elseif op == 'R' then
-    redis.call('ZREM', KEYS[4], ops[i + 1]); i = i + 2
+    redis.call('ZREM', KEYS[4], ops[i + 1]); i = i + 2; waiting_changed = true
   elseif op == 'S' then
     redis.call('SET', KEYS[7], ops[i + 1]); i = i + 2
   elseif op == 'D' then
@@ -47,10 +47,10 @@ while i <= n do
     return redis.error_reply('triggers commit: unknown operation ' .. tostring(op))
   end
 end
-if added then
-  -- An empty member keeps the waiting index alive while no instance waits,
-  -- so its absence always means it was lost (eviction), never "empty".
-  redis.call('ZADD', KEYS[4], 0, '')
+if waiting_changed then
+  -- Whether the waiting index should exist (Redis deletes an empty one), kept
+  -- beside the counters: a fire can then tell "empty" from "evicted".
+  redis.call('HSET', KEYS[5], '\31w', redis.call('EXISTS', KEYS[4]))
 end
 if ARGV[1] ~= '' and KEYS[10] then
   local kept = ' ' .. ARGV[1] .. (recent or ' ')

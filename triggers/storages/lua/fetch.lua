@@ -105,18 +105,20 @@ end
 -- Which state keys exist (config, index, instances, counters, kwargs,
 -- waiting), so a fire can tell a partly vanished session without another
 -- round trip. Only the keys the metadata says the session has are checked
--- (the others are reported absent): those are all a fire compares.
+-- (the others are reported absent): those are all a fire compares. The
+-- waiting index is reported present unless it should exist and does not.
 local expect = {}
 if meta_raw then
   local ok, m = pcall(cjson.decode, meta_raw)
   if ok and type(m) == 'table' then
     expect[1] = m['configured']; expect[2] = m['configured']
     expect[3] = m['has_instances']; expect[5] = m['has_instances']
-    expect[6] = m['fired']; expect[4] = m['waiting']
+    expect[6] = m['fired']
   end
 end
+
 local parts = {}
-for _, k in ipairs({1, 2, 3, 5, 6, 4}) do
+for _, k in ipairs({1, 2, 3, 5, 6}) do
   if present[k] then
     parts[#parts + 1] = 1
   elseif meta_raw and not expect[k] then
@@ -124,6 +126,13 @@ for _, k in ipairs({1, 2, 3, 5, 6, 4}) do
   else
     parts[#parts + 1] = redis.call('EXISTS', KEYS[k])
   end
+end
+-- Redis deletes an empty waiting index, so it is only lost when commit.lua
+-- left it non-empty (noted in the counters hash, a part checked above).
+if present[4] or (meta_raw and parts[4] == 1 and redis.call('HGET', KEYS[5], '\31w') ~= '1') then
+  parts[#parts + 1] = 1
+else
+  parts[#parts + 1] = redis.call('EXISTS', KEYS[4])
 end
 
 return cjson.encode({
