@@ -274,6 +274,10 @@ def test_a_backend_without_an_index_says_so_and_still_deletes(settings):
     # Then listing names the backend and what it lacks
     with pytest.raises(ConfigurationError, match="DictStorage cannot list its sessions"):
         list_sessions()
+    # ... and so does the cleanup command (exit status 1)
+    with pytest.raises(CommandError, match="DictStorage cannot list its sessions") as caught:
+        cleanup("--resolved-older-than", "30d")
+    assert caught.value.returncode == 1
     # ... but the generic delete() empties the session
     assert delete_session(uid) is True
     assert get_trigger_manager(uid).storage.tasks == {}
