@@ -60,7 +60,13 @@ from ..locking import (
 )
 from ..types import TaskConfig, TaskInstance
 from .base import BaseTriggerStorage, config_from_stored
-from .session_index import DocumentSessionIndex, RedisSessionIndex, clock, index_keys
+from .session_index import (
+    DocumentSessionIndex,
+    RedisSessionIndex,
+    clock,
+    for_cache,
+    index_keys,
+)
 from .transaction import Changes, Snapshot
 
 __all__ = ["CacheStorageBackend"]
@@ -410,15 +416,11 @@ class CacheStorageBackend(BaseTriggerStorage):
         return self._redis
 
     @classmethod
-    def _session_index(
-        cls, options: Mapping[str, Any]
-    ) -> tuple[CacheStorageBackend, RedisSessionIndex | None]:
+    def _session_index(cls, options: Mapping[str, Any]) -> RedisSessionIndex | DocumentSessionIndex:
         # A storage for no particular session resolves the cache, its Redis
         # client and the timeout exactly as a session's storage would.
         probe = cls("triggers-session-index", **options)
-        if probe._redis is None:
-            return probe, None
-        return probe, RedisSessionIndex(probe.cache, probe._redis)
+        return for_cache(probe.cache, probe._redis, lambda uid: cls(uid, **options)._base)
 
     @classmethod
     def list_sessions(
@@ -430,21 +432,11 @@ class CacheStorageBackend(BaseTriggerStorage):
         limit: int | None = None,
         older_than: datetime | None = None,
     ) -> list[tuple[str, datetime]]:
-        probe, index = cls._session_index(options)
-        if index is not None:
-            return index.listing(prefix, offset, limit, older_than)
-        return DocumentSessionIndex(probe.cache).listing(
-            prefix, offset, limit, older_than, lambda uid: cls(uid, **options)._base
-        )
+        return cls._session_index(options).listing(prefix, offset, limit, older_than)
 
     @classmethod
     def count_sessions(cls, options: Mapping[str, Any], *, prefix: str = "") -> int:
-        probe, index = cls._session_index(options)
-        if index is not None:
-            return index.count(prefix)
-        return DocumentSessionIndex(probe.cache).count(
-            prefix, lambda uid: cls(uid, **options)._base
-        )
+        return int(cls._session_index(options).count(prefix))
 
     def _index_commit(self, keys: list[Any], args: list[Any]) -> None:
         """commit.lua's optional index keys and arguments: the script records
@@ -464,18 +456,8 @@ class CacheStorageBackend(BaseTriggerStorage):
                 "call it after the block"
             )
         if self._redis is None:
-            with self.transaction():
-                raw = self.cache.get(self._base)
-                if raw is None:
-                    DocumentSessionIndex(self.cache).forget(self.uid)
-                    return False
-                if idle_before is not None:
-                    activity = json.loads(raw).get("activity", 0.0)
-                    if activity >= idle_before.timestamp():
-                        return False
-                self.cache.delete(self._base)
-                DocumentSessionIndex(self.cache).forget(self.uid)
-                return True
+            with self.transaction():  # the process-local session lock
+                return DocumentSessionIndex(self.cache).delete(self.uid, self._base, idle_before)
         lock = self._make_lock()
         lock.acquire_within(float(conf.get("LOCK_TIMEOUT")))
         index = RedisSessionIndex(self.cache, self._redis)

@@ -37,11 +37,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["clock", "RedisSessionIndex", "DocumentSessionIndex"]
+__all__ = ["DocumentSessionIndex", "RedisSessionIndex", "clock", "for_cache"]
 
 SUFFIXES = ("activity", "names", "expires")
 #: Uids dropped per prune script call (a long prune never blocks Redis).
@@ -223,8 +223,10 @@ _DOCUMENT_SEEN: dict[tuple[tuple[str, int], str], float] = {}
 class DocumentSessionIndex:
     """The index on a non-Redis cache: one JSON document of uids."""
 
-    def __init__(self, cache: Any) -> None:
+    def __init__(self, cache: Any, document_key: Callable[[str], str] | None = None) -> None:
         self.cache = cache
+        #: uid -> the cache key of that session's document.
+        self.document_key = document_key
         # The cache prefixes it, like the session documents.
         self.key = "triggers:sessions"
         # Which store this is, for the per-process memo (a locmem cache's
@@ -260,9 +262,22 @@ class DocumentSessionIndex:
                 uids.discard(uid)
                 self._write(uids)
 
-    def _entries(self, prefix: str, document_key: Any) -> list[tuple[str, float]]:
+    def delete(self, uid: str, document: str, idle_before: datetime | None) -> bool:
+        """Delete session ``uid`` (its document is cache key ``document``);
+        call it holding the session lock."""
+        raw = self.cache.get(document)
+        if raw is not None and idle_before is not None:
+            if json.loads(raw).get("activity", 0.0) >= idle_before.timestamp():
+                return False
+        if raw is not None:
+            self.cache.delete(document)
+        self.forget(uid)
+        return raw is not None
+
+    def _entries(self, prefix: str) -> list[tuple[str, float]]:
+        assert self.document_key is not None, "listing needs document_key"
         uids = sorted(u for u in self._read() if u.startswith(prefix))
-        keys = {document_key(uid): uid for uid in uids}
+        keys = {self.document_key(uid): uid for uid in uids}
         found = self.cache.get_many(list(keys))
         gone = set(uids) - {keys[k] for k in found}
         if gone:
@@ -285,15 +300,23 @@ class DocumentSessionIndex:
         offset: int,
         limit: int | None,
         older_than: datetime | None,
-        document_key: Any,
     ) -> list[tuple[str, datetime]]:
         cut = older_than.timestamp() if older_than is not None else None
         rows = sorted(
-            (row for row in self._entries(prefix, document_key) if cut is None or row[1] < cut),
+            (row for row in self._entries(prefix) if cut is None or row[1] < cut),
             key=lambda row: (-row[1], row[0]),
         )
         end = None if limit is None else offset + limit
         return [(uid, to_datetime(score)) for uid, score in rows[offset:end]]
 
-    def count(self, prefix: str, document_key: Any) -> int:
-        return len(self._entries(prefix, document_key))
+    def count(self, prefix: str) -> int:
+        return len(self._entries(prefix))
+
+
+def for_cache(
+    cache: Any, client: Any | None, document_key: Callable[[str], str]
+) -> RedisSessionIndex | DocumentSessionIndex:
+    """The index of a cache: on its Redis ``client``, else the document one."""
+    if client is not None:
+        return RedisSessionIndex(cache, client)
+    return DocumentSessionIndex(cache, document_key)
