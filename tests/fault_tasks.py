@@ -21,6 +21,8 @@ import threading
 import time
 from typing import Any
 
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from tests.managers import read_events, record_event, redis_client
 from triggers.manager import TriggerManager
 from triggers.task import TaskContext, TriggerTask
@@ -89,13 +91,18 @@ def broken_claim_key(uid: str) -> str:
 
 
 class BrokenClaimManager(TriggerManager):
-    """Not registered. Its claim fails with a non-transient error while
-    :func:`broken_claim_key` is set for the session (a bug between dispatch
-    and the task body, as seen by a worker)."""
+    """Not registered. Each claim decrements :func:`broken_claim_key`; from
+    1000 up it fails with a non-transient error (a bug between dispatch and
+    the task body), from 0 up with a Redis timeout (transient), below 0 it
+    claims."""
 
     def _claim(self, name: str, token: str, lease_ms: int) -> tuple[str, Any]:
-        if redis_client().exists(broken_claim_key(self.storage.uid)):
+        left = redis_client().decr(broken_claim_key(self.storage.uid))
+        if left >= 1000:
             raise RecursionError("maximum recursion depth exceeded while claiming (injected)")
+        if left >= 0:
+            # A Redis that does not answer, this many more times.
+            raise RedisTimeoutError("Timeout reading from socket (injected)")
         return super()._claim(name, token, lease_ms)
 
 

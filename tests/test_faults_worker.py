@@ -222,7 +222,7 @@ def test_a_claim_that_fails_in_a_worker_fails_the_instance(
     celery_worker: Any, redis_client: Any, unique_uid: str
 ) -> None:
     # Given a worker whose claim of the instance fails (not a Redis hiccup)
-    redis_client.set(broken_claim_key(unique_uid), 1, ex=300)
+    redis_client.set(broken_claim_key(unique_uid), 100_000, ex=300)
     manager = BrokenClaimManager(CacheStorageBackend(unique_uid))
     manager.update_configuration(CASCADE)
     manager.fire("go")
@@ -252,3 +252,25 @@ def test_a_run_naming_a_module_never_imports_it(marker: Path, unique_uid: str) -
     assert "tests.fault_planted" not in sys.modules
     assert set(sys.modules) - before == set()
     assert not list(marker.parent.glob("planted*"))
+
+
+def test_a_claim_that_times_out_in_a_worker_is_requeued_with_backoff(
+    celery_worker: Any, redis_client: Any, unique_uid: str
+) -> None:
+    # Given a worker whose first two claims of t_first#0 time out (Redis
+    # not answering)
+    redis_client.set(broken_claim_key(unique_uid), 2, ex=300)
+    manager = BrokenClaimManager(CacheStorageBackend(unique_uid))
+    manager.update_configuration({"t_first": CASCADE["t_first"]})
+    manager.fire("go")
+    # Then the message is re-queued with backoff (a WARNING each time) and
+    # the instance runs once the session answers
+    wait_for(lambda: status(manager, "t_first#0") == TaskInstance.STATUS_FINISHED, timeout=30)
+    log = celery_worker.log_path.read_text(errors="replace")
+    warnings = [
+        line
+        for line in log.splitlines()
+        if "WARNING" in line and f"could not claim t_first#0 in session {unique_uid!r}" in line
+    ]
+    assert len(warnings) == 2, warnings
+    assert "(attempt 2 of" in warnings[1]
