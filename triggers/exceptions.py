@@ -22,6 +22,7 @@ __all__ = [
     "SessionTimeoutError",
     "TriggersError",
     "UnknownInstanceError",
+    "WriteConflictError",
     "with_context",
 ]
 
@@ -124,6 +125,20 @@ class LockLostError(TriggersError):
         self.uid = uid
         super().__init__(
             f"lost the lock on session {uid!r} before committing; no change was written"
+        )
+
+
+class WriteConflictError(LockLostError):
+    """A document-tier backend found the session written by someone else
+    since it was read (its version changed); nothing was written. The
+    manager runs the operation again, like after a lost lock."""
+
+    def __init__(self, uid: str) -> None:
+        self.uid = uid
+        TriggersError.__init__(
+            self,
+            f"session {uid!r} was written by another process since it was read; "
+            "no change was written (run the operation again)",
         )
 
 

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from ..registry import Registry
-from .base import BaseTriggerStorage
+from .base import BaseTriggerStorage, IndexedStorage
+from .document import DocumentStorage
 
-__all__ = ["BaseTriggerStorage", "storage_backends"]
+# The two classes behind the 'cache' name register themselves on import.
+from .redis import RedisStorageBackend
+
+__all__ = [
+    "BaseTriggerStorage",
+    "DocumentStorage",
+    "IndexedStorage",
+    "RedisStorageBackend",
+    "storage_backends",
+]
 
 storage_backends: Registry[BaseTriggerStorage] = Registry(
     "triggers.storages",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -22,9 +21,10 @@ from .. import conf
 from ..exceptions import NotLockedError, UnknownInstanceError
 from ..types import TaskConfig, TaskInstance
 from ..validation import MAX_NAME_LENGTH, check_name, check_uid
-from .transaction import Changes, Snapshot, Transaction, build_index, instance_sort_key
+from .data import Changes, FetchRequest, Snapshot, apply_changes, full_snapshot, instance_sort_key
+from .transaction import Transaction
 
-__all__ = ["BaseTriggerStorage"]
+__all__ = ["BaseTriggerStorage", "IndexedStorage"]
 
 #: A task name, "#" and a 20-digit instance number.
 MAX_INSTANCE_NAME_LENGTH = MAX_NAME_LENGTH + 21
@@ -66,7 +66,62 @@ class BaseTriggerStorage:
         #: that vanishes afterwards is noticed (see ``ON_LOST_SESSION``).
         self._seen_state = False
 
-    # -- primitives for custom backends ------------------------------------
+    # -- the indexed tier: what a transaction calls ---------------------------
+    # Public and documented (docs/storages.rst). The defaults run the
+    # original's two primitives below, whose lock is process-local.
+
+    def fetch(self, request: FetchRequest) -> Snapshot:
+        """Load what ``request`` asks for (more is allowed; the default loads
+        the whole session through ``_load_from_backend()``). Inside a
+        transaction, the first fetch takes the lock if :meth:`make_lock`
+        returned one that is taken lazily."""
+        configs, insts, metas = self._loaded_state()
+        self._configs, self._instances, self._metas = configs, insts, metas
+        return full_snapshot(configs, insts, metas)
+
+    def commit(self, lock: Any, changes: Changes, release: bool) -> None:
+        """Write ``changes`` in one step if ``lock`` is still held (raise
+        :class:`~triggers.exceptions.LockLostError`, writing nothing, if
+        not), then release ``lock`` if asked. The default applies them to
+        the state the last fetch loaded and calls ``_save()``."""
+        try:
+            if changes:
+                apply_changes(self._configs, self._instances, self._metas, changes)
+                self._save()
+        finally:
+            if release:
+                lock.release()
+
+    def make_lock(self) -> Any:
+        """A new lock on this session: an object with
+        ``acquire_within(seconds)`` and ``release()``. The default is
+        process-local, safe only while one process writes the session."""
+        from ..locking import LocalLock
+
+        return LocalLock(f"{type(self).__name__}:{self.uid}", self.uid)
+
+    def renew_lease(self, name: str, token: str, ms: int) -> bool:
+        """Extend a worker's lease on a running instance by ``ms`` if it is
+        still ``token``'s; ``False`` if it is not (or expired)."""
+        with self.transaction() as txn:
+            txn.fetch(everything=True)
+            info = (self._metas.get("leases") or {}).get(name)
+            if not info or info.get("token") != token:
+                return False
+            txn.set_lease(name, token, ms)
+            return True
+
+    def existing_parts(self) -> set[str] | None:
+        """Which parts of the session's state exist (``'config'``, ``'index'``,
+        ``'instances'``, ``'counters'``, ``'kwargs'``), for backends that keep
+        them apart and can lose one; ``None`` if the backend cannot tell."""
+        return None
+
+    def get_init_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild this backend in another process."""
+        return {}
+
+    # -- the original's two primitives (process-local; see docs/migrating) ---
     def _load_from_backend(
         self,
     ) -> tuple[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]]:
@@ -80,21 +135,24 @@ class BaseTriggerStorage:
         (``self._serialize()`` gives them as plain JSON-ready data)."""
         raise NotImplementedError
 
-    def _make_lock(self) -> Any:
-        """The session lock: process-local unless a backend knows better."""
-        from ..locking import LocalLock
+    # -- underscore names of the indexed tier, until Transaction calls the
+    # public ones (then they go).
+    def _fetch(
+        self, triggers: list[str], instances: list[str], tasks: list[str], everything: bool
+    ) -> Snapshot:
+        return self.fetch(FetchRequest(tuple(triggers), tuple(instances), tuple(tasks), everything))
 
-        return LocalLock(f"{type(self).__name__}:{self.uid}", self.uid)
+    def _commit(self, lock: Any, changes: Changes, release: bool) -> None:
+        self.commit(lock, changes, release)
+
+    def _make_lock(self) -> Any:
+        return self.make_lock()
+
+    def _renew_lease(self, name: str, token: str, ms: int) -> bool:
+        return self.renew_lease(name, token, ms)
 
     def _existing_parts(self) -> set[str] | None:
-        """Which parts of the session's state exist (``'config'``, ``'index'``,
-        ``'instances'``, ``'counters'``, ``'kwargs'``), for backends that keep
-        them apart and can lose one; ``None`` if the backend cannot tell."""
-        return None
-
-    def get_init_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments that rebuild this backend in another process."""
-        return {}
+        return self.existing_parts()
 
     # -- (de)serialisation helpers -------------------------------------------
     def _serialize(self, data: Any = None) -> Any:
@@ -149,89 +207,6 @@ class BaseTriggerStorage:
                 instances[name] = TaskInstance.from_record(name, copy.deepcopy(inst), config)
         return configs, instances, copy.deepcopy(dict(raw_metas or {}))
 
-    def _fetch(
-        self,
-        triggers: list[str],
-        instances: list[str],
-        tasks: list[str],
-        everything: bool,
-    ) -> Snapshot:
-        """Load what a transaction needs. The default loads everything."""
-        configs, insts, metas = self._loaded_state()
-        self._configs, self._instances, self._metas = configs, insts, metas
-        return self._full_snapshot(configs, insts, metas)
-
-    def _full_snapshot(
-        self,
-        configs: dict[str, TaskConfig],
-        insts: dict[str, TaskInstance],
-        metas: dict[str, Any],
-    ) -> Snapshot:
-        waiting: dict[tuple[str, str], list[str]] = {}
-        for name, inst in insts.items():
-            for trig in inst.waiting_on():
-                waiting.setdefault((inst.config.name, trig), []).append(name)
-        counters = dict(metas.get("counters") or {})
-        for name in insts:
-            task, _, number = name.rpartition("#")
-            if number.isdigit():
-                counters[task] = max(counters.get(task, 0), int(number) + 1)
-        now = time.time()
-        leases = {
-            n: int((info["expires"] - now) * 1000)
-            for n, info in (metas.get("leases") or {}).items()
-            if info["expires"] > now
-        }
-        latest = dict(metas.get("latest_kwargs") or {})
-        meta = {k: v for k, v in metas.items() if k not in ("latest_kwargs", "counters", "leases")}
-        return Snapshot(
-            meta=meta or None,
-            index=build_index(configs),
-            configs=dict(configs),
-            counters=counters,
-            waiting=waiting,
-            records={n: i.to_record() for n, i in insts.items()},
-            latest_kwargs=latest,
-            kwargs_known=set(latest),
-            leases=leases,
-            everything=True,
-        )
-
-    def _commit(self, lock: Any, changes: Changes, release: bool) -> None:
-        """Write ``changes`` (and release ``lock`` if asked). The default
-        applies them to the loaded state and calls ``_save()``."""
-        try:
-            if changes:
-                self._configs.update(changes.configs)
-                for name, inst in changes.instances.items():
-                    self._instances[name] = inst
-                metas = self._metas
-                if changes.meta is not None:
-                    for k, v in changes.meta.items():
-                        metas[k] = v
-                metas.setdefault("latest_kwargs", {}).update(changes.latest_kwargs)
-                metas.setdefault("counters", {}).update(changes.counters)
-                leases = metas.setdefault("leases", {})
-                for name, (token, ms) in changes.leases_set.items():
-                    leases[name] = {"token": token, "expires": time.time() + ms / 1000}
-                for name in changes.leases_drop:
-                    leases.pop(name, None)
-                self._save()
-        finally:
-            if release:
-                lock.release()
-
-    def _renew_lease(self, name: str, token: str, ms: int) -> bool:
-        """Extend a worker's lease on a running instance if it is still
-        ``token``'s; backends with expiring keys do this without the lock."""
-        with self.transaction() as txn:
-            txn.fetch(everything=True)
-            info = (self._metas.get("leases") or {}).get(name)
-            if not info or info.get("token") != token:
-                return False
-            txn.set_lease(name, token, ms)
-            return True
-
     # -- transactions ---------------------------------------------------------
     @property
     def _current(self) -> Transaction | None:
@@ -248,14 +223,14 @@ class BaseTriggerStorage:
         if current is not None:
             yield current
             return
-        lock = self._make_lock()
+        lock = self.make_lock()
         lock.acquire_within(float(conf.get("LOCK_TIMEOUT")))
         txn = Transaction(self, lock)
         self._local.txn = txn
         committed = False
         try:
             yield txn
-            self._commit(lock, txn.build_changes(), release=True)
+            self.commit(lock, txn.build_changes(), release=True)
             committed = True
         finally:
             self._local.txn = None
@@ -312,7 +287,7 @@ class BaseTriggerStorage:
 
     # -- session-level API (always current) ---------------------------------
     def _load_all(self) -> Snapshot:
-        return self._fetch(triggers=[], instances=[], tasks=[], everything=True)
+        return self.fetch(FetchRequest(everything=True))
 
     @property
     def tasks(self) -> dict[str, TaskConfig]:
@@ -359,11 +334,8 @@ class BaseTriggerStorage:
             inst = txn.get_instance(instance_name)
             txn.hand_out([instance_name])
             return inst
-        snap = self._fetch(
-            triggers=[],
-            instances=[instance_name],
-            tasks=[instance_name.rpartition("#")[0]],
-            everything=False,
+        snap = self.fetch(
+            FetchRequest(instances=(instance_name,), tasks=(instance_name.rpartition("#")[0],))
         )
         record = snap.records.get(instance_name)
         if record is None or record.get("task") not in snap.configs:
@@ -515,3 +487,27 @@ class BaseTriggerStorage:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.uid!r}>"
+
+
+class IndexedStorage(BaseTriggerStorage):
+    """The indexed tier: a backend that loads only what an operation needs
+    and writes its changes in one step under a lock that holds across
+    processes (the Redis and database backends). It implements
+    :meth:`fetch`, :meth:`commit`, :meth:`make_lock`, :meth:`renew_lease`
+    and :meth:`delete`; :meth:`existing_parts` and :meth:`get_init_kwargs`
+    when it has something to say. See "Writing a storage backend"."""
+
+    def fetch(self, request: FetchRequest) -> Snapshot:
+        raise NotImplementedError
+
+    def commit(self, lock: Any, changes: Changes, release: bool) -> None:
+        raise NotImplementedError
+
+    def make_lock(self) -> Any:
+        raise NotImplementedError
+
+    def renew_lease(self, name: str, token: str, ms: int) -> bool:
+        raise NotImplementedError
+
+    def delete(self, *, idle_before: datetime | None = None) -> bool:
+        raise NotImplementedError

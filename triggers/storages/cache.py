@@ -1,100 +1,36 @@
-"""Session state in a Django cache.
+"""Session state in a Django cache: the documented ``'cache'`` backend.
 
-On a Redis cache (Django's built-in ``RedisCache``, django-redis or
-django-redis-cache) the session is a handful of Redis keys, read and written
-through the cache's own Redis client:
-
-=================  =======  ==================================================
-key suffix         type     contents
-=================  =======  ==================================================
-``:config``        hash     task name -> task directives (JSON)
-``:index``         hash     trigger name -> tasks that mention it (JSON list)
-``:instances``     hash     instance name -> instance record (JSON)
-``:waiting``       zset     ``task<US>trigger<US>instance`` for every unstarted
-                            instance still missing that trigger (lex ordered)
-``:counters``      hash     task name -> next instance number; ``<US>w`` -> 1
-                            while the waiting index should exist (so an
-                            evicted one is told from an empty one)
-``:kwargs``        hash     trigger name -> latest kwargs it fired with (JSON)
-``:meta``          string   session metadata (JSON)
-``:lease:<inst>``  string   token of the worker running an instance (expires)
-``:commits``       string   lock tokens of the last commits (1 KB at most), so
-                            a commit retried after a lost reply is not
-                            applied twice
-=================  =======  ==================================================
-
-A fire reads the index entry for its trigger, the configs of those tasks and
-only the instances listed as waiting on it (one Lua script), then writes its
-changes and releases the lock in a second script that checks the lock is
-still ours, so what a fire costs does not grow with the session.
-
-Any other cache stores the session as one JSON document and locks it within
-the process only.
+:class:`CacheStorageBackend` is two small backends behind one name. On a
+Redis cache alias (Django's built-in ``RedisCache``, django-redis,
+django-redis-cache) or with ``TRIGGERS['REDIS_CLIENT']`` it is
+:class:`~triggers.storages.redis.RedisStorageBackend`, the indexed tier; on
+any other Django cache it is :class:`CacheDocumentBackend`, the document
+tier: the session is one JSON document, written back only if its version is
+unchanged (see :mod:`triggers.storages.document`).
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import time
+import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import datetime
-from functools import cached_property
-from importlib import resources
-from typing import Any
+from typing import Any, ClassVar
 
 from django.core.cache import caches
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import conf
-from ..exceptions import ConfigurationError, LockHeldError, LockLostError, SessionTimeoutError
-from ..locking import (
-    SessionLock,
-    redis_client_for_cache,
-    redis_client_from_setting,
-    with_timeouts,
-)
-from ..types import TaskConfig, TaskInstance
-from .base import BaseTriggerStorage, config_from_stored
-from .session_index import (
-    DocumentSessionIndex,
-    RedisSessionIndex,
-    clock,
-    for_cache,
-    index_keys,
-)
-from .transaction import Changes, Snapshot
+from ..exceptions import ConfigurationError
+from ..locking import redis_client_for_cache, redis_client_from_setting, with_timeouts
+from .base import BaseTriggerStorage
+from .document import DocumentStorage
+from .session_index import DocumentSessionIndex, RedisSessionIndex, clock, for_cache
 
-__all__ = ["CacheStorageBackend"]
+__all__ = ["CacheDocumentBackend", "CacheStorageBackend"]
 
-SEP = "\x1f"
-#: State keys a fire can check for (see ``_existing_parts``), in fetch.lua's order.
-_PARTS = ("config", "index", "instances", "counters", "kwargs", "waiting")
-#: Field of the counters hash that says the waiting index should exist.
-_WAITING_FLAG = SEP + "w"
-_DEFAULT = object()
+DEFAULT: Any = object()
 _CLIENTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-_SCRIPTS: dict[str, Any] = {}
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def _script(client: Any, name: str) -> Any:
-    script = _SCRIPTS.get(name)
-    if script is None:
-        source = resources.files("triggers.storages").joinpath(f"lua/{name}.lua").read_text()
-        script = _SCRIPTS[name] = client.register_script(source)
-    return script
 
 
 def _client_for(cache: Any) -> Any | None:
@@ -114,47 +50,45 @@ def _client_for(cache: Any) -> Any | None:
     return client
 
 
-def _bounded(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Report a Redis call that timed out as :class:`SessionTimeoutError`
-    naming the session (the commit script is atomic: whatever timed out was
-    written whole or not at all)."""
-
-    @functools.wraps(method)
-    def call(self: CacheStorageBackend, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except RedisTimeoutError as exc:
-            lock = self._operation_lock()
-            started = getattr(lock, "started", None)
-            waited = time.monotonic() - started if started else float(conf.get("REDIS_TIMEOUT"))
-            raise SessionTimeoutError(self.uid, waited, f"Redis did not answer ({exc})") from exc
-
-    return call
+def _cache(alias: str | None) -> tuple[str, Any]:
+    name = alias or conf.get("CACHE")
+    try:
+        return name, caches[name]
+    except Exception as exc:
+        raise ConfigurationError(
+            f"cache alias {name!r} is not configured in CACHES ({exc})", directive="CACHE"
+        ) from None
 
 
 class CacheStorageBackend(BaseTriggerStorage):
     """Keeps sessions in the Django cache ``cache`` (default:
     ``TRIGGERS['CACHE']``) for ``timeout`` seconds after their last change
     (default: ``TRIGGERS['TIMEOUT']``, else the cache's own default;
-    ``None`` keeps them forever)."""
+    ``None`` keeps them forever).
+
+    Constructing it gives the indexed Redis backend on a cache with a Redis
+    client and :class:`CacheDocumentBackend` on any other."""
 
     name = "cache"
-    #: Parts ``_existing_parts`` reports on; a fire's fetch reports them
-    #: too, so checking them costs no round trip.
-    _parts = _PARTS
-    _parts_in_fetch = True
+    #: ``'indexed'`` (needs a Redis client) or ``'document'``.
+    kind: ClassVar[str] = ""
+    _kinds: ClassVar[dict[str, type[CacheStorageBackend]]] = {}
 
-    def __init__(self, uid: str, cache: str | None = None, timeout: Any = _DEFAULT) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            CacheStorageBackend._kinds.setdefault(cls.kind, cls)
+
+    def __new__(cls, uid: str, cache: str | None = None, timeout: Any = DEFAULT) -> Any:
+        if cls is CacheStorageBackend:
+            redis = _client_for(_cache(cache)[1]) is not None
+            cls = CacheStorageBackend._kinds["indexed" if redis else "document"]
+        return super().__new__(cls)
+
+    def __init__(self, uid: str, cache: str | None = None, timeout: Any = DEFAULT) -> None:
         super().__init__(uid)
-        self.cache_name = cache or conf.get("CACHE")
-        try:
-            self.cache = caches[self.cache_name]
-        except Exception as exc:
-            raise ConfigurationError(
-                f"cache alias {self.cache_name!r} is not configured in CACHES ({exc})",
-                directive="CACHE",
-            ) from None
-        if timeout is _DEFAULT:
+        self.cache_name, self.cache = _cache(cache)
+        if timeout is DEFAULT:
             timeout = conf.get("TIMEOUT") if conf.has("TIMEOUT") else self.cache.default_timeout
         if timeout is not None and timeout <= 0:
             raise ConfigurationError(
@@ -165,262 +99,29 @@ class CacheStorageBackend(BaseTriggerStorage):
         self._redis = _client_for(self.cache)
         # The length prefix keeps keys unambiguous whatever the uid contains.
         self._base = str(self.cache.make_key(f"triggers:{len(self.uid)}:{self.uid}"))
-        suffixes = ("config", "index", "instances", "waiting", "counters", "kwargs", "meta")
-        self._keys = [f"{self._base}:{s}" for s in suffixes]
-        self._lease_prefix = f"{self._base}:lease:"
 
     @property
     def uses_redis(self) -> bool:
-        return self._redis is not None
+        return self.kind == "indexed"
 
-    @_bounded
-    def _existing_parts(self) -> set[str] | None:
-        if self._redis is None:
-            return None
-        seen = getattr(self._local, "parts", None)
-        txn = self._current
-        if txn is not None and seen is not None and seen[0]() is txn:
-            # This operation's fetch script already looked (under its lock).
-            return set(seen[1])
-        names = _PARTS
-        pipe = self._redis.pipeline(transaction=False)
-        for name in names:
-            pipe.exists(f"{self._base}:{name}")
-        pipe.hget(f"{self._base}:counters", _WAITING_FLAG)
-        *found, flag = pipe.execute()
-        parts = {name for name, there in zip(names, found, strict=True) if there}
-        if _text(flag) != "1" and "counters" in parts:
-            # Redis deletes an empty waiting index: absent is only lost when
-            # the last commit left it non-empty.
-            parts.add("waiting")
-        return parts
-
-    def get_init_kwargs(self) -> dict[str, Any]:
-        return {"cache": self.cache_name, "timeout": self.timeout}
-
-    def _make_lock(self) -> Any:
-        if self._redis is None:
-            return super()._make_lock()
-        return SessionLock(
-            self._redis, f"{self._base}:lock", int(conf.get("LOCK_EXPIRE")), self.uid, deferred=True
-        )
-
-    def _operation_lock(self) -> SessionLock | None:
-        txn = self._current
-        return txn.lock if txn is not None and isinstance(txn.lock, SessionLock) else None
-
-    def _run(self, name: str, keys: list[str], args: list[Any], lock: Any) -> Any:
-        """Run Lua script ``name``. Within an operation it goes straight to
-        the connection the operation keeps (redis-py's per-command checkout,
-        health check and retry wrapper cost more than the round trip). On
-        any connection trouble it falls back to the client, whose retries
-        resend it: both scripts are safe to resend (a fetch finds the lock
-        already ours, a commit finds its token among the recent commits)."""
-        script = _script(self._redis, name)
-        started = getattr(lock, "started", None) if isinstance(lock, SessionLock) else None
-        if started is not None:
-            waited = time.monotonic() - started
-            if waited > float(conf.get("OPERATION_TIMEOUT")):
-                raise SessionTimeoutError(
-                    self.uid, waited, "TRIGGERS['OPERATION_TIMEOUT'] passed; nothing written"
-                )
-        connection = lock.pinned() if isinstance(lock, SessionLock) else None
-        if connection is not None:
-            try:
-                connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                return connection.read_response()
-            except NoScriptError:
-                pass  # the client's call loads it
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                lock.unpin(broken=True)
-        return script(keys=keys, args=args, client=self._redis)
-
-    def _lock_to_take(self) -> SessionLock | None:
-        """The current operation's lock if it is deferred and not taken yet."""
-        txn = self._current
-        if txn is not None and isinstance(txn.lock, SessionLock) and txn.lock.pending:
-            return txn.lock
-        return None
-
-    @contextmanager
-    def acquire_lock(self) -> Iterator[Any]:
-        with super().acquire_lock() as storage:
-            # A block may guard work that never reads the session.
-            if isinstance(self.lock, SessionLock):
-                self.lock.ensure()
-            yield storage
-
-    # -- generic path (non-Redis caches) ------------------------------------
-    def _load_from_backend(
-        self,
-    ) -> tuple[dict[str, TaskConfig], dict[str, TaskInstance], dict[str, Any]]:
-        raw = self.cache.get(self._base)
-        return self._deserialize(json.loads(raw) if raw else None)
-
-    def _save(self) -> None:
-        # "activity" (and the note) feed the session index (retention).
-        document = {**self._serialize(), "activity": clock()}
-        self.cache.set(self._base, _dumps(document), timeout=self.timeout)
-        DocumentSessionIndex(self.cache).note(self.uid)
-
-    # -- Redis path ---------------------------------------------------------
-    @_bounded
-    def _fetch(
-        self, triggers: list[str], instances: list[str], tasks: list[str], everything: bool
-    ) -> Snapshot:
-        if self._redis is None:
-            return super()._fetch(triggers, instances, tasks, everything)
-        lock = self._lock_to_take()
-        if everything:
-            if lock is not None:
-                lock.ensure()
-            return self._fetch_all()
-        wanted = json.dumps([triggers, tasks, instances], ensure_ascii=False)
-        if lock is None:
-            args: list[Any] = ["", 0, self._lease_prefix, wanted]
-            reply = self._run("fetch", self._keys, args, self._operation_lock())
-        else:
-            keys = [*self._keys, lock.key]
-            args = [lock.id, lock.expire_ms, self._lease_prefix, wanted]
-            reply = lock.take_with(lambda: self._run("fetch", keys, args, lock))
-        # Empty arrays come back as {} (Lua cannot tell them from objects).
-        meta_raw: Any
-        meta_raw, index_raw, tasks_raw, waiting_raw, inst_raw, kw_raw, lease_raw, exist = (
-            part or [] for part in json.loads(reply)
-        )
-        if self._current is not None:
-            found = {name for name, e in zip(_PARTS, exist, strict=False) if e}
-            self._local.parts = (weakref.ref(self._current), found)
-        snap = Snapshot(meta=json.loads(meta_raw) if meta_raw else None)
-        for i in range(0, len(index_raw), 2):
-            snap.index[index_raw[i]] = json.loads(index_raw[i + 1]) if index_raw[i + 1] else []
-        for i in range(0, len(tasks_raw), 3):
-            name = tasks_raw[i]
-            if tasks_raw[i + 1]:
-                snap.configs[name] = config_from_stored(name, json.loads(tasks_raw[i + 1]))
-            snap.counters[name] = int(tasks_raw[i + 2])
-        for i in range(0, len(waiting_raw), 3):
-            snap.waiting[(waiting_raw[i], waiting_raw[i + 1])] = waiting_raw[i + 2] or []
-        for i in range(0, len(inst_raw), 2):
-            if inst_raw[i + 1]:
-                snap.records[inst_raw[i]] = json.loads(inst_raw[i + 1])
-        for i in range(0, len(kw_raw), 2):
-            trig = kw_raw[i]
-            snap.kwargs_known.add(trig)
-            if kw_raw[i + 1]:
-                snap.latest_kwargs[trig] = json.loads(kw_raw[i + 1])
-        for i in range(0, len(lease_raw), 2):
-            if lease_raw[i + 1] > 0:
-                snap.leases[lease_raw[i]] = int(lease_raw[i + 1])
-        return snap
-
-    def _fetch_all(self) -> Snapshot:
-        assert self._redis is not None  # only called on the Redis path
-        pipe = self._redis.pipeline(transaction=False)
-        config_key, _, inst_key, waiting_key, counter_key, kw_key, meta_key = self._keys
-        for key in (config_key, inst_key, counter_key, kw_key):
-            pipe.hgetall(key)
-        pipe.get(meta_key)
-        pipe.zrange(waiting_key, 0, -1)
-        configs_raw, inst_raw, counters_raw, kw_raw, meta_raw, waiting_raw = pipe.execute()
-        configs = {
-            _text(k): config_from_stored(_text(k), json.loads(v)) for k, v in configs_raw.items()
-        }
-        waiting: dict[tuple[str, str], list[str]] = {}
-        for member in waiting_raw:
-            task, trig, name = _text(member).split(SEP, 2)
-            waiting.setdefault((task, trig), []).append(name)
-        latest = {_text(k): json.loads(v) for k, v in kw_raw.items()}
-        from .transaction import build_index
-
-        return Snapshot(
-            meta=json.loads(meta_raw) if meta_raw else None,
-            index=build_index(configs),
-            configs=configs,
-            counters={
-                _text(k): int(v) for k, v in counters_raw.items() if _text(k) != _WAITING_FLAG
-            },
-            waiting=waiting,
-            records={_text(k): json.loads(v) for k, v in inst_raw.items()},
-            latest_kwargs=latest,
-            kwargs_known=set(latest),
-            everything=True,
-        )
-
-    @_bounded
-    def _commit(self, lock: Any, changes: Changes, release: bool) -> None:
-        if self._redis is None:
-            return super()._commit(lock, changes, release)
-        if isinstance(lock, SessionLock) and lock.pending:
-            if not changes:
-                # Nothing read, nothing to write: the lock was never needed.
-                if release:
-                    lock.forget()
-                return
-            lock.ensure()
-        ops: list[Any] = []
-        for name, cfg in changes.configs.items():
-            ops += ["H", "1", name, _dumps(cfg.to_directives())]
-        if changes.index is not None:
-            ops += ["X", "2"]
-            for trig, task_names in changes.index.items():
-                ops += ["H", "2", trig, _dumps(task_names)]
-        for name, inst in changes.instances.items():
-            ops += ["H", "3", name, _dumps(inst.to_record())]
-        for task, trig, name in sorted(changes.waiting_remove):
-            ops += ["R", f"{task}{SEP}{trig}{SEP}{name}"]
-        for task, trig, name in sorted(changes.waiting_add):
-            ops += ["Z", f"{task}{SEP}{trig}{SEP}{name}"]
-        for task, number in changes.counters.items():
-            ops += ["H", "5", task, str(number)]
-        for trig, kwargs in changes.latest_kwargs.items():
-            ops += ["H", "6", trig, _dumps(kwargs)]
-        if changes.meta is not None:
-            ops += ["S", _dumps(changes.meta)]
-        for name, (token, ms) in changes.leases_set.items():
-            ops += ["L", name, token, str(int(ms))]
-        for name in changes.leases_drop:
-            ops += ["U", name]
-        if not changes:
-            ttl = 0
-        elif self.timeout is None:
-            ttl = -1
-        else:
-            ttl = int(self.timeout * 1000)
-        # Raw UTF-8 (not \u escapes): Lua's cjson passes it through untouched.
-        packed = json.dumps(ops, ensure_ascii=False, separators=(",", ":"))
-        release_flag = "1" if release else "0"
-        args = [lock.id, lock.signal_expire, ttl, release_flag, self._lease_prefix, packed]
-        keys = [*self._keys, lock.key, lock.signal_key, f"{self._base}:commits"]
-        self._index_commit(keys, args)  # session index (retention)
-        try:
-            result = self._run("commit", keys, args, lock)
-        finally:
-            if release:
-                lock.forget()
-        if result == 1:
-            raise LockLostError(self.uid)
-
-    @_bounded
-    def _renew_lease(self, name: str, token: str, ms: int) -> bool:
-        if self._redis is None:
-            return super()._renew_lease(name, token, ms)
-        script = _script(self._redis, "renew_lease")
-        return bool(script(keys=[self._lease_prefix + name], args=[token, ms], client=self._redis))
-
-    # == session index and deletion (retention; see session_index.py) =======
     @property
     def redis_client(self) -> Any | None:
         """The redis-py client that holds the state (``None`` on other
         caches); the deployment checks inspect its server."""
         return self._redis
 
+    def get_init_kwargs(self) -> dict[str, Any]:
+        return {"cache": self.cache_name, "timeout": self.timeout}
+
+    # == session index (retention; see session_index.py) ======================
     @classmethod
     def _session_index(cls, options: Mapping[str, Any]) -> RedisSessionIndex | DocumentSessionIndex:
         # A storage for no particular session resolves the cache, its Redis
         # client and the timeout exactly as a session's storage would.
-        probe = cls("triggers-session-index", **options)
-        return for_cache(probe.cache, probe._redis, lambda uid: cls(uid, **options)._base)
+        probe = CacheStorageBackend("triggers-session-index", **options)
+        return for_cache(
+            probe.cache, probe._redis, lambda uid: CacheStorageBackend(uid, **options)._base
+        )
 
     @classmethod
     def list_sessions(
@@ -438,30 +139,41 @@ class CacheStorageBackend(BaseTriggerStorage):
     def count_sessions(cls, options: Mapping[str, Any], *, prefix: str = "") -> int:
         return int(cls._session_index(options).count(prefix))
 
-    def _index_commit(self, keys: list[Any], args: list[Any]) -> None:
-        """commit.lua's optional index keys and arguments: the script records
-        the activity of every commit that writes, in the same round trip."""
-        now = clock()
-        keys += self._index_keys
-        args += [self.uid, repr(now), "" if self.timeout is None else repr(now + self.timeout)]
-
-    @cached_property
-    def _index_keys(self) -> list[str]:
-        return index_keys(self.cache)
-
-    def delete(self, *, idle_before: datetime | None = None) -> bool:
-        if self._current is not None:
-            raise LockHeldError(
-                f"delete() of session {self.uid!r} inside a block that holds its lock; "
-                "call it after the block"
-            )
-        if self._redis is None:
-            with self.transaction():  # the process-local session lock
-                return DocumentSessionIndex(self.cache).delete(self.uid, self._base, idle_before)
-        lock = self._make_lock()
-        lock.acquire_within(float(conf.get("LOCK_TIMEOUT")))
-        index = RedisSessionIndex(self.cache, self._redis)
-        commits = f"{self._base}:commits"
-        return index.delete(self._keys, lock, commits, self.uid, self._lease_prefix, idle_before)
-
     # == end of session index ==================================================
+
+
+class CacheDocumentBackend(CacheStorageBackend, DocumentStorage):
+    """The document tier on any Django cache: the session is one JSON value
+    ``{..., "version": token}``. A write first claims the version it read
+    with ``cache.add()`` (atomic on every shared Django cache: only one
+    writer gets a given version), checks it is still current, then sets the
+    new document under a new random version. A claim expires after
+    ``TRIGGERS['LOCK_EXPIRE']`` seconds, so a writer stopped longer than
+    that between claim and write could overwrite a newer document -- the
+    same bound as the Redis lock's expiry."""
+
+    kind = "document"
+
+    def read(self) -> tuple[dict[str, Any] | None, Any]:
+        raw = self.cache.get(self._base)
+        if not raw:
+            return None, ""
+        document = json.loads(raw)
+        return document, document.pop("version", "")
+
+    def write(self, document: dict[str, Any] | None, expected_version: Any) -> bool:
+        claim = f"{self._base}:claim:{expected_version}"
+        if not self.cache.add(claim, 1, timeout=int(conf.get("LOCK_EXPIRE"))):
+            return False
+        if self.read()[1] != expected_version:  # an older claim had expired
+            return False
+        index = DocumentSessionIndex(self.cache)
+        if document is None:
+            self.cache.delete_many([self._base, f"{self._base}:claim:"])
+            index.forget(self.uid)
+            return True
+        # "activity" feeds the session index (retention), on its clock.
+        stored = {**document, "activity": clock(), "version": uuid.uuid4().hex}
+        self.cache.set(self._base, json.dumps(stored, separators=(",", ":")), self.timeout)
+        index.note(self.uid)  # the session index (retention)
+        return True

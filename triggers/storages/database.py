@@ -13,10 +13,9 @@ waiting rows of those (task, trigger) pairs with the instances they name,
 and the latest kwargs of the triggers those tasks mention: what it costs
 does not grow with the session (see :mod:`triggers.models` for the tables).
 
-The primitives this backend implements (``_fetch``, ``_commit``,
-``_make_lock``, ``_renew_lease``, ``_existing_parts``, ``get_init_kwargs``)
-are those of :class:`~triggers.storages.cache.CacheStorageBackend`'s Redis
-path, in SQL.
+It implements the indexed tier (:class:`~triggers.storages.base.IndexedStorage`:
+``fetch``, ``commit``, ``make_lock``, ``renew_lease``, ``existing_parts``,
+``delete``), as the Redis backend does, in SQL.
 """
 
 from __future__ import annotations
@@ -37,9 +36,9 @@ from django.db.models.functions import Now
 
 from .. import conf
 from ..exceptions import ConfigurationError, LockHeldError, LockTimeoutError
-from .base import BaseTriggerStorage
+from .base import IndexedStorage
+from .data import Changes, FetchRequest, Snapshot
 from .database_rows import read_rows, write_changes
-from .transaction import Changes, Snapshot
 
 __all__ = ["DatabaseStorageBackend", "DatabaseLock"]
 
@@ -158,7 +157,7 @@ class _Rollback(Exception):
     """Tells ``transaction.atomic`` to roll back (never raised)."""
 
 
-class DatabaseStorageBackend(BaseTriggerStorage):
+class DatabaseStorageBackend(IndexedStorage):
     """Keeps sessions in the database ``database`` (a ``DATABASES`` alias;
     default: ``TRIGGERS['STORAGE_OPTIONS']['database']``, else ``'default'``).
     Sessions are kept until deleted; there is no timeout."""
@@ -188,7 +187,7 @@ class DatabaseStorageBackend(BaseTriggerStorage):
     def get_init_kwargs(self) -> dict[str, Any]:
         return {"database": self.database}
 
-    def _make_lock(self) -> Any:
+    def make_lock(self) -> Any:
         return DatabaseLock(self)
 
     def _operation_lock(self) -> DatabaseLock | None:
@@ -196,9 +195,9 @@ class DatabaseStorageBackend(BaseTriggerStorage):
         return txn.lock if txn is not None and isinstance(txn.lock, DatabaseLock) else None
 
     # -- reads ----------------------------------------------------------------
-    def _fetch(
-        self, triggers: list[str], instances: list[str], tasks: list[str], everything: bool
-    ) -> Snapshot:
+    def fetch(self, request: FetchRequest) -> Snapshot:
+        triggers, instances, tasks = request.triggers, request.instances, request.tasks
+        everything = request.everything
         lock = self._operation_lock()
         if lock is not None:
             lock.ensure()
@@ -222,7 +221,7 @@ class DatabaseStorageBackend(BaseTriggerStorage):
                 return Snapshot(everything=everything)
             return read_rows(self.database, row[0], triggers, instances, tasks, everything)
 
-    def _existing_parts(self) -> set[str] | None:
+    def existing_parts(self) -> set[str] | None:
         """Which parts of the session have rows. Inside an operation the
         answer is ``None`` (cannot be lost): every write is one transaction
         and a session's rows are only ever deleted together, so no part can
@@ -251,7 +250,7 @@ class DatabaseStorageBackend(BaseTriggerStorage):
         return present | ({"counters"} if found[0]["counters"] else set())
 
     # -- writes ---------------------------------------------------------------
-    def _commit(self, lock: Any, changes: Changes, release: bool) -> None:
+    def commit(self, lock: Any, changes: Changes, release: bool) -> None:
         assert isinstance(lock, DatabaseLock)
         try:
             if not changes and not lock.dirty:
@@ -269,7 +268,7 @@ class DatabaseStorageBackend(BaseTriggerStorage):
             if release:
                 lock.release()
 
-    def _renew_lease(self, name: str, token: str, ms: int) -> bool:
+    def renew_lease(self, name: str, token: str, ms: int) -> bool:
         # One statement (its own transaction): no session lock needed.
         models = _models()
         updated = (

@@ -12,6 +12,7 @@ statement per kind of row. Both run inside the caller's transaction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +20,7 @@ from django.db.models import DurationField, ExpressionWrapper, F, Func, OuterRef
 from django.db.models.functions import Now
 
 from .base import config_from_stored
-from .transaction import Changes, Snapshot, build_index
+from .data import Changes, Snapshot, build_index
 
 __all__ = ["read_all", "read_rows", "write_changes"]
 
@@ -38,9 +39,9 @@ def _lease_left() -> ExpressionWrapper:
 def read_rows(
     db: str,
     session: tuple[int | None, dict[str, Any] | None, dict[str, int]],
-    triggers: list[str],
-    instances: list[str],
-    tasks: list[str],
+    triggers: Sequence[str],
+    instances: Sequence[str],
+    tasks: Sequence[str],
     everything: bool,
 ) -> Snapshot:
     """``session`` is the session row's ``(id, meta, counters)``."""

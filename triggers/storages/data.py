@@ -1,0 +1,165 @@
+"""The data that crosses the storage contract: what a fetch asks for
+(:class:`FetchRequest`), what it read (:class:`Snapshot`) and what a commit
+writes (:class:`Changes`). Plain values, no I/O; the transaction and every
+backend import them from here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..types import TaskConfig, TaskInstance
+
+__all__ = [
+    "Changes",
+    "FetchRequest",
+    "Snapshot",
+    "WaitKey",
+    "apply_changes",
+    "build_index",
+    "full_snapshot",
+    "instance_sort_key",
+]
+
+#: ``(task name, trigger name)``: the instances of a task still waiting on a trigger.
+WaitKey = tuple[str, str]
+
+
+def build_index(configs: dict[str, TaskConfig]) -> dict[str, list[str]]:
+    """trigger name -> names of the tasks whose ``after``/``unless`` mention it."""
+    index: dict[str, list[str]] = defaultdict(list)
+    for name in sorted(configs):
+        for trigger in configs[name].triggers:
+            index[trigger].append(name)
+    return dict(index)
+
+
+def instance_sort_key(name: str) -> tuple[str, int]:
+    task, _, number = name.rpartition("#")
+    return task, int(number) if number.isdigit() else -1
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """What one operation needs loaded: the tasks that mention ``triggers``
+    (with the instances waiting on them and whether each trigger fired), the
+    named ``instances`` and ``tasks``, the session metadata and counters --
+    or, with ``everything``, the whole session."""
+
+    triggers: tuple[str, ...] = ()
+    instances: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+    everything: bool = False
+
+
+@dataclass
+class Snapshot:
+    """What one fetch read from the backend."""
+
+    meta: dict[str, Any] | None = None
+    index: dict[str, list[str]] = field(default_factory=dict)
+    configs: dict[str, TaskConfig] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    waiting: dict[WaitKey, list[str]] = field(default_factory=dict)
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    latest_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Triggers whose fired/not-fired state this snapshot knows.
+    kwargs_known: set[str] = field(default_factory=set)
+    #: instance name -> milliseconds its worker lease has left (absent: none).
+    leases: dict[str, int] = field(default_factory=dict)
+    everything: bool = False
+
+
+@dataclass
+class Changes:
+    """Everything one transaction writes."""
+
+    configs: dict[str, TaskConfig] = field(default_factory=dict)
+    #: The whole trigger index, rebuilt (``None``: unchanged).
+    index: dict[str, list[str]] | None = None
+    instances: dict[str, TaskInstance] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    latest_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: ``(task, trigger, instance)`` entries to add to / remove from the
+    #: waiting index (an indexed backend's; a document holds no index).
+    waiting_add: set[tuple[str, str, str]] = field(default_factory=set)
+    waiting_remove: set[tuple[str, str, str]] = field(default_factory=set)
+    meta: dict[str, Any] | None = None
+    #: instance name -> ``(worker token, lease milliseconds)``.
+    leases_set: dict[str, tuple[str, int]] = field(default_factory=dict)
+    leases_drop: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.configs
+            or self.index is not None
+            or self.instances
+            or self.counters
+            or self.latest_kwargs
+            or self.waiting_add
+            or self.waiting_remove
+            or self.meta is not None
+            or self.leases_set
+            or self.leases_drop
+        )
+
+
+def full_snapshot(
+    configs: dict[str, TaskConfig], insts: dict[str, TaskInstance], metas: dict[str, Any]
+) -> Snapshot:
+    """The snapshot of a whole session held as ``(configs, instances,
+    metadata)`` -- the shape a document-tier backend stores."""
+    waiting: dict[WaitKey, list[str]] = {}
+    for name, inst in insts.items():
+        for trig in inst.waiting_on():
+            waiting.setdefault((inst.config.name, trig), []).append(name)
+    counters = dict(metas.get("counters") or {})
+    for name in insts:
+        task, _, number = name.rpartition("#")
+        if number.isdigit():
+            counters[task] = max(counters.get(task, 0), int(number) + 1)
+    now = time.time()
+    leases = {
+        n: int((info["expires"] - now) * 1000)
+        for n, info in (metas.get("leases") or {}).items()
+        if info["expires"] > now
+    }
+    latest = dict(metas.get("latest_kwargs") or {})
+    meta = {k: v for k, v in metas.items() if k not in ("latest_kwargs", "counters", "leases")}
+    return Snapshot(
+        meta=meta or None,
+        index=build_index(configs),
+        configs=dict(configs),
+        counters=counters,
+        waiting=waiting,
+        records={n: i.to_record() for n, i in insts.items()},
+        latest_kwargs=latest,
+        kwargs_known=set(latest),
+        leases=leases,
+        everything=True,
+    )
+
+
+def apply_changes(
+    configs: dict[str, TaskConfig],
+    insts: dict[str, TaskInstance],
+    metas: dict[str, Any],
+    changes: Changes,
+) -> None:
+    """Apply ``changes`` to a whole session held as ``(configs, instances,
+    metadata)``, in place (the waiting index needs no writing: it is rebuilt
+    from the instances on every read)."""
+    configs.update(changes.configs)
+    insts.update(changes.instances)
+    if changes.meta is not None:
+        metas.update(changes.meta)
+    metas.setdefault("latest_kwargs", {}).update(changes.latest_kwargs)
+    metas.setdefault("counters", {}).update(changes.counters)
+    leases = metas.setdefault("leases", {})
+    for name, (token, ms) in changes.leases_set.items():
+        leases[name] = {"token": token, "expires": time.time() + ms / 1000}
+    for name in changes.leases_drop:
+        leases.pop(name, None)
