@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -26,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tests.managers import read_events, record_event, redis_client
 from triggers.manager import TriggerManager
 from triggers.task import TaskContext, TriggerTask
+from triggers.worker import Claim, WorkerProtocol
 
 
 def events_key(uid: str, kind: str) -> str:
@@ -90,32 +92,43 @@ def broken_claim_key(uid: str) -> str:
     return f"triggers-faults:break-claim:{uid}"
 
 
-class BrokenClaimManager(TriggerManager):
-    """Not registered. Each claim decrements :func:`broken_claim_key`; from
-    1000 up it fails with a non-transient error (a bug between dispatch and
-    the task body), from 0 up with a Redis timeout (transient), below 0 it
-    claims."""
+class BrokenClaimWorker(WorkerProtocol):
+    """Each claim decrements :func:`broken_claim_key`; from 1000 up it fails
+    with a non-transient error (a bug between dispatch and the task body),
+    from 0 up with a Redis timeout (transient), below 0 it claims."""
 
-    def _claim(self, name: str, token: str, lease_ms: int) -> tuple[str, Any]:
+    def claim(self, name: str, token: str, lease_ms: int) -> Claim:
         left = redis_client().decr(broken_claim_key(self.storage.uid))
         if left >= 1000:
             raise RecursionError("maximum recursion depth exceeded while claiming (injected)")
         if left >= 0:
             # A Redis that does not answer, this many more times.
             raise RedisTimeoutError("Timeout reading from socket (injected)")
-        return super()._claim(name, token, lease_ms)
+        return super().claim(name, token, lease_ms)
 
 
-class DyingManager(TriggerManager):
+class BrokenClaimManager(TriggerManager):
+    """Not registered; its runs claim through :class:`BrokenClaimWorker`."""
+
+    worker_class = BrokenClaimWorker
+
+
+class DyingWorker(WorkerProtocol):
     """Dies (SIGKILL, no cleanup) right before the commit that would store an
     instance's result and fire its cascade, if :func:`die_key` is set for the
     session; the key is consumed, so the redelivered run goes through."""
 
-    def _finish(
-        self, name: str, token: str, result: dict[str, Any], metadata: dict[str, Any]
+    def finish(
+        self, name: str, token: str, result: Mapping[str, Any], metadata: Mapping[str, Any]
     ) -> bool:
         # GETDEL as a raw command: redis-py 3 (the django-redis-cache env) has no getdel().
         if redis_client().execute_command("GETDEL", die_key(self.storage.uid)):
             record(self.storage.uid, "dying", instance=name)
             os.kill(os.getpid(), signal.SIGKILL)
-        return super()._finish(name, token, result, metadata)
+        return super().finish(name, token, result, metadata)
+
+
+class DyingManager(TriggerManager):
+    """Runs through :class:`DyingWorker`."""
+
+    worker_class = DyingWorker

@@ -28,6 +28,7 @@ from triggers.manager import TriggerManager
 from triggers.runners.threading import ThreadingTaskRunner
 from triggers.storages.cache import CacheStorageBackend
 from triggers.types import TaskInstance
+from triggers.worker import Claim, WorkerProtocol
 
 CACHE_BACKENDS = {
     "django": {"BACKEND": "django.core.cache.backends.redis.RedisCache"},
@@ -127,16 +128,19 @@ def test_a_claim_that_times_out_is_retried_with_a_warning_then_runs(
     # than the client's own retries last with a 1 s socket timeout
     fired = threading.Event()
 
-    class PausingManager(TriggerManager):
+    class PausingWorker(WorkerProtocol):
         paused_once = False
 
-        def _claim(self, name: str, token: str, lease_ms: int) -> tuple[str, Any]:
-            if not PausingManager.paused_once:
-                PausingManager.paused_once = True
+        def claim(self, name: str, token: str, lease_ms: int) -> Claim:
+            if not PausingWorker.paused_once:
+                PausingWorker.paused_once = True
                 assert fired.wait(30)  # the fire that dispatched it has committed
                 faulty.pause()
                 faulty.resume_after(8)
-            return super()._claim(name, token, lease_ms)
+            return super().claim(name, token, lease_ms)
+
+    class PausingManager(TriggerManager):
+        worker_class = PausingWorker
 
     with override_settings(TRIGGERS={**settings.TRIGGERS, "REDIS_TIMEOUT": 1}):
         manager = PausingManager(storage(unique_uid))
@@ -149,7 +153,7 @@ def test_a_claim_that_times_out_is_retried_with_a_warning_then_runs(
 
     # Then the claim was retried (a WARNING naming session and instance) and
     # the instance ran once Redis was back: nothing stuck in 'scheduled'
-    assert PausingManager.paused_once
+    assert PausingWorker.paused_once
     assert logged(caplog, "could not claim t_two#0", unique_uid)
     assert manager.storage["t_two#0"].status == TaskInstance.STATUS_FINISHED
     assert_nothing_stuck(manager)
@@ -160,9 +164,12 @@ def test_a_failure_between_dispatch_and_task_body_fails_the_instance(
 ) -> None:
     # Given a claim that fails with a non-transient error (what copying
     # pathological kwargs did: RecursionError)
-    class BrokenClaimManager(TriggerManager):
-        def _claim(self, name: str, token: str, lease_ms: int) -> tuple[str, Any]:
+    class BrokenClaimWorker(WorkerProtocol):
+        def claim(self, name: str, token: str, lease_ms: int) -> Claim:
             raise RecursionError("maximum recursion depth exceeded (injected)")
+
+    class BrokenClaimManager(TriggerManager):
+        worker_class = BrokenClaimWorker
 
     manager = BrokenClaimManager(storage(unique_uid))
     manager.update_configuration(TWO_STEP)

@@ -14,16 +14,21 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
-from .manager import TriggerManager
+from . import conf
+from .storages.base import BaseTriggerStorage
+from .storages.transaction import leases_left
 from .types import TaskConfig, TaskInstance
 
 __all__ = [
     "describe_instance",
     "describe_waiting",
+    "find_stuck",
     "inspect_session",
     "render_session_table",
+    "waiting_by_instance",
     "waiting_on",
 ]
 
@@ -37,6 +42,50 @@ def waiting_on(instance: TaskInstance) -> list[str]:
     if instance.status != TaskInstance.STATUS_UNSTARTED:
         return []
     return sorted(instance.missing_triggers)
+
+
+def waiting_by_instance(instances: Iterable[TaskInstance]) -> dict[str, list[str]]:
+    """Every unstarted instance's name -> the ``after`` triggers it still needs."""
+    return {
+        inst.name: waiting_on(inst)
+        for inst in instances
+        if inst.status == TaskInstance.STATUS_UNSTARTED
+    }
+
+
+def find_stuck(storage: BaseTriggerStorage, older_than: float | None = None) -> list[TaskInstance]:
+    """Instances ``scheduled``/``running`` for ``older_than`` seconds or more,
+    or ready but never sent for that long, leaving out running ones whose
+    worker still renews its lease (see ``TriggerManager.find_stuck_instances``)."""
+    limit = float(conf.get("STUCK_AFTER") if older_than is None else older_than)
+    now = datetime.now(UTC)
+    found: list[TaskInstance] = []
+    for inst in storage.instances.values():
+        if inst.status in (TaskInstance.STATUS_SCHEDULED, TaskInstance.STATUS_RUNNING):
+            stamp = inst.metadata.get("timestamps", {}).get(inst.status)
+        elif inst.can_run:
+            stamp = inst.metadata.get("timestamps", {}).get("last_modified")
+        else:
+            continue
+        try:
+            since = datetime.fromisoformat(stamp) if stamp else None
+        except (TypeError, ValueError):
+            since = None
+        if since is None or (now - since).total_seconds() >= limit:
+            found.append(inst)
+    running = [i.name for i in found if i.status == TaskInstance.STATUS_RUNNING]
+    if running:
+        leases = leases_left(storage, running)
+        found = [i for i in found if leases.get(i.name, 0) <= 0]
+    return found
+
+
+class Inspectable(Protocol):
+    """A manager, as far as a report needs one."""
+
+    storage: BaseTriggerStorage
+
+    def find_stuck_instances(self, older_than: float | None = None) -> list[TaskInstance]: ...
 
 
 def _waiting_text(missing: Iterable[str], config: TaskConfig) -> str:
@@ -88,7 +137,7 @@ def describe_instance(
     return ""
 
 
-def inspect_session(manager: TriggerManager, stuck_after: float | None = None) -> dict[str, Any]:
+def inspect_session(manager: Inspectable, stuck_after: float | None = None) -> dict[str, Any]:
     """A JSON-ready report of one session: its tasks, every instance with
     status and detail, what unstarted ones wait on, and which look stuck
     (``TriggerManager.find_stuck_instances``; ``stuck_after`` defaults to

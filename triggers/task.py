@@ -20,9 +20,11 @@ from celery import _state as celery_state
 from . import conf
 from .exceptions import InvalidMessageError, TriggersError
 from .locking import renewer
+from .manager import TriggerManager
 from .messages import is_transient, manager_class, read_message, rebuild_storage
 from .types import TaskInstance
 from .validation import normalise_kwargs
+from .worker import WorkerProtocol
 
 __all__ = [
     "MaxRetriesExceeded",
@@ -116,7 +118,9 @@ class _InstanceLogger(logging.LoggerAdapter):
 class TaskContext:
     """What a running task knows about itself and its session."""
 
-    def __init__(self, manager: Any, task_instance: TaskInstance, task: TriggerTask) -> None:
+    def __init__(
+        self, manager: TriggerManager, task_instance: TaskInstance, task: TriggerTask
+    ) -> None:
         self.manager = manager
         self.task_instance = task_instance
         self.instance_name = task_instance.name
@@ -196,11 +200,11 @@ def _qualname(cls: type) -> str:
 class _Lease:
     """Keeps a worker's claim on a running instance alive."""
 
-    def __init__(self, manager: Any, name: str, token: str, ms: int) -> None:
-        self.manager, self.name, self.token, self.ms = manager, name, token, ms
+    def __init__(self, worker: WorkerProtocol, name: str, token: str, ms: int) -> None:
+        self.worker, self.name, self.token, self.ms = worker, name, token, ms
 
     def renew(self) -> None:
-        self.manager._renew_lease(self.name, self.token, self.ms)
+        self.worker.renew_lease(self.name, self.token, self.ms)
 
 
 class TriggerTask(celery.Task):
@@ -313,7 +317,10 @@ class TriggerTask(celery.Task):
         self.apply_async(kwargs=message, countdown=delay)
 
     def execute_message(
-        self, message: Mapping[str, Any], requeue: Any = None, manager: Any = None
+        self,
+        message: Mapping[str, Any],
+        requeue: Any = None,
+        manager: TriggerManager | None = None,
     ) -> dict[str, Any] | None:
         """Claim, run and finish the instance a runner message names.
 
@@ -350,8 +357,6 @@ class TriggerTask(celery.Task):
             try:
                 manager = manager_class(msg)(storage)
             except Exception as exc:
-                from .manager import TriggerManager
-
                 self._fail_before_run(TriggerManager(storage), msg.instance, exc)
                 return None
         name = msg.instance
@@ -360,7 +365,7 @@ class TriggerTask(celery.Task):
         attempt = msg.attempt
         while True:
             try:
-                state, info = manager._claim(name, token, lease_ms)
+                claim = manager.worker.claim(name, token, lease_ms)
             except Exception as exc:
                 if is_transient(exc) and attempt < int(conf.get("WORKER_RETRIES")):
                     attempt += 1
@@ -383,26 +388,26 @@ class TriggerTask(celery.Task):
                     continue
                 self._fail_before_run(manager, name, exc)
                 return None
-            if state != "busy":
+            if claim.outcome != "busy":
                 break
-            delay = info / 1000 + 0.1
+            delay = claim.wait_ms / 1000 + 0.1
             if requeue is not None:
                 logger.info("%s is running elsewhere; trying again in %.1fs", name, delay)
                 requeue(msg.as_dict(), delay)
                 return None
             threading.Event().wait(min(delay, 1.0))
-        if state != "run":
+        if claim.outcome != "run" or claim.instance is None:
             logger.info(
                 "not running %s in session %r: %s",
                 name,
                 manager.storage.uid,
-                info if state == "skip" else f"already {info.status}",
+                f"already {claim.instance.status}" if claim.instance else claim.reason,
             )
             return None
-        lease = _Lease(manager, name, token, lease_ms)
+        lease = _Lease(manager.worker, name, token, lease_ms)
         renewer.add(lease, lease_ms / 3000)
         try:
-            return self._execute(manager, info, token)
+            return self._execute(manager, claim.instance, token)
         except Exception as exc:
             if not getattr(exc, "_triggers_recorded", False):
                 # Failed outside the task body (building its context, storing
@@ -412,12 +417,12 @@ class TriggerTask(celery.Task):
         finally:
             renewer.remove(lease)
 
-    def _fail_before_run(self, manager: Any, name: str, exc: BaseException) -> None:
+    def _fail_before_run(self, manager: TriggerManager, name: str, exc: BaseException) -> None:
         """Mark an instance that never started ``failed`` with ``exc``."""
         self._record_outcome(manager, name, exc, None)
 
     def _record_outcome(
-        self, manager: Any, name: str, exc: BaseException, token: str | None
+        self, manager: TriggerManager, name: str, exc: BaseException, token: str | None
     ) -> None:
         uid = manager.storage.uid
         logger.error(
@@ -435,9 +440,9 @@ class TriggerTask(celery.Task):
         for attempt in range(retries + 1):
             try:
                 if token is None:
-                    manager._fail_unstarted(name, meta)
+                    manager.worker.fail_unstarted(name, meta)
                 else:
-                    manager._end_run(name, token, TaskInstance.STATUS_FAILED, meta)
+                    manager.worker.fail(name, token, meta)
                 exc._triggers_recorded = True  # type: ignore[attr-defined]
                 return
             except Exception as again:
@@ -455,7 +460,9 @@ class TriggerTask(celery.Task):
                     return
                 threading.Event().wait(min(0.5 * 2**attempt, 30.0))
 
-    def _execute(self, manager: Any, inst: TaskInstance, token: str) -> dict[str, Any] | None:
+    def _execute(
+        self, manager: TriggerManager, inst: TaskInstance, token: str
+    ) -> dict[str, Any] | None:
         context = TaskContext(manager, inst, self)
         started = time.monotonic()
         meta: dict[str, Any] = {
@@ -485,7 +492,7 @@ class TriggerTask(celery.Task):
                 meta.update(req.metadata)
                 if req.exc is not None:
                     meta.update(self._exception_meta(req.exc))
-                manager._retry_run(
+                manager.worker.retry(
                     inst.name, token, finish_meta(), req.replacement_kwargs, req.cooldown
                 )
                 return None
@@ -495,17 +502,17 @@ class TriggerTask(celery.Task):
             return None
         except SkipRequested as req:
             meta.update(req.metadata)
-            manager._end_run(inst.name, token, TaskInstance.STATUS_SKIPPED, finish_meta())
+            manager.worker.skip(inst.name, token, finish_meta())
             return None
         except Exception as exc:
             self._record_failure(manager, inst, token, context, exc, meta, finish_meta)
             raise
-        manager._finish(inst.name, token, result, finish_meta())
+        manager.worker.finish(inst.name, token, result, finish_meta())
         return result
 
     def _record_failure(
         self,
-        manager: Any,
+        manager: TriggerManager,
         inst: TaskInstance,
         token: str,
         context: TaskContext,
@@ -524,7 +531,7 @@ class TriggerTask(celery.Task):
                     extra={"context": dict(getattr(exc, "context", None) or {})},
                 )
         meta.update(self._exception_meta(exc))
-        manager._end_run(inst.name, token, TaskInstance.STATUS_FAILED, finish_meta())
+        manager.worker.fail(inst.name, token, finish_meta())
         exc._triggers_recorded = True  # type: ignore[attr-defined]
 
     @staticmethod

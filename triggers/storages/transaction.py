@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..engine import Effects, Load
 from ..exceptions import UnknownInstanceError
 from ..types import TaskConfig, TaskInstance, now_iso
 
@@ -139,6 +140,10 @@ class Transaction:
         )
         self._absorb(snap, triggers, instances, tasks)
 
+    def load(self, load: Load) -> None:
+        """Load what an engine operation declared it needs."""
+        self.fetch(load.triggers, load.instances, everything=load.everything)
+
     def _absorb(
         self, snap: Snapshot, triggers: list[str], instances: list[str], tasks: list[str]
     ) -> None:
@@ -241,6 +246,29 @@ class Transaction:
         self._dirty.add(inst.name)
         return inst
 
+    def adopt(self, inst: TaskInstance) -> None:
+        """Take in an instance the engine created (numbered from the counters)."""
+        self.counters[inst.config.name] = inst.number + 1
+        self.changes.counters[inst.config.name] = inst.number + 1
+        self.instances[inst.name] = inst
+        self._membership[inst.name] = set()
+        self._known_instances.add(inst.name)
+        self._dirty.add(inst.name)
+
+    def apply(self, effects: Effects) -> Effects:
+        """Take in what an engine operation changed, to write at commit."""
+        for inst in effects.created:
+            self.adopt(inst)
+        for inst in effects.changed:
+            self.save(inst)
+        for trigger, kwargs in effects.latest_kwargs.items():
+            self.set_latest_kwargs(trigger, kwargs)
+        for name, (token, ms) in effects.leases_set.items():
+            self.set_lease(name, token, ms)
+        for name in effects.leases_dropped:
+            self.drop_lease(name)
+        return effects
+
     def save(self, inst: TaskInstance) -> None:
         """Mark an instance from this transaction as changed."""
         if self.instances.get(inst.name) is not inst:
@@ -341,3 +369,46 @@ class Transaction:
         # With a full load the storage returned the raw waiting index too.
         task = self.instances[name].config.name
         return {trig for (t, trig), names in self._waiting.items() if t == task and name in names}
+
+
+# -- what the coordinator asks of a storage beside fetch/commit -----------------
+# The storage keeps these as underscore attributes today; reading them here,
+# at the seam, keeps every other module off them until base.py names them.
+
+
+def current_transaction(storage: BaseTriggerStorage) -> Transaction | None:
+    """The transaction this thread has open on ``storage``, if any."""
+    return storage._current
+
+
+def has_seen_state(storage: BaseTriggerStorage) -> bool:
+    """Whether this storage object saw the session hold state before."""
+    return storage._seen_state
+
+
+def forget_seen_state(storage: BaseTriggerStorage) -> None:
+    """Start a vanished session over (``ON_LOST_SESSION = 'restart'``)."""
+    storage._seen_state = False
+
+
+def checked_parts(storage: BaseTriggerStorage) -> tuple[frozenset[str], bool]:
+    """The parts ``existing_parts()`` reports on and whether every fetch
+    already reports them (no extra round trip to look)."""
+    return frozenset(getattr(storage, "_parts", ())), bool(
+        getattr(storage, "_parts_in_fetch", False)
+    )
+
+
+def existing_parts(storage: BaseTriggerStorage) -> set[str] | None:
+    """The parts of the session that exist (``None``: the backend cannot tell)."""
+    return storage._existing_parts()
+
+
+def renew_lease(storage: BaseTriggerStorage, name: str, token: str, ms: int) -> bool:
+    """Extend a worker's lease on a running instance if ``token`` still holds it."""
+    return storage._renew_lease(name, token, ms)
+
+
+def leases_left(storage: BaseTriggerStorage, names: list[str]) -> dict[str, int]:
+    """Milliseconds each named instance's worker lease has left (absent: none)."""
+    return storage._fetch(triggers=[], instances=names, tasks=[], everything=False).leases
