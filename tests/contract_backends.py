@@ -9,9 +9,12 @@ be importable: their names are their dotted paths (``tests.contract_backends.X``
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -306,3 +309,26 @@ class BlockingTask(TriggerTask):
     def _run(self, context: TaskContext) -> dict[str, Any]:
         opened = gate(context.manager.storage.uid, context.instance_name).wait(20)
         return {"opened": opened}
+
+
+# --- the document-tier example of docs/storages.rst -----------------------------
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
+
+
+def sqlite_example() -> Any:
+    """docs/examples/sqlite_storage.py, imported as the docs show it."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    import sqlite_storage
+
+    return sqlite_storage
+
+
+class RecordingTask(TriggerTask):
+    """Appends its instance name to the file ``$TRIGGERS_TEST_RUN_LOG``
+    names, so a test can count how often each instance ran, across
+    processes (one short ``O_APPEND`` write per line: lines never mix)."""
+
+    def _run(self, context: TaskContext) -> None:
+        with open(os.environ["TRIGGERS_TEST_RUN_LOG"], "a") as log:
+            log.write(f"{context.instance_name}\n")

@@ -22,6 +22,7 @@ process-local lock first, so they never conflict with each other.
 
 from __future__ import annotations
 
+import random
 import time
 from datetime import datetime
 from typing import Any
@@ -38,6 +39,9 @@ __all__ = ["DocumentStorage"]
 #: renewal, a deletion, a commit that fetched nothing) is tried again after
 #: another process won.
 BLIND_WRITE_ATTEMPTS = 50
+
+#: Longest pause (seconds) after losing a race, before the conflict is raised.
+CONFLICT_PAUSE = 0.02
 
 State = tuple[dict[str, TaskConfig], dict[str, TaskInstance], dict[str, Any]]
 
@@ -96,6 +100,9 @@ class DocumentStorage(BaseTriggerStorage):
                 if isinstance(lock, DocumentLock) and lock.loaded is not None:
                     state, version = lock.loaded
                     if not self._write_state(state, version, changes):
+                        # A moment's pause, random so racing writers drift
+                        # apart before the manager runs the operation again.
+                        time.sleep(random.uniform(0, CONFLICT_PAUSE))
                         raise WriteConflictError(self.uid)
                 else:
                     # Nothing was read, so the changes apply to any version.

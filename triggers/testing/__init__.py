@@ -18,12 +18,12 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import runners
-from .manager import TriggerManager
-from .runners.base import BaseTaskRunner
-from .runners.threading import ThreadingTaskRunner
-from .task import TaskContext, TriggerTask
-from .types import TaskInstance
+from .. import runners
+from ..manager import TriggerManager
+from ..runners.base import BaseTaskRunner
+from ..runners.threading import ThreadingTaskRunner
+from ..task import TaskContext, TriggerTask
+from ..types import TaskInstance
 
 __all__ = [
     "DevNullTask",
