@@ -324,6 +324,14 @@ def sqlite_example() -> Any:
     return sqlite_storage
 
 
+def sqlite_indexed_example() -> Any:
+    """docs/examples/sqlite_indexed_storage.py, imported as the docs show it."""
+    sqlite_example()  # puts the examples on the path
+    import sqlite_indexed_storage
+
+    return sqlite_indexed_storage
+
+
 class RecordingTask(TriggerTask):
     """Appends its instance name to the file ``$TRIGGERS_TEST_RUN_LOG``
     names, so a test can count how often each instance ran, across

@@ -31,6 +31,7 @@ from tests.contract_backends import (  # noqa: F401 - fixtures
     raw_state,
     settle,
     sqlite_example,
+    sqlite_indexed_example,
     statuses,
     threaded_fixture,
 )
@@ -397,6 +398,20 @@ class TestSQLiteExampleContract(DocumentStorageContractTests):
 
     def make_storage(self, uid: str) -> DocumentStorage:
         storage: DocumentStorage = sqlite_example().SQLiteDocumentStorage(uid, path=self.path)
+        return storage
+
+
+class TestSQLiteIndexedExampleContract(StorageContractTests):
+    """The indexed-tier example of docs/storages.rst."""
+
+    @pytest.fixture(autouse=True)
+    def _database_file(self, tmp_path: Path) -> None:
+        self.path = str(tmp_path / "indexed.sqlite3")
+
+    def make_storage(self, uid: str) -> BaseTriggerStorage:
+        storage: BaseTriggerStorage = sqlite_indexed_example().SQLiteIndexedStorage(
+            uid, path=self.path
+        )
         return storage
 
 
