@@ -4,6 +4,7 @@ from :class:`TriggersError`, and also from the builtin a caller would expect
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -14,15 +15,22 @@ __all__ = [
     "InvalidMessageError",
     "InvalidTriggerError",
     "InvalidTriggerTypeError",
+    "KwargsValidationError",
     "LockLostError",
     "LockTimeoutError",
+    "MaxRetriesExceeded",
     "NotLockedError",
+    "RetryRequested",
     "SessionLostError",
     "SessionNotConfiguredError",
     "SessionTimeoutError",
+    "SkipRequested",
+    "TaskResultError",
     "TriggersError",
     "UnknownInstanceError",
+    "UnknownWorkflowError",
     "WriteConflictError",
+    "WorkflowFileError",
     "with_context",
 ]
 
@@ -235,3 +243,81 @@ class LockHeldError(TriggersError, RuntimeError):
     """An operation that takes the session lock and ends with it
     (``storage.delete()``) was called inside a block that already holds it
     (``transaction()``/``acquire_lock()``); call it after the block."""
+
+
+# -- raised by tasks (``triggers.task``) ---------------------------------------
+# Stored instances record a failure's class as ``exc_type``/``exc_mro``, and
+# operators match on those names: these keep the module they were first
+# published in (``triggers.task``, which re-exports them).
+
+
+class MaxRetriesExceeded(TriggersError):
+    """A task asked to retry more often than its ``max_retries`` allows."""
+
+    __module__ = "triggers.task"
+
+
+class TaskResultError(TriggersError, TypeError):
+    """``_run`` returned something other than a mapping or ``None``."""
+
+    __module__ = "triggers.task"
+
+
+class KwargsValidationError(TriggersError, ValueError):
+    """``context.filter_kwargs`` rejected the trigger kwargs."""
+
+    __module__ = "triggers.task"
+
+    def __init__(self, task: str, errors: Mapping[str, Any]) -> None:
+        self.errors = dict(errors)
+        super().__init__(f"invalid trigger kwargs for {task}: {self.errors}")
+
+
+class RetryRequested(Exception):
+    """Raised (via ``raise self.retry(...)``) to run the instance again."""
+
+    def __init__(
+        self,
+        exc: BaseException | None,
+        metadata: Mapping[str, Any] | None,
+        replacement_kwargs: Mapping[str, Any] | None,
+        cooldown: float | None,
+    ) -> None:
+        self.exc = exc
+        self.metadata = dict(metadata or {})
+        self.replacement_kwargs = replacement_kwargs
+        self.cooldown = cooldown
+        super().__init__(f"retry requested ({exc!r})")
+
+
+class SkipRequested(Exception):
+    """Raised (via ``raise self.skip(...)``) to mark the instance skipped."""
+
+    def __init__(self, metadata: Mapping[str, Any] | None) -> None:
+        self.metadata = dict(metadata or {})
+        super().__init__("skip requested")
+
+
+# -- workflows -------------------------------------------------------------------
+
+
+class WorkflowFileError(ConfigurationError):
+    """A workflow file cannot be read, is not JSON, or holds no JSON object."""
+
+    def __init__(self, message: str, *, path: str, workflow: str | None = None) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}", workflow=workflow)
+
+
+class UnknownWorkflowError(ConfigurationError):
+    """No workflow of that name is declared in ``TRIGGERS['WORKFLOWS']``."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        close = difflib.get_close_matches(name, known, n=1)
+        listed = ", ".join(repr(k) for k in known) or "none"
+        super().__init__(
+            f"no workflow named {name!r} in TRIGGERS['WORKFLOWS'] (declared: {listed})",
+            suggestion=close[0] if close else None,
+        )

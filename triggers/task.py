@@ -18,7 +18,15 @@ import celery
 from celery import _state as celery_state
 
 from . import conf
-from .exceptions import InvalidMessageError, TriggersError
+from .exceptions import (
+    InvalidMessageError,
+    KwargsValidationError,
+    MaxRetriesExceeded,
+    RetryRequested,
+    SkipRequested,
+    TaskResultError,
+    TriggersError,
+)
 from .locking import renewer
 from .manager import TriggerManager
 from .messages import is_transient, manager_class, read_message, rebuild_storage
@@ -37,47 +45,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 #: The context of the ``_run`` executing in this thread (see ``TriggerTask.retry``).
 _running = threading.local()
-
-
-class MaxRetriesExceeded(TriggersError):
-    """A task asked to retry more often than its ``max_retries`` allows."""
-
-
-class TaskResultError(TriggersError, TypeError):
-    """``_run`` returned something other than a mapping or ``None``."""
-
-
-class KwargsValidationError(TriggersError, ValueError):
-    """``context.filter_kwargs`` rejected the trigger kwargs."""
-
-    def __init__(self, task: str, errors: Mapping[str, Any]) -> None:
-        self.errors = dict(errors)
-        super().__init__(f"invalid trigger kwargs for {task}: {self.errors}")
-
-
-class RetryRequested(Exception):
-    """Raised (via ``raise self.retry(...)``) to run the instance again."""
-
-    def __init__(
-        self,
-        exc: BaseException | None,
-        metadata: Mapping[str, Any] | None,
-        replacement_kwargs: Mapping[str, Any] | None,
-        cooldown: float | None,
-    ) -> None:
-        self.exc = exc
-        self.metadata = dict(metadata or {})
-        self.replacement_kwargs = replacement_kwargs
-        self.cooldown = cooldown
-        super().__init__(f"retry requested ({exc!r})")
-
-
-class SkipRequested(Exception):
-    """Raised (via ``raise self.skip(...)``) to mark the instance skipped."""
-
-    def __init__(self, metadata: Mapping[str, Any] | None) -> None:
-        self.metadata = dict(metadata or {})
-        super().__init__("skip requested")
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ one the manager accepts, and errors read the same (plus the workflow's name).
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import os
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import conf
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, UnknownWorkflowError, WorkflowFileError
 from .types import TaskConfig, validate_configuration
 
 __all__ = [
@@ -36,28 +35,6 @@ __all__ = [
     "resolve_workflow_path",
     "validate_workflow",
 ]
-
-
-class WorkflowFileError(ConfigurationError):
-    """A workflow file cannot be read, is not JSON, or holds no JSON object."""
-
-    def __init__(self, message: str, *, path: str, workflow: str | None = None) -> None:
-        self.path = path
-        super().__init__(f"{path}: {message}", workflow=workflow)
-
-
-class UnknownWorkflowError(ConfigurationError):
-    """No workflow of that name is declared in ``TRIGGERS['WORKFLOWS']``."""
-
-    def __init__(self, name: str, known: list[str]) -> None:
-        self.name = name
-        self.known = known
-        close = difflib.get_close_matches(name, known, n=1)
-        listed = ", ".join(repr(k) for k in known) or "none"
-        super().__init__(
-            f"no workflow named {name!r} in TRIGGERS['WORKFLOWS'] (declared: {listed})",
-            suggestion=close[0] if close else None,
-        )
 
 
 def configured_workflows() -> Mapping[str, Any]:

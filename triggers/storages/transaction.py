@@ -9,81 +9,16 @@ writes in one step.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..engine import Effects, Load
 from ..exceptions import UnknownInstanceError
 from ..types import TaskConfig, TaskInstance, now_iso
+from .data import Changes, FetchRequest, Snapshot, WaitKey, build_index, instance_sort_key
 
 if TYPE_CHECKING:
     from .base import BaseTriggerStorage
-
-WaitKey = tuple[str, str]
-
-
-def build_index(configs: dict[str, TaskConfig]) -> dict[str, list[str]]:
-    """trigger name -> names of the tasks whose ``after``/``unless`` mention it."""
-    index: dict[str, list[str]] = defaultdict(list)
-    for name in sorted(configs):
-        for trigger in configs[name].triggers:
-            index[trigger].append(name)
-    return dict(index)
-
-
-def instance_sort_key(name: str) -> tuple[str, int]:
-    task, _, number = name.rpartition("#")
-    return task, int(number) if number.isdigit() else -1
-
-
-@dataclass
-class Snapshot:
-    """What one fetch read from the backend."""
-
-    meta: dict[str, Any] | None = None
-    index: dict[str, list[str]] = field(default_factory=dict)
-    configs: dict[str, TaskConfig] = field(default_factory=dict)
-    counters: dict[str, int] = field(default_factory=dict)
-    waiting: dict[WaitKey, list[str]] = field(default_factory=dict)
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)
-    latest_kwargs: dict[str, Any] = field(default_factory=dict)
-    #: Triggers whose fired/not-fired state this snapshot knows.
-    kwargs_known: set[str] = field(default_factory=set)
-    #: instance name -> milliseconds its worker lease has left (absent: none).
-    leases: dict[str, int] = field(default_factory=dict)
-    everything: bool = False
-
-
-@dataclass
-class Changes:
-    """Everything one transaction writes."""
-
-    configs: dict[str, TaskConfig] = field(default_factory=dict)
-    index: dict[str, list[str]] | None = None
-    instances: dict[str, TaskInstance] = field(default_factory=dict)
-    counters: dict[str, int] = field(default_factory=dict)
-    latest_kwargs: dict[str, Any] = field(default_factory=dict)
-    waiting_add: set[tuple[str, str, str]] = field(default_factory=set)
-    waiting_remove: set[tuple[str, str, str]] = field(default_factory=set)
-    meta: dict[str, Any] | None = None
-    leases_set: dict[str, tuple[str, int]] = field(default_factory=dict)
-    leases_drop: set[str] = field(default_factory=set)
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.configs
-            or self.index is not None
-            or self.instances
-            or self.counters
-            or self.latest_kwargs
-            or self.waiting_add
-            or self.waiting_remove
-            or self.meta is not None
-            or self.leases_set
-            or self.leases_drop
-        )
 
 
 class Transaction:
@@ -135,8 +70,8 @@ class Transaction:
         tasks = list(dict.fromkeys(tasks))
         if not (triggers or instances or tasks or everything) and self.meta_loaded:
             return
-        snap = self.storage._fetch(
-            triggers=triggers, instances=instances, tasks=tasks, everything=everything
+        snap = self.storage.fetch(
+            FetchRequest(tuple(triggers), tuple(instances), tuple(tasks), everything)
         )
         self._absorb(snap, triggers, instances, tasks)
 
@@ -401,14 +336,14 @@ def checked_parts(storage: BaseTriggerStorage) -> tuple[frozenset[str], bool]:
 
 def existing_parts(storage: BaseTriggerStorage) -> set[str] | None:
     """The parts of the session that exist (``None``: the backend cannot tell)."""
-    return storage._existing_parts()
+    return storage.existing_parts()
 
 
 def renew_lease(storage: BaseTriggerStorage, name: str, token: str, ms: int) -> bool:
     """Extend a worker's lease on a running instance if ``token`` still holds it."""
-    return storage._renew_lease(name, token, ms)
+    return storage.renew_lease(name, token, ms)
 
 
 def leases_left(storage: BaseTriggerStorage, names: list[str]) -> dict[str, int]:
     """Milliseconds each named instance's worker lease has left (absent: none)."""
-    return storage._fetch(triggers=[], instances=names, tasks=[], everything=False).leases
+    return storage.fetch(FetchRequest(instances=tuple(names))).leases
