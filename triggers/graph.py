@@ -16,7 +16,15 @@ from typing import Any
 
 from .types import TaskConfig, TaskInstance
 
-__all__ = ["Graph", "build_graph", "task_state", "to_dot", "to_json", "to_mermaid"]
+__all__ = [
+    "Graph",
+    "build_graph",
+    "find_cascade_cycle",
+    "task_state",
+    "to_dot",
+    "to_json",
+    "to_mermaid",
+]
 
 AFTER, EVERY, UNLESS, CASCADE = "after", "every", "unless", "cascade"
 
@@ -190,3 +198,34 @@ def to_json(graph: Graph) -> dict[str, Any]:
         "nodes": [{"name": n.name, "kind": n.kind, "state": n.state} for n in graph.nodes.values()],
         "edges": [{"source": s, "target": t, "kind": k} for s, t, k in graph.edges],
     }
+
+
+def find_cascade_cycle(configs: Mapping[str, TaskConfig]) -> list[str] | None:
+    """Tasks that wait on each other's cascades in a ring can never run.
+
+    Returns the ring (first task repeated at the end) or ``None``.
+    """
+    edges = {name: sorted(t for t in cfg.after if t in configs) for name, cfg in configs.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in edges[node]:
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for name in sorted(edges):
+        if name not in state:
+            found = visit(name)
+            if found:
+                return found
+    return None

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from . import conf, engine, inspection
+from .config import validate_configuration
 from .exceptions import (
     InvalidTriggerError,
     LockLostError,
@@ -22,7 +23,7 @@ from .runners import task_runners
 from .runners.base import BaseTaskRunner, default_runner, forced_runner, runner_key
 from .storages.base import MAX_INSTANCE_NAME_LENGTH, BaseTriggerStorage
 from .storages.transaction import Transaction, current_transaction
-from .types import TaskConfig, TaskInstance, validate_configuration
+from .types import TaskConfig, TaskInstance
 from .validation import check_name, normalise_kwargs
 from .worker import WorkerProtocol
 

@@ -13,7 +13,9 @@ from . import conf
 from .exceptions import ConfigurationError, InvalidTriggerError, InvalidTriggerTypeError
 from .validation import check_json_tree, check_name, dump_json
 
-__all__ = ["TaskConfig", "TaskInstance", "validate_configuration", "find_cascade_cycle"]
+# Also ``validate_configuration`` and ``find_cascade_cycle``, looked up late
+# (see ``__getattr__`` below).
+__all__ = ["TaskConfig", "TaskInstance"]
 
 KNOWN_DIRECTIVES = ("after", "run", "andEvery", "unless", "withParams", "using")
 
@@ -250,64 +252,18 @@ class TaskConfig:
         return f"<TaskConfig {self.name!r}>"
 
 
-def find_cascade_cycle(configs: Mapping[str, TaskConfig]) -> list[str] | None:
-    """Tasks that wait on each other's cascades in a ring can never run.
+def __getattr__(name: str) -> object:
+    # Published here first; they live with the validation and graph code now
+    # (config.py and graph.py import this module, so they are looked up late).
+    if name == "validate_configuration":
+        from .config import validate_configuration
 
-    Returns the ring (first task repeated at the end) or ``None``.
-    """
-    edges = {name: sorted(t for t in cfg.after if t in configs) for name, cfg in configs.items()}
-    state: dict[str, int] = {}
-    stack: list[str] = []
+        return validate_configuration
+    if name == "find_cascade_cycle":
+        from .graph import find_cascade_cycle
 
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in edges[node]:
-            if state.get(nxt) == 1:
-                return stack[stack.index(nxt) :] + [nxt]
-            if nxt not in state:
-                found = visit(nxt)
-                if found:
-                    return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for name in sorted(edges):
-        if name not in state:
-            found = visit(name)
-            if found:
-                return found
-    return None
-
-
-def validate_configuration(
-    configuration: Any, existing: Mapping[str, TaskConfig] | None = None
-) -> dict[str, TaskConfig]:
-    """Validate a whole ``{task name: directives}`` mapping.
-
-    ``existing`` are the tasks already configured; the cascade-cycle check runs
-    on the merged result. Returns the new configs; raises
-    :class:`ConfigurationError` and builds nothing on any problem.
-    """
-    if not isinstance(configuration, Mapping):
-        raise ConfigurationError(
-            f"a configuration maps task names to directives; got {type(configuration).__name__}"
-        )
-    configs = {
-        name: TaskConfig.from_directives(name, value) for name, value in configuration.items()
-    }
-    merged = dict(existing or {})
-    merged.update(configs)
-    cycle = find_cascade_cycle(merged)
-    if cycle:
-        ring = " -> ".join(cycle)
-        raise ConfigurationError(
-            f"can never run: the tasks wait on each other's cascades in a cycle ({ring})",
-            task=cycle[0],
-            directive="after",
-        )
-    return configs
+        return find_cascade_cycle
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class TaskInstance:

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from . import conf
+from .config import check_configuration, validate_configuration
 from .exceptions import ConfigurationError, UnknownWorkflowError, WorkflowFileError
-from .types import TaskConfig, validate_configuration
+from .types import TaskConfig
 
 __all__ = [
     "Problem",
@@ -235,26 +236,8 @@ def find_problems(
     except ConfigurationError as exc:
         return [Problem("shape", str(exc), workflow=workflow)]
 
-    problems: list[Problem] = []
-    valid: dict[str, Any] = {}
-    configs: dict[str, TaskConfig] = {}
-    for task, directives in configuration.items():
-        try:
-            configs.update(validate_configuration({task: directives}))
-        except ConfigurationError as exc:
-            kind = "using" if exc.directive == "using" else "directive"
-            try:
-                # Valid on its own but waiting on its own cascade: the
-                # whole-configuration pass below reports it as a cycle.
-                configs[task] = TaskConfig.from_directives(task, directives)
-            except ConfigurationError:
-                problems.append(_problem(kind, exc, workflow))
-                continue
-        valid[task] = directives
-    try:
-        validate_configuration(valid)
-    except ConfigurationError as exc:
-        problems.append(_problem("cycle", exc, workflow))
+    configs, checked = check_configuration(configuration)
+    problems = [_problem(p.kind, p.error, workflow) for p in checked]
     if check_tasks:
         for name, config in configs.items():
             found = check_run_target(config.run, name)
