@@ -69,11 +69,11 @@ SLOW_THEN_COUNT = {
 HOLD_DURING_COMMIT = """
 class StopBeforeCommit(CacheStorageBackend):
     stop = False
-    def _commit(self, lock, changes, release):
+    def commit(self, lock, changes, release):
         if self.stop and changes:
             say(holding=True, lock=lock.key)
             sys.stdin.read()  # until killed
-        return super()._commit(lock, changes, release)
+        return super().commit(lock, changes, release)
 
 manager = TriggerManager(StopBeforeCommit(sys.argv[1]))
 manager.fire("first", {"n": 1})
@@ -203,11 +203,11 @@ class FailingCommitStorage(CacheStorageBackend):
 
     fail_next_commit = False
 
-    def _commit(self, lock: Any, changes: Any, release: bool) -> None:
+    def commit(self, lock: Any, changes: Any, release: bool) -> None:
         if self.fail_next_commit and changes:
             self.fail_next_commit = False
             raise redis.ConnectionError("connection reset by peer (injected)")
-        return super()._commit(lock, changes, release)
+        return super().commit(lock, changes, release)
 
 
 def test_a_connection_error_before_the_commit_writes_nothing_and_frees_the_lock(unique_uid):
@@ -338,13 +338,13 @@ class ProxiedStorage(CacheStorageBackend):
         self._redis = retrying_client(proxy.port, db)
         self.proxy = proxy
 
-    def _commit(self, lock: Any, changes: Any, release: bool) -> None:
+    def commit(self, lock: Any, changes: Any, release: bool) -> None:
         if self.lose_commit_reply and changes:
             self.lose_commit_reply = False
             self.proxy.drop_next_reply.set()
         if self.lose_redis_before_commit and changes:
             self.proxy.close()
-        return super()._commit(lock, changes, release)
+        return super().commit(lock, changes, release)
 
 
 @pytest.fixture

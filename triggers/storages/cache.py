@@ -60,6 +60,20 @@ def _cache(alias: str | None) -> tuple[str, Any]:
         ) from None
 
 
+_COMBINED: dict[tuple[type[Any], type[Any]], type[Any]] = {}
+
+
+def _combined(cls: type[Any], kind: type[Any]) -> type[Any]:
+    """``cls`` (``CacheStorageBackend`` or a project's subclass) as ``kind``."""
+    if cls is CacheStorageBackend:
+        return kind
+    found = _COMBINED.get((cls, kind))
+    if found is None:
+        attrs = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        found = _COMBINED[(cls, kind)] = type(cls.__name__, (cls, kind), attrs)
+    return found
+
+
 class CacheStorageBackend(BaseTriggerStorage):
     """Keeps sessions in the Django cache ``cache`` (default:
     ``TRIGGERS['CACHE']``) for ``timeout`` seconds after their last change
@@ -70,20 +84,15 @@ class CacheStorageBackend(BaseTriggerStorage):
     client and :class:`CacheDocumentBackend` on any other."""
 
     name = "cache"
-    #: ``'indexed'`` (needs a Redis client) or ``'document'``.
+    #: ``'indexed'`` (needs a Redis client) or ``'document'``: set by the
+    #: two classes behind this name, which register themselves.
     kind: ClassVar[str] = ""
     _kinds: ClassVar[dict[str, type[CacheStorageBackend]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.kind:
+        if cls.kind and "kind" in cls.__dict__:
             CacheStorageBackend._kinds.setdefault(cls.kind, cls)
-
-    def __new__(cls, uid: str, cache: str | None = None, timeout: Any = DEFAULT) -> Any:
-        if cls is CacheStorageBackend:
-            redis = _client_for(_cache(cache)[1]) is not None
-            cls = CacheStorageBackend._kinds["indexed" if redis else "document"]
-        return super().__new__(cls)
 
     def __init__(self, uid: str, cache: str | None = None, timeout: Any = DEFAULT) -> None:
         super().__init__(uid)
@@ -99,6 +108,21 @@ class CacheStorageBackend(BaseTriggerStorage):
         self._redis = _client_for(self.cache)
         # The length prefix keeps keys unambiguous whatever the uid contains.
         self._base = str(self.cache.make_key(f"triggers:{len(self.uid)}:{self.uid}"))
+        # Become the backend this cache calls for (a project's subclass of
+        # this name keeps its own methods on top of it).
+        kind = self._kinds["document" if self._redis is None else "indexed"]
+        if not isinstance(self, kind):
+            if self.kind:
+                raise ConfigurationError(
+                    f"{type(self).__name__} needs a Redis cache; cache alias "
+                    f"{self.cache_name!r} has no Redis client",
+                    directive="CACHE",
+                )
+            self.__class__ = _combined(type(self), kind)
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Set up what this kind of backend needs once the cache is known."""
 
     @property
     def uses_redis(self) -> bool:

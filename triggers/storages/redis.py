@@ -42,15 +42,13 @@ from functools import cached_property
 from importlib import resources
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import conf
 from ..exceptions import LockHeldError, LockLostError, SessionTimeoutError
 from ..locking import SessionLock
 from .base import IndexedStorage, config_from_stored
-from .cache import DEFAULT, CacheStorageBackend
+from .cache import CacheStorageBackend
 from .data import Changes, FetchRequest, Snapshot, build_index
 from .session_index import RedisSessionIndex, clock, index_keys
 
@@ -109,8 +107,7 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
     _parts = _PARTS
     _parts_in_fetch = True
 
-    def __init__(self, uid: str, cache: str | None = None, timeout: Any = DEFAULT) -> None:
-        super().__init__(uid, cache, timeout)
+    def _prepare(self) -> None:
         suffixes = ("config", "index", "instances", "waiting", "counters", "kwargs", "meta")
         self._keys = [f"{self._base}:{s}" for s in suffixes]
         self._lease_prefix = f"{self._base}:lease:"
@@ -145,10 +142,7 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         return txn.lock if txn is not None and isinstance(txn.lock, SessionLock) else None
 
     def _run(self, name: str, keys: list[str], args: list[Any], lock: Any) -> Any:
-        """Run Lua script ``name``. Within an operation it goes straight to
-        the connection the operation keeps (redis-py's per-command checkout,
-        health check and retry wrapper cost more than the round trip). On
-        any connection trouble it falls back to the client, whose retries
+        """Run Lua script ``name`` through the client, whose retries may
         resend it: both scripts are safe to resend (a fetch finds the lock
         already ours, a commit finds its token among the recent commits)."""
         script = _script(self._redis, name)
@@ -159,15 +153,6 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
                 raise SessionTimeoutError(
                     self.uid, waited, "TRIGGERS['OPERATION_TIMEOUT'] passed; nothing written"
                 )
-        connection = lock.pinned() if isinstance(lock, SessionLock) else None
-        if connection is not None:
-            try:
-                connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                return connection.read_response()
-            except NoScriptError:
-                pass  # the client's call loads it
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                lock.unpin(broken=True)
         return script(keys=keys, args=args, client=self._redis)
 
     def _lock_to_take(self) -> SessionLock | None:
