@@ -14,15 +14,13 @@ from . import conf, engine, inspection
 from .config import validate_configuration
 from .exceptions import (
     InvalidTriggerError,
-    LockLostError,
-    SessionTimeoutError,
 )
 from .integrity import check_before_fire, check_first_instances
 from .registry import Registry
 from .runners import task_runners
 from .runners.base import BaseTaskRunner, default_runner, forced_runner, runner_key
 from .storages.base import MAX_INSTANCE_NAME_LENGTH, BaseTriggerStorage
-from .storages.transaction import Transaction, current_transaction
+from .storages.transaction import Transaction, run_atomically
 from .types import TaskConfig, TaskInstance
 from .validation import check_name, normalise_kwargs
 from .worker import WorkerProtocol
@@ -31,10 +29,6 @@ __all__ = ["TriggerManager", "trigger_managers"]
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
-
-#: How often an operation is retried from scratch when its lock expired
-#: before it could write (nothing was written by the failed attempt).
-LOCK_LOST_RETRIES = 3
 
 
 def _name_of(instance: TaskInstance | str) -> str:
@@ -81,33 +75,9 @@ class TriggerManager:
 
     # -- plumbing ------------------------------------------------------------
     def atomic(self, operation: Callable[[Transaction], R]) -> R:
-        """Run ``operation`` in a session transaction; start again if the
-        lock expired before the write (the failed attempt wrote nothing)."""
-        for attempt in range(LOCK_LOST_RETRIES):
-            try:
-                with self.storage.transaction() as txn:
-                    return operation(txn)
-            except SessionTimeoutError as exc:
-                if (
-                    current_transaction(self.storage) is None
-                ):  # the outermost operation says it once
-                    logger.error(
-                        "%s (in %s)",
-                        exc,
-                        getattr(operation, "__qualname__", "a session operation"),
-                        extra={"triggers_session": self.storage.uid},
-                    )
-                raise
-            except LockLostError:
-                if (
-                    attempt == LOCK_LOST_RETRIES - 1
-                    or current_transaction(self.storage) is not None
-                ):
-                    raise
-                logger.warning(
-                    "lock on session %r expired mid-operation; retrying", self.storage.uid
-                )
-        raise AssertionError("unreachable")
+        """Run ``operation`` in one locked transaction on the session; start
+        again if the lock expired before the write (which wrote nothing)."""
+        return run_atomically(self.storage, operation)
 
     def _runner_choice(self, config: TaskConfig) -> str | type[BaseTaskRunner]:
         # ``using`` first, then the manager's own default, then the global one
@@ -139,13 +109,10 @@ class TriggerManager:
         and directive, and stores nothing, if any task is invalid. Triggers
         fired earlier are not re-applied to the new tasks.
         """
-
-        from .runners.base import BaseTaskRunner as _Runner
-
         configs = validate_configuration(configuration)
         for name, config in configs.items():
             # The same lookup (and error) as manage.py check and dispatch.
-            _Runner.resolve(config.run, name)
+            BaseTaskRunner.resolve(config.run, name)
 
         def op(txn: Transaction) -> None:
             txn.fetch(everything=True)

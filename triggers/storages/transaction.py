@@ -9,11 +9,12 @@ writes in one step.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..engine import Effects, Load
-from ..exceptions import UnknownInstanceError
+from ..exceptions import LockLostError, SessionTimeoutError, UnknownInstanceError
 from ..types import TaskConfig, TaskInstance, now_iso
 from .data import Changes, FetchRequest, Snapshot, WaitKey, build_index, instance_sort_key
 
@@ -347,3 +348,36 @@ def renew_lease(storage: BaseTriggerStorage, name: str, token: str, ms: int) -> 
 def leases_left(storage: BaseTriggerStorage, names: list[str]) -> dict[str, int]:
     """Milliseconds each named instance's worker lease has left (absent: none)."""
     return storage.fetch(FetchRequest(instances=tuple(names))).leases
+
+
+# -- running an operation -----------------------------------------------------------
+
+R = TypeVar("R")
+#: How often an operation is retried from scratch when its lock expired
+#: before it could write (nothing was written by the failed attempt).
+LOCK_LOST_RETRIES = 3
+_logger = logging.getLogger("triggers.manager")
+
+
+def run_atomically(storage: BaseTriggerStorage, operation: Callable[[Transaction], R]) -> R:
+    """Run ``operation`` in a transaction on ``storage`` (joining the one this
+    thread has open, if any); start again if the lock expired before the
+    write (the failed attempt wrote nothing)."""
+    for attempt in range(LOCK_LOST_RETRIES):
+        try:
+            with storage.transaction() as txn:
+                return operation(txn)
+        except SessionTimeoutError as exc:
+            if current_transaction(storage) is None:  # the outermost operation says it once
+                _logger.error(
+                    "%s (in %s)",
+                    exc,
+                    getattr(operation, "__qualname__", "a session operation"),
+                    extra={"triggers_session": storage.uid},
+                )
+            raise
+        except LockLostError:
+            if attempt == LOCK_LOST_RETRIES - 1 or current_transaction(storage) is not None:
+                raise
+            _logger.warning("lock on session %r expired mid-operation; retrying", storage.uid)
+    raise AssertionError("unreachable")
