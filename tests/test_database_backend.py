@@ -36,6 +36,7 @@ from triggers.manager import TriggerManager
 from triggers.runners.base import build_message
 from triggers.shortcuts import get_trigger_manager
 from triggers.storages import storage_backends
+from triggers.storages.data import FetchRequest
 from triggers.storages.database import DatabaseStorageBackend
 from triggers.types import TaskInstance
 
@@ -236,17 +237,17 @@ def test_a_lease_is_renewed_by_its_token_only_and_expires(threaded) -> None:
         txn.set_lease("t_a#0", "token-1", 300)
 
     def lease_left() -> int:
-        snap = manager.storage._fetch(triggers=[], instances=["t_a#0"], tasks=[], everything=False)
+        snap = manager.storage.fetch(FetchRequest(instances=("t_a#0",)))
         return snap.leases.get("t_a#0", 0)
 
     assert 0 < lease_left() <= 300
     # When someone else tries to renew it, nothing changes; its owner can
-    assert manager.storage._renew_lease("t_a#0", "token-2", 60_000) is False
+    assert manager.storage.renew_lease("t_a#0", "token-2", 60_000) is False
     assert lease_left() <= 300
-    assert manager.storage._renew_lease("t_a#0", "token-1", 60_000) is True
+    assert manager.storage.renew_lease("t_a#0", "token-1", 60_000) is True
     assert 300 < lease_left() <= 60_000
     # Then a lease that is not renewed runs out (a dead worker's claim ends)
-    assert manager.storage._renew_lease("t_a#0", "token-1", 1) is True
+    assert manager.storage.renew_lease("t_a#0", "token-1", 1) is True
     wait_for(lambda: lease_left() == 0, timeout=5, message="the lease expired")
 
 

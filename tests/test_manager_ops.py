@@ -42,7 +42,7 @@ class HookManager(TriggerManager):
         wait a little; were the lock still held by the operation calling this
         hook, no wait would be long enough.
         """
-        lock = CacheStorageBackend(self.storage.uid)._make_lock()
+        lock = CacheStorageBackend(self.storage.uid).make_lock()
         try:
             lock.acquire_within(5)
         except LockTimeoutError:

@@ -1,11 +1,10 @@
-"""The storage base class: the session API every backend offers.
-
-A custom backend sets ``name`` and implements two primitives:
-:meth:`BaseTriggerStorage._load_from_backend` and
-:meth:`BaseTriggerStorage._save`. Everything else (locking, loading only
-what a fire needs, inspection) has working defaults built on them; a backend
-that can do better overrides ``_fetch``/``_commit`` (see
-:class:`~triggers.storages.cache.CacheStorageBackend`).
+"""The storage base classes: the session API every backend offers, on the
+indexed tier's methods (:class:`IndexedStorage`: ``fetch``, ``commit``,
+``make_lock``, ``renew_lease``, ``delete``, ``existing_parts``), which a
+transaction calls. :class:`~triggers.storages.document.DocumentStorage`
+builds them on ``read``/``write``; :class:`BaseTriggerStorage`'s defaults
+build them on the original's two primitives, ``_load_from_backend`` and
+``_save`` (process-local). See "Writing a storage backend" in the docs.
 """
 
 from __future__ import annotations
@@ -18,16 +17,14 @@ from datetime import datetime
 from typing import Any
 
 from .. import conf
-from ..exceptions import NotLockedError, UnknownInstanceError
+from ..exceptions import NotLockedError
 from ..types import TaskConfig, TaskInstance
-from ..validation import MAX_NAME_LENGTH, check_name, check_uid
-from .data import Changes, FetchRequest, Snapshot, apply_changes, full_snapshot, instance_sort_key
+from ..validation import check_uid
+from .data import Changes, FetchRequest, Snapshot, apply_changes, full_snapshot
+from .session_api import MAX_INSTANCE_NAME_LENGTH, SessionAPI
 from .transaction import Transaction
 
-__all__ = ["BaseTriggerStorage", "IndexedStorage"]
-
-#: A task name, "#" and a 20-digit instance number.
-MAX_INSTANCE_NAME_LENGTH = MAX_NAME_LENGTH + 21
+__all__ = ["MAX_INSTANCE_NAME_LENGTH", "BaseTriggerStorage", "IndexedStorage"]
 
 
 def config_from_stored(name: str, data: Mapping[str, Any]) -> TaskConfig:
@@ -45,7 +42,7 @@ def config_from_stored(name: str, data: Mapping[str, Any]) -> TaskConfig:
     )
 
 
-class BaseTriggerStorage:
+class BaseTriggerStorage(SessionAPI):
     """Loads, saves and locks one session's state (``tasks``, ``instances``,
     ``metadata``).
 
@@ -134,25 +131,6 @@ class BaseTriggerStorage:
         """Write ``self._configs``, ``self._instances`` and ``self._metas``
         (``self._serialize()`` gives them as plain JSON-ready data)."""
         raise NotImplementedError
-
-    # -- underscore names of the indexed tier, until Transaction calls the
-    # public ones (then they go).
-    def _fetch(
-        self, triggers: list[str], instances: list[str], tasks: list[str], everything: bool
-    ) -> Snapshot:
-        return self.fetch(FetchRequest(tuple(triggers), tuple(instances), tuple(tasks), everything))
-
-    def _commit(self, lock: Any, changes: Changes, release: bool) -> None:
-        self.commit(lock, changes, release)
-
-    def _make_lock(self) -> Any:
-        return self.make_lock()
-
-    def _renew_lease(self, name: str, token: str, ms: int) -> bool:
-        return self.renew_lease(name, token, ms)
-
-    def _existing_parts(self) -> set[str] | None:
-        return self.existing_parts()
 
     # -- (de)serialisation helpers -------------------------------------------
     def _serialize(self, data: Any = None) -> Any:
@@ -284,157 +262,6 @@ class BaseTriggerStorage:
         if txn is not None:
             txn.fetch(everything=True)
         return txn
-
-    # -- session-level API (always current) ---------------------------------
-    def _load_all(self) -> Snapshot:
-        return self.fetch(FetchRequest(everything=True))
-
-    @property
-    def tasks(self) -> dict[str, TaskConfig]:
-        txn = self._bound()
-        configs = txn.configs if txn is not None else self._load_all().configs
-        return dict(sorted(configs.items()))
-
-    @property
-    def instances(self) -> dict[str, TaskInstance]:
-        txn = self._bound()
-        if txn is not None:
-            txn.hand_out(txn.instances)
-            return {n: txn.instances[n] for n in sorted(txn.instances, key=instance_sort_key)}
-        return self._instances_in(self._load_all())
-
-    @staticmethod
-    def _instances_in(snap: Snapshot) -> dict[str, TaskInstance]:
-        result = {}
-        for name in sorted(snap.records, key=instance_sort_key):
-            record = snap.records[name]
-            cfg = snap.configs.get(record["task"])
-            if cfg is not None:
-                result[name] = TaskInstance.from_record(name, record, cfg)
-        return result
-
-    @property
-    def metadata(self) -> dict[str, Any]:
-        txn = self._bound()
-        source: Any = txn if txn is not None else self._load_all()
-        meta = dict(source.meta or {})
-        meta["latest_kwargs"] = dict(source.latest_kwargs)
-        meta["counters"] = dict(source.counters)
-        return meta
-
-    @property
-    def latest_kwargs(self) -> dict[str, Any]:
-        txn = self._bound()
-        return dict(txn.latest_kwargs if txn is not None else self._load_all().latest_kwargs)
-
-    def __getitem__(self, instance_name: str) -> TaskInstance:
-        check_name(instance_name, "task instance name", max_length=MAX_INSTANCE_NAME_LENGTH)
-        txn = self._current
-        if txn is not None:
-            inst = txn.get_instance(instance_name)
-            txn.hand_out([instance_name])
-            return inst
-        snap = self.fetch(
-            FetchRequest(instances=(instance_name,), tasks=(instance_name.rpartition("#")[0],))
-        )
-        record = snap.records.get(instance_name)
-        if record is None or record.get("task") not in snap.configs:
-            raise UnknownInstanceError(instance_name, self.uid)
-        return TaskInstance.from_record(instance_name, record, snap.configs[record["task"]])
-
-    def __contains__(self, instance_name: object) -> bool:
-        if not isinstance(instance_name, str):
-            return False
-        try:
-            self[instance_name]
-        except (UnknownInstanceError, ValueError):
-            return False
-        return True
-
-    def __iter__(self) -> Iterator[TaskInstance]:
-        """The session's :class:`TaskInstance` objects, in task then creation
-        order (use ``storage.instances`` for a name -> instance mapping)."""
-        return iter(list(self.instances.values()))
-
-    def __len__(self) -> int:
-        return len(self.instances)
-
-    def instances_of_task(self, task_config: TaskConfig | str) -> list[TaskInstance]:
-        """Every instance of a task (a ``TaskConfig`` or a task name)."""
-        name = task_config.name if isinstance(task_config, TaskConfig) else task_config
-        return [i for i in self.instances.values() if i.config.name == name]
-
-    def get_unresolved_tasks(self) -> list[TaskConfig]:
-        """Tasks with no instance yet, or with an unresolved one."""
-        # One snapshot, so tasks and instances are from the same moment.
-        txn = self._bound()
-        if txn is not None:
-            configs, instances = txn.configs, list(txn.instances.values())
-            txn.hand_out(txn.instances)
-        else:
-            snap = self._load_all()
-            configs, instances = snap.configs, list(self._instances_in(snap).values())
-        with_instances = {i.config.name for i in instances}
-        unresolved = {i.config.name for i in instances if not i.is_resolved}
-        return [
-            cfg
-            for name, cfg in sorted(configs.items())
-            if name not in with_instances or name in unresolved
-        ]
-
-    def get_unresolved_instances(self) -> list[TaskInstance]:
-        return [i for i in self.instances.values() if not i.is_resolved]
-
-    def get_instances_with_unresolved_logs(self) -> list[TaskInstance]:
-        return [i for i in self.instances.values() if not i.logs_resolved]
-
-    def create_instance(self, task_config: TaskConfig | str, **kwargs: Any) -> TaskInstance:
-        """Create and store a new instance of a task (status ``unstarted``
-        unless given)."""
-        with self.transaction() as txn:
-            name = task_config.name if isinstance(task_config, TaskConfig) else task_config
-            txn.fetch(tasks=[name])
-            if name not in txn.configs:
-                raise KeyError(f"no task named {name!r} in session {self.uid!r}")
-            inst = txn.new_instance(txn.configs[name], **kwargs)
-            txn.save(inst)
-            return inst
-
-    def clone_instance(self, task_instance: TaskInstance | str) -> TaskInstance:
-        """Store a copy of an instance as a new instance of the same task,
-        one level deeper (``metadata['parent']``/``['depth']``)."""
-        with self.transaction() as txn:
-            if isinstance(task_instance, TaskInstance):
-                name = task_instance.name
-            else:
-                name = check_name(
-                    task_instance, "task instance name", max_length=MAX_INSTANCE_NAME_LENGTH
-                )
-            source = txn.get_instance(name)
-            clone = txn.new_instance(
-                source.config,
-                kwargs=copy.deepcopy(source.kwargs),
-                abandon_state=copy.deepcopy(source.abandon_state),
-            )
-            clone.metadata["parent"] = source.name
-            clone.metadata["depth"] = int(source.metadata.get("depth", 0)) + 1
-            txn.save(clone)
-            return clone
-
-    def debug_repr(self) -> dict[str, Any]:
-        """A plain, JSON-serialisable snapshot of the whole session."""
-        txn = self._bound()
-        snap = self._load_all() if txn is None else txn.as_snapshot()
-        return {
-            "uid": self.uid,
-            "tasks": {n: c.to_directives() for n, c in sorted(snap.configs.items())},
-            "instances": {
-                n: copy.deepcopy(snap.records[n])
-                for n in sorted(snap.records, key=instance_sort_key)
-            },
-            "metadata": copy.deepcopy(snap.meta or {}),
-            "latest_kwargs": copy.deepcopy(snap.latest_kwargs),
-        }
 
     # == session index and deletion (retention; see triggers.sessions) =======
     # Backends that can list their sessions implement the two classmethods;
