@@ -11,7 +11,12 @@ import redis
 from django.conf import settings
 
 from tests.celery_app import app as celery_app
+from tests.contract_backends import new_uid
 from tests.worker import CeleryWorker, delete_run_queue, purge_broker
+from triggers.manager import TriggerManager
+from triggers.runners.base import force_runner
+from triggers.runners.threading import ThreadingTaskRunner
+from triggers.storages.cache import CacheStorageBackend
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +95,22 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "postgres: the test uses the run's PostgreSQL database (database backend)"
     )
 
+
+# -- fixtures the workflow tests share (moved from tests/contract_backends.py) --
+
+
+@pytest.fixture(name="threaded")
+def threaded_fixture() -> Iterator[None]:
+    """Every task runs on the threading runner while the test runs."""
+    previous = force_runner("threading")
+    try:
+        yield
+    finally:
+        ThreadingTaskRunner.join_all(30)
+        force_runner(previous)
+
+
+@pytest.fixture(name="manager")
+def manager_fixture() -> TriggerManager:
+    """A manager on a fresh session in the default (Redis) cache."""
+    return TriggerManager(CacheStorageBackend(new_uid()))

@@ -13,16 +13,13 @@ import os
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 from django.conf import settings
 
 from triggers.manager import TriggerManager
-from triggers.runners.base import force_runner
 from triggers.runners.threading import ThreadingTaskRunner
 from triggers.storages.base import BaseTriggerStorage
 from triggers.storages.cache import CacheStorageBackend
@@ -150,17 +147,6 @@ def raw_state(storage: BaseTriggerStorage) -> Any:
 # --- running tasks in threads ------------------------------------------------
 
 
-@pytest.fixture(name="threaded")
-def threaded_fixture() -> Iterator[None]:
-    """Every task runs on the threading runner while the test runs."""
-    previous = force_runner("threading")
-    try:
-        yield
-    finally:
-        ThreadingTaskRunner.join_all(30)
-        force_runner(previous)
-
-
 def settle() -> None:
     """Wait for every task thread (and the cascades they fire)."""
     ThreadingTaskRunner.join_all(30)
@@ -168,12 +154,6 @@ def settle() -> None:
 
 def statuses(storage: BaseTriggerStorage) -> dict[str, str]:
     return {name: inst.status for name, inst in storage.instances.items()}
-
-
-@pytest.fixture(name="manager")
-def manager_fixture() -> TriggerManager:
-    """A manager on a fresh session in the default (Redis) cache."""
-    return TriggerManager(CacheStorageBackend(new_uid()))
 
 
 # --- bad configurations (SPEC §2) -------------------------------------------

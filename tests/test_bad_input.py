@@ -8,14 +8,13 @@ from typing import Any
 
 import pytest
 
-from tests.contract_backends import (  # noqa: F401 - fixtures
+from tests.contract_backends import (
     BAD_CONFIGS,
     make_storage,
     new_uid,
     populate,
     raw_state,
     settle,
-    threaded_fixture,
 )
 from triggers import conf
 from triggers.exceptions import (

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import triggers
-from tests.contract_backends import (  # noqa: F401 - fixtures
+from tests.contract_backends import (
     DEV,
     PASS,
     make_storage,
@@ -26,7 +26,6 @@ from tests.contract_backends import (  # noqa: F401 - fixtures
     raw_state,
     settle,
     statuses,
-    threaded_fixture,
 )
 from tests.managers import (
     init_spawned_process,

@@ -12,13 +12,12 @@ from typing import Any
 
 import pytest
 
-from tests.contract_backends import (  # noqa: F401 - fixtures
+from tests.contract_backends import (
     DEV,
     PASS,
     new_uid,
     settle,
     statuses,
-    threaded_fixture,
 )
 from triggers.exceptions import with_context
 from triggers.manager import TriggerManager, trigger_managers

@@ -7,16 +7,14 @@ from typing import Any
 
 import pytest
 
-from tests.contract_backends import (  # noqa: F401 - fixtures
+from tests.contract_backends import (
     BAD_CONFIGS,
     DEV,
     PASS,
-    manager_fixture,
     populate,
     raw_state,
     settle,
     statuses,
-    threaded_fixture,
 )
 from triggers.exceptions import ConfigurationError, TriggersError
 from triggers.manager import TriggerManager

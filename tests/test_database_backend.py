@@ -20,14 +20,13 @@ import pytest
 from django.db import connections
 from django.test.utils import CaptureQueriesContext, override_settings
 
-from tests.contract_backends import (  # noqa: F401 - fixtures
+from tests.contract_backends import (
     DEV,
     PASS,
     POSTGRES_ALIAS,
     new_uid,
     raw_database_state,
     settle,
-    threaded_fixture,
 )
 from tests.tasks import RecordingTask
 from tests.utils import wait_for

@@ -7,14 +7,12 @@ import itertools
 
 import pytest
 
-from tests.contract_backends import (  # noqa: F401 - fixtures
+from tests.contract_backends import (
     DEV,
     PASS,
-    manager_fixture,
     new_uid,
     settle,
     statuses,
-    threaded_fixture,
 )
 from triggers.manager import TriggerManager
 from triggers.storages.cache import CacheStorageBackend

@@ -10,10 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.contract_backends import (  # noqa: F401 - fixtures
-    manager_fixture,
+from tests.contract_backends import (
     settle,
-    threaded_fixture,
 )
 from triggers.exceptions import with_context
 from triggers.manager import TriggerManager

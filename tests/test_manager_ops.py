@@ -6,14 +6,12 @@ from typing import Any
 
 import pytest
 
-from tests.contract_backends import (  # noqa: F401 - fixtures
+from tests.contract_backends import (
     DEV,
     PASS,
-    manager_fixture,
     new_uid,
     settle,
     statuses,
-    threaded_fixture,
 )
 from triggers.exceptions import LockTimeoutError, UnknownInstanceError
 from triggers.manager import TriggerManager

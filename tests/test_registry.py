@@ -7,12 +7,11 @@ from typing import Any
 
 import pytest
 
-from tests.contract_backends import (  # noqa: F401 - fixtures
+from tests.contract_backends import (
     PASS,
     DictStorage,
     new_uid,
     settle,
-    threaded_fixture,
 )
 from triggers.manager import TriggerManager, trigger_managers
 from triggers.runners import task_runners

@@ -8,14 +8,12 @@ from typing import Any
 
 import pytest
 
-from tests.contract_backends import (  # noqa: F401 - fixtures
+from tests.contract_backends import (
     DEV,
     PASS,
     BlockingTask,
     gate,
-    manager_fixture,
     settle,
-    threaded_fixture,
 )
 from tests.utils import wait_for
 from triggers.exceptions import with_context

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.contract_backends import (  # noqa: F401 - fixtures
+from tests.contract_backends import (
     DEV,
     PASS,
     REDIS_KINDS,
@@ -33,7 +33,6 @@ from tests.contract_backends import (  # noqa: F401 - fixtures
     sqlite_example,
     sqlite_indexed_example,
     statuses,
-    threaded_fixture,
 )
 from triggers.manager import TriggerManager
 from triggers.storages.base import BaseTriggerStorage, IndexedStorage

@@ -9,11 +9,9 @@ from typing import Any
 import filters as f
 import pytest
 
-from tests.contract_backends import (  # noqa: F401 - fixtures
-    manager_fixture,
+from tests.contract_backends import (
     settle,
     statuses,
-    threaded_fixture,
 )
 from triggers.exceptions import with_context
 from triggers.manager import TriggerManager

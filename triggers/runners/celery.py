@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
-
-import celery
-from kombu.utils.uuid import uuid
 
 from .. import conf
 from ..exceptions import ConfigurationError
@@ -22,6 +20,10 @@ if TYPE_CHECKING:
 _REDIS_SCHEMES = ("redis", "rediss", "sentinel", "redis+socket")
 
 
+#: Apps whose broker options were looked at already.
+_BOUNDED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def bound_broker_timeouts(app: Any) -> None:
     """Give a Redis broker connection socket timeouts if the app set none.
 
@@ -33,9 +35,9 @@ def bound_broker_timeouts(app: Any) -> None:
     ``TRIGGERS['BROKER_TIMEOUT']`` sets the bound (``None`` leaves the app's
     transport options alone).
     """
-    if getattr(app, "_triggers_bounded", False):
+    if app in _BOUNDED:
         return
-    app._triggers_bounded = True
+    _BOUNDED.add(app)
     timeout = conf.get("BROKER_TIMEOUT")
     scheme = str(app.conf.broker_url or "").partition("://")[0]
     if timeout is None or scheme not in _REDIS_SCHEMES:
@@ -65,10 +67,7 @@ class CeleryTaskRunner(BaseTaskRunner):
         check_rebuildable(manager, task_instance)
         message = build_message(manager, task_instance)
         try:
-            if cooldown or not publishes_directly(task):
-                task.apply_async(kwargs=message, countdown=cooldown or None)
-            else:
-                publish(task, message)
+            publish(task, message, countdown=cooldown or None)
         except Exception as exc:
             # DispatchError names the broker it tried (password hidden).
             exc.broker_url = safe_broker_url(task.app)  # type: ignore[attr-defined]
@@ -115,63 +114,18 @@ def check_rebuildable(manager: TriggerManager, task_instance: TaskInstance) -> N
 _REBUILDABLE: set[tuple[type, type]] = set()
 
 
-# -- the publish fast path ---------------------------------------------------
-# ``apply_async`` costs several times the broker round trip it makes (exec
-# options merged from Django-backed settings, ``saferepr`` of the kwargs, a
-# producer taken from and returned to the pool, an AsyncResult nobody reads).
-# For the common case -- a plain TriggerTask sent from outside a worker, with
-# no countdown -- we build the same message with Celery's own
-# ``create_task_message`` and send it with ``send_task_message`` (routing,
-# signals, retry policy and serializer all still Celery's) on a producer this
-# thread keeps. Anything else goes through ``apply_async``.
+# -- publishing -------------------------------------------------------------
+# Through Celery's public API only: ``apply_async`` with options it documents.
+# What it would otherwise spend on every call, and how we avoid it:
+# - a producer taken from and returned to the app's pool: each thread keeps
+#   one producer on a broker connection of its own (``producer=``);
+# - ``saferepr`` of the kwargs for the message headers: our kwargs are a few
+#   short strings, so ``repr`` is given (``argsrepr``/``kwargsrepr``);
+# - kombu copying and binding the queue to check it was declared: once this
+#   connection declared the queue, ``declare=[]`` (kombu forgets what it
+#   declared when the connection is re-established, and we ask it each time).
 
 _producers = threading.local()
-
-
-def publishes_directly(task: Any) -> bool:
-    """Whether :func:`publish` sends exactly what ``apply_async`` would."""
-    # In a worker, apply_async links the new task to the running one.
-    return _plan(task).plain and task.app.current_worker_task is None
-
-
-class _Plan:
-    """What :func:`publish` needs to know about one task, worked out once:
-    Celery reads its settings through Django's on every call, which costs
-    more than building the message."""
-
-    def __init__(self, task: Any) -> None:
-        cls = type(task)
-        self.task = task
-        self.plain = bool(
-            cls.apply_async is celery.Task.apply_async
-            and cls.shadow_name is celery.Task.shadow_name
-            and not task.expires
-            and not getattr(task, "pydantic", False)
-            # apply_async rejects a soft limit above the hard one.
-            and not (task.soft_time_limit or 0) > (task.time_limit or float("inf"))
-        )
-        options = {k: v for k, v in task._get_exec_options().items() if v is not None}
-        self.time_limit = options.pop("time_limit", None)
-        self.soft_time_limit = options.pop("soft_time_limit", None)
-        options.pop("expires", None)
-        self.ignore_result = options.pop("ignore_result", task.ignore_result)
-        self.options = options
-        app = task.app
-        self.sent_event = app.conf.task_send_sent_event
-        # Without task_routes the route depends on nothing but the task;
-        # Celery builds a new router when task_routes change.
-        self.router = router = app.amqp.router
-        self.route = None if router.routes else router.route(dict(options), task.name, (), {}, task)
-
-
-_plans: dict[int, _Plan] = {}
-
-
-def _plan(task: Any) -> _Plan:
-    plan = _plans.get(id(task))
-    if plan is None or plan.task is not task or plan.router is not task.app.amqp.router:
-        plan = _plans[id(task)] = _Plan(task)
-    return plan
 
 
 def _producer(app: Any) -> Any:
@@ -188,65 +142,49 @@ def _producer(app: Any) -> Any:
     return entry[2]
 
 
-def _reuse_redis_clients(channel: Any) -> None:
-    """kombu's Redis transport builds a new redis-py client for every
-    command it sends, and building one (its table of reply parsers) costs
-    more than the command. On the channel of our own producer, hand back the
-    same client for the same pool instead: clients keep no state of their own
-    beyond the pool they wrap."""
-    factory = getattr(channel, "Client", None)
-    if factory is None or getattr(factory, "_triggers_reused", False):
-        return
-    made: dict[tuple[int, int], Any] = {}
+class _Route:
+    """The queue a task's messages go to, worked out once per router (a
+    new router is built when ``task_routes`` change); ``None`` when routes
+    may depend on the message."""
 
-    def client(**kwargs: Any) -> Any:
-        key = (id(kwargs.get("connection_pool")), id(kwargs.get("credential_provider")))
-        found = made.get(key)
-        if found is None or found[0] is not kwargs.get("connection_pool"):
-            found = made[key] = (kwargs.get("connection_pool"), factory(**kwargs))
-        return found[1]
-
-    client._triggers_reused = True  # type: ignore[attr-defined]
-    if channel.__class__.__module__ == "kombu.transport.redis":
-        channel.Client = client
+    def __init__(self, task: Any) -> None:
+        self.task = task
+        self.router = router = task.app.amqp.router
+        self.queue: Any = None
+        if not router.routes:
+            given = {k: getattr(task, k, None) for k in ("queue", "exchange", "routing_key")}
+            options = {k: v for k, v in given.items() if v is not None}
+            self.queue = router.route(options, task.name, (), {}, task).get("queue")
 
 
-def publish(task: Any, kwargs: dict[str, Any]) -> str:
-    """Send ``task`` with ``kwargs`` as ``task.apply_async(kwargs=kwargs)``
-    would (for tasks :func:`publishes_directly` accepts); returns the task id."""
-    app = task.app
-    amqp = app.amqp
-    plan = _plan(task)
-    if plan.route is not None:
-        options = dict(plan.route)
-    else:
-        options = amqp.router.route(dict(plan.options), task.name, (), kwargs, task)
-    task_id = uuid()
-    message = amqp.create_task_message(
-        task_id,
-        task.name,
-        (),
-        kwargs,
-        reply_to=app.thread_oid,
-        time_limit=plan.time_limit,
-        soft_time_limit=plan.soft_time_limit,
-        create_sent_event=plan.sent_event,
-        ignore_result=plan.ignore_result,
-        # Our kwargs are a few short strings: repr() is what saferepr gives.
+_routes: dict[int, _Route] = {}
+
+
+def _queue_options(task: Any, producer: Any) -> dict[str, Any]:
+    """``queue`` (saves Celery looking up the default queue in the settings
+    per call) and, once this connection declared it, ``declare=[]``."""
+    route = _routes.get(id(task))
+    if route is None or route.task is not task or route.router is not task.app.amqp.router:
+        route = _routes[id(task)] = _Route(task)
+    queue = route.queue
+    if queue is None:
+        return {}
+    connection = producer.connection
+    if connection.connected and hash(queue) in connection.declared_entities:
+        return {"queue": queue, "declare": []}
+    return {"queue": queue}
+
+
+def publish(task: Any, kwargs: dict[str, Any], countdown: float | None = None) -> str:
+    """``task.apply_async(kwargs=kwargs, countdown=countdown)`` on this
+    thread's producer; returns the task id."""
+    producer = _producer(task.app)
+    result = task.apply_async(
+        kwargs=kwargs,
+        countdown=countdown,
+        producer=producer,
         argsrepr="()",
         kwargsrepr=repr(kwargs),
-        **options,
+        **_queue_options(task, producer),
     )
-    producer = _producer(app)
-    if producer.connection.connected:
-        # Touching the channel of an unconnected producer connects it with
-        # kombu's own (slower) retry loop instead of the publish retry policy.
-        _reuse_redis_clients(producer.channel)
-    queue = options.get("queue")
-    if queue is not None and hash(queue) in producer.connection.declared_entities:
-        # Declared on this connection already (kombu forgets on reconnect):
-        # skip kombu's own re-check, which copies and binds the queue.
-        options = {**options, "declare": []}
-    with producer.connection._reraise_as_library_errors():
-        amqp.send_task_message(producer, task.name, message, **options)
-    return task_id
+    return str(result.id)

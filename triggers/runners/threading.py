@@ -15,6 +15,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _open_transaction(manager: TriggerManager) -> Any:
+    """The transaction this thread has open on the manager's session, if
+    any (a nested ``transaction()`` block joins it and changes nothing)."""
+    storage = manager.storage
+    if storage.lock is None:
+        return None
+    with storage.transaction() as txn:
+        return txn
+
+
 class ThreadingTaskRunner(BaseTaskRunner):
     name = "threading"
 
@@ -34,8 +44,21 @@ class ThreadingTaskRunner(BaseTaskRunner):
             name=f"triggers-{task_instance.name}",
             daemon=True,
         )
-        with self._threads_lock:
-            self._threads.append(thread)
+        txn = _open_transaction(manager)
+        if txn is None:
+            self._start(thread)
+            return
+        # Started once the dispatching transaction is written and its hooks
+        # ran: the thread's own fires (its cascade) then follow its cause in
+        # hook order too, and nothing starts for a transaction that fails.
+        # The first callback queues the start behind every hook the
+        # operation queues after dispatching (``_post_fire`` among them).
+        txn.after_commit.append(lambda: txn.after_commit.append(lambda: self._start(thread)))
+
+    @classmethod
+    def _start(cls, thread: threading.Thread) -> None:
+        with cls._threads_lock:
+            cls._threads.append(thread)
             # Started under the lock: join_all() drops threads that are not
             # alive, and one appended but not yet started is not.
             thread.start()
