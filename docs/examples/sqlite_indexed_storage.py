@@ -90,7 +90,7 @@ class SQLiteIndexedStorage(IndexedStorage):
 
     # -- reads ------------------------------------------------------------------
     def fetch(self, request: FetchRequest) -> Snapshot:
-        txn = self._current
+        txn = self.current_transaction
         if txn is not None and isinstance(txn.lock, SQLiteLock) and txn.lock.db is not None:
             return self._read(txn.lock.db, request)  # inside the lock's transaction
         with closing(connect(self.path)) as db:
@@ -217,7 +217,7 @@ class SQLiteIndexedStorage(IndexedStorage):
         return cursor.rowcount == 1
 
     def delete(self, *, idle_before: datetime | None = None) -> bool:
-        if self._current is not None:
+        if self.current_transaction is not None:
             raise LockHeldError(f"delete() of session {self.uid!r} inside its own block")
         lock = self.make_lock()
         lock.acquire_within(30)

@@ -52,6 +52,11 @@ class BaseTriggerStorage(SessionAPI):
 
     #: Registry key (``triggers.storages`` entry point name).
     name: str = ""
+    #: The parts :meth:`existing_parts` reports on (a store that keeps a
+    #: session's parts apart and can lose one), and whether every fetch
+    #: reports them too, so checking costs no round trip.
+    parts: tuple[str, ...] = ()
+    parts_in_fetch: bool = False
 
     def __init__(self, uid: str) -> None:
         self.uid = check_uid(uid)
@@ -61,7 +66,7 @@ class BaseTriggerStorage(SessionAPI):
         self._local = threading.local()
         #: Set once this object has seen the session hold state, so a session
         #: that vanishes afterwards is noticed (see ``ON_LOST_SESSION``).
-        self._seen_state = False
+        self.seen_state = False
 
     # -- the indexed tier: what a transaction calls ---------------------------
     # Public and documented (docs/storages.rst). The defaults run the
@@ -187,8 +192,21 @@ class BaseTriggerStorage(SessionAPI):
 
     # -- transactions ---------------------------------------------------------
     @property
-    def _current(self) -> Transaction | None:
+    def current_transaction(self) -> Transaction | None:
+        """The transaction this thread has open on this storage, if any."""
         return getattr(self._local, "txn", None)
+
+    # Underscore names the transaction module reads until it uses the
+    # public ones above (then they go).
+    _current = current_transaction
+
+    @property
+    def _seen_state(self) -> bool:
+        return self.seen_state
+
+    @_seen_state.setter
+    def _seen_state(self, value: bool) -> None:
+        self.seen_state = value
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -197,7 +215,7 @@ class BaseTriggerStorage(SessionAPI):
 
         Nested blocks in the same thread join the open transaction.
         """
-        current = self._current
+        current = self.current_transaction
         if current is not None:
             yield current
             return
@@ -218,7 +236,7 @@ class BaseTriggerStorage(SessionAPI):
                 except Exception:  # the lock may have expired meanwhile
                     pass
         if txn.meta is not None:
-            self._seen_state = True
+            self.seen_state = True
         for callback in txn.after_commit:
             callback()
         if txn.dispatch_failures:
@@ -240,7 +258,7 @@ class BaseTriggerStorage(SessionAPI):
     @property
     def lock(self) -> Any:
         """The session lock this thread holds (``None`` outside a block)."""
-        txn = self._current
+        txn = self.current_transaction
         return txn.lock if txn is not None else None
 
     def save(self) -> None:
@@ -248,7 +266,7 @@ class BaseTriggerStorage(SessionAPI):
         instances (``inst.status = ...``, ``inst.metadata[...] = ...``); they
         are written when the block exits. Outside a block every call already
         writes, so there is nothing to save."""
-        txn = self._current
+        txn = self.current_transaction
         if txn is None:
             raise NotLockedError(
                 f"save() on session {self.uid!r} outside 'with storage.acquire_lock()'; "
@@ -258,7 +276,7 @@ class BaseTriggerStorage(SessionAPI):
 
     def _bound(self) -> Transaction | None:
         """This thread's open transaction, fully loaded, or ``None``."""
-        txn = self._current
+        txn = self.current_transaction
         if txn is not None:
             txn.fetch(everything=True)
         return txn

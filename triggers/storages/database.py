@@ -191,7 +191,7 @@ class DatabaseStorageBackend(IndexedStorage):
         return DatabaseLock(self)
 
     def _operation_lock(self) -> DatabaseLock | None:
-        txn = self._current
+        txn = self.current_transaction
         return txn.lock if txn is not None and isinstance(txn.lock, DatabaseLock) else None
 
     # -- reads ----------------------------------------------------------------
@@ -226,7 +226,7 @@ class DatabaseStorageBackend(IndexedStorage):
         answer is ``None`` (cannot be lost): every write is one transaction
         and a session's rows are only ever deleted together, so no part can
         vanish on its own the way a Redis key can be evicted."""
-        if self._current is not None:
+        if self.current_transaction is not None:
             return None
         models = _models()
         db = self.database
@@ -312,7 +312,7 @@ class DatabaseStorageBackend(IndexedStorage):
         """Remove the whole session (configuration, instances, history) in
         one transaction under its row lock; with ``idle_before``, only if its
         last write was before then. ``True`` if a session was removed."""
-        if self._current is not None:
+        if self.current_transaction is not None:
             raise LockHeldError(
                 f"delete() of session {self.uid!r} inside a block that holds its lock; "
                 "call it after the block"

@@ -82,7 +82,7 @@ class DocumentStorage(BaseTriggerStorage):
         return self._deserialize(document), version
 
     def fetch(self, request: FetchRequest) -> Snapshot:
-        txn = self._current
+        txn = self.current_transaction
         lock = txn.lock if txn is not None else None
         if isinstance(lock, DocumentLock):
             # One read per operation: later fetches see the same document,
@@ -152,7 +152,7 @@ class DocumentStorage(BaseTriggerStorage):
         return self._retry(attempt) is True
 
     def delete(self, *, idle_before: datetime | None = None) -> bool:
-        if self._current is not None:
+        if self.current_transaction is not None:
             raise LockHeldError(
                 f"delete() of session {self.uid!r} inside a block that holds its lock; "
                 "call it after the block"

@@ -102,10 +102,11 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
 
     kind = "indexed"
     _redis: Any  # never None here: that is what picked this class
-    #: Parts ``existing_parts`` reports on; a fire's fetch reports them
-    #: too, so checking them costs no round trip.
-    _parts = _PARTS
-    _parts_in_fetch = True
+    parts = _PARTS
+    parts_in_fetch = True
+    # The names the transaction module reads until it uses the public ones.
+    _parts = parts
+    _parts_in_fetch = parts_in_fetch
 
     def _prepare(self) -> None:
         suffixes = ("config", "index", "instances", "waiting", "counters", "kwargs", "meta")
@@ -115,7 +116,7 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
     @_bounded
     def existing_parts(self) -> set[str] | None:
         seen = getattr(self._local, "parts", None)
-        txn = self._current
+        txn = self.current_transaction
         if txn is not None and seen is not None and seen[0]() is txn:
             # This operation's fetch script already looked (under its lock).
             return set(seen[1])
@@ -138,7 +139,7 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         )
 
     def _operation_lock(self) -> SessionLock | None:
-        txn = self._current
+        txn = self.current_transaction
         return txn.lock if txn is not None and isinstance(txn.lock, SessionLock) else None
 
     def _run(self, name: str, keys: list[str], args: list[Any], lock: Any) -> Any:
@@ -157,7 +158,7 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
 
     def _lock_to_take(self) -> SessionLock | None:
         """The current operation's lock if it is deferred and not taken yet."""
-        txn = self._current
+        txn = self.current_transaction
         if txn is not None and isinstance(txn.lock, SessionLock) and txn.lock.pending:
             return txn.lock
         return None
@@ -193,9 +194,9 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         meta_raw, index_raw, tasks_raw, waiting_raw, inst_raw, kw_raw, lease_raw, exist = (
             part or [] for part in json.loads(reply)
         )
-        if self._current is not None:
+        if self.current_transaction is not None:
             found = {name for name, e in zip(_PARTS, exist, strict=False) if e}
-            self._local.parts = (weakref.ref(self._current), found)
+            self._local.parts = (weakref.ref(self.current_transaction), found)
         snap = Snapshot(meta=json.loads(meta_raw) if meta_raw else None)
         for i in range(0, len(index_raw), 2):
             snap.index[index_raw[i]] = json.loads(index_raw[i + 1]) if index_raw[i + 1] else []
@@ -319,7 +320,7 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         return index_keys(self.cache)
 
     def delete(self, *, idle_before: datetime | None = None) -> bool:
-        if self._current is not None:
+        if self.current_transaction is not None:
             raise LockHeldError(
                 f"delete() of session {self.uid!r} inside a block that holds its lock; "
                 "call it after the block"

@@ -37,7 +37,7 @@ class SessionAPI:
         def fetch(self, request: FetchRequest) -> Snapshot: ...
         def transaction(self) -> AbstractContextManager[Transaction]: ...
         @property
-        def _current(self) -> Transaction | None: ...
+        def current_transaction(self) -> Transaction | None: ...
         def _bound(self) -> Transaction | None: ...
 
     # -- session-level API (always current) ---------------------------------
@@ -84,7 +84,7 @@ class SessionAPI:
 
     def __getitem__(self, instance_name: str) -> TaskInstance:
         check_name(instance_name, "task instance name", max_length=MAX_INSTANCE_NAME_LENGTH)
-        txn = self._current
+        txn = self.current_transaction
         if txn is not None:
             inst = txn.get_instance(instance_name)
             txn.hand_out([instance_name])
