@@ -19,8 +19,6 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import redis_lock
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .exceptions import LockTimeoutError
 
@@ -30,6 +28,10 @@ R = TypeVar("R")
 #: Longest single wait on the lock's release signal before trying again; a
 #: waiter notices an expired lock at most this long after it expired.
 LOCK_POLL = 1
+
+#: How long a release signal waits for a waiter (python-redis-lock's
+#: ``signal_expire``, in milliseconds; its default).
+SIGNAL_EXPIRE_MS = 1000
 
 
 class Renewable(Protocol):
@@ -115,52 +117,52 @@ renewer = _Renewer()
 os.register_at_fork(after_in_child=renewer._after_fork)
 
 
-class SessionLock(redis_lock.Lock):
-    """A python-redis-lock lock that knows locally whether it holds itself.
+class SessionLock:
+    """A session lock: a python-redis-lock ``Lock`` used through its public
+    API, plus what an operation needs around it.
 
-    The base class asks Redis (one round trip) before every acquisition just
-    to refuse re-acquiring a held lock; a fresh lock object never holds, so we
-    keep that fact in memory.
+    The lock lives under python-redis-lock's documented keys
+    (``lock:<name>``, and ``lock-signal:<name>`` to wake waiters), so the
+    storage's scripts can take it in the same round trip as their first
+    read (:meth:`take_with`) and release it with their write; anything else
+    goes through the ``Lock`` object (``acquire``, ``extend``, ``release``).
 
-    With ``deferred=True``, :meth:`acquire_within` only starts the clock: the
-    storage takes the lock in the same script as its first read
-    (:meth:`take_with`), saving a round trip per operation. Anything that needs
-    the lock without reading first calls :meth:`ensure`.
+    With ``deferred=True``, :meth:`acquire_within` only starts the clock and
+    the next read takes the lock; work that needs it without reading first
+    calls :meth:`ensure`.
     """
-
-    _acquired = False
-    _pending = False
-    _connection: Any = None
-    _deadline = 0.0
-    _timeout = 0.0
 
     def __init__(
         self, client: Any, name: str, expire: int, uid: str, deferred: bool = False
     ) -> None:
-        super().__init__(client, name, expire=max(1, int(expire)), id=_new_token(), strict=False)
         self.uid = uid
         self.deferred = deferred
-
-    @property
-    def _held(self) -> bool:
-        return self._acquired
-
-    @property
-    def key(self) -> str:
-        return self._name
-
-    @property
-    def signal_key(self) -> str:
-        return self._signal
-
-    @property
-    def signal_expire(self) -> int:
-        return int(self._signal_expire)
+        self.id = _new_token()
+        self.expire = max(1, int(expire))
+        #: python-redis-lock's key names for a lock called ``name``.
+        self.key = f"lock:{name}"
+        self.signal_key = f"lock-signal:{name}"
+        #: How long a release signal waits for a waiter (milliseconds).
+        self.signal_expire = SIGNAL_EXPIRE_MS
+        self._client = client
+        self._lock = redis_lock.Lock(
+            client,
+            name,
+            expire=self.expire,
+            id=self.id,
+            strict=False,
+            signal_expire=SIGNAL_EXPIRE_MS,
+        )
+        self._held = False
+        self._pending = False
+        self._deadline = 0.0
+        self._timeout = 0.0
+        #: When the operation holding this lock started (see OPERATION_TIMEOUT).
+        self.started: float | None = None
 
     @property
     def expire_ms(self) -> int:
-        assert self._expire is not None
-        return int(self._expire * 1000)
+        return self.expire * 1000
 
     @property
     def pending(self) -> bool:
@@ -171,7 +173,6 @@ class SessionLock(redis_lock.Lock):
         """Block until acquired or raise :class:`LockTimeoutError` (a deferred
         lock is taken later, within the same time limit)."""
         self._timeout = timeout
-        #: When the operation holding this lock started (see OPERATION_TIMEOUT).
         self.started = time.monotonic()
         self._deadline = self.started + timeout
         if self.deferred:
@@ -181,7 +182,7 @@ class SessionLock(redis_lock.Lock):
 
     def _acquire_until_deadline(self) -> None:
         while True:
-            if self.acquire(blocking=True, timeout=LOCK_POLL):
+            if self._lock.acquire(blocking=True, timeout=LOCK_POLL):
                 self._taken()
                 return
             if time.monotonic() >= self._deadline:
@@ -189,9 +190,8 @@ class SessionLock(redis_lock.Lock):
 
     def _taken(self) -> None:
         self._pending = False
-        self._acquired = True
-        assert self._expire is not None
-        renewer.add(self, self._expire / 3)
+        self._held = True
+        renewer.add(self, self.expire / 3)
 
     def take_with(self, attempt: Callable[[], R]) -> R:
         """Take a pending lock with ``attempt``, a call that sets the lock key
@@ -206,28 +206,8 @@ class SessionLock(redis_lock.Lock):
             left = self._deadline - time.monotonic()
             if left <= 0:
                 raise LockTimeoutError(self.uid, self._timeout)
-            # Woken by the holder's release (commit.lua pushes the signal).
-            wait = max(1, min(LOCK_POLL, int(left + 0.999)))
-            if not self._wait_on_pinned(wait):
-                self.unpin()
-                self._client.blpop(self._signal, wait)
-
-    def _wait_on_pinned(self, seconds: int) -> bool:
-        """BLPOP the release signal on the pinned connection (no second
-        connection, none of the client's per-command overhead). ``False``
-        if that connection cannot block that long."""
-        connection = self._connection
-        if connection is None:
-            return False
-        socket_timeout = getattr(connection, "socket_timeout", None)
-        if socket_timeout is not None and socket_timeout < seconds + 1:
-            return False
-        try:
-            connection.send_command("BLPOP", self._signal, seconds)
-            connection.read_response()
-        except (RedisConnectionError, RedisTimeoutError, OSError):
-            self.unpin(broken=True)
-        return True
+            # Woken by the holder's release (its commit pushes the signal).
+            self._client.blpop([self.signal_key], max(1, min(LOCK_POLL, int(left + 0.999))))
 
     def ensure(self) -> None:
         """Take a pending lock now (for work that does not start with a read)."""
@@ -235,47 +215,22 @@ class SessionLock(redis_lock.Lock):
             self._acquire_until_deadline()
 
     def renew(self) -> None:
-        if self._acquired:
-            self.extend()
+        if self._held:
+            self._lock.extend()
 
     def forget(self) -> None:
         """Stop renewing after the lock was released by a commit script."""
         renewer.remove(self)
-        self._acquired = False
+        self._held = False
         self._pending = False
-        self.unpin()
-
-    def pinned(self) -> Any | None:
-        """A connection from the client's pool that this operation keeps
-        until the lock is released, or ``None`` if the client has no plain
-        connection pool. An operation's scripts then cost one pool checkout,
-        not one per command."""
-        if self._connection is None:
-            pool = getattr(self._client, "connection_pool", None)
-            if pool is None or not hasattr(pool, "release"):
-                return None
-            try:
-                self._connection = pool.get_connection()
-            except TypeError:  # redis-py < 5 wants a command name
-                self._connection = pool.get_connection("EVALSHA")
-        return self._connection
-
-    def unpin(self, broken: bool = False) -> None:
-        """Give the pinned connection back (closed first if ``broken``)."""
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            if broken:
-                connection.disconnect()
-            self._client.connection_pool.release(connection)
 
     def release(self) -> None:
-        if not self._acquired:
+        if not self._held:
             # A deferred lock that was never taken: nothing to release.
             self._pending = False
-            self.unpin()
             return
         self.forget()
-        super().release()
+        self._lock.release()
 
 
 def _reset_tokens() -> None:
