@@ -78,8 +78,9 @@ demo: install ensure-redis
 	$(PY) -m examples.questionnaire.demo $(DEMO_ARGS)
 
 lint: install
-	$(PY) -m pip install -q --disable-pip-version-check ruff
+	$(PY) -m pip install -q --disable-pip-version-check ruff import-linter
 	$(PY) -m ruff check triggers tests
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis .ruff_cache .mypy_cache docs/_build
