@@ -4,6 +4,7 @@ message a runner sends, and finding the Celery task an instance runs."""
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConfigurationError
@@ -101,6 +102,10 @@ def build_message(manager: TriggerManager, task_instance: TaskInstance) -> dict[
     return message
 
 
+#: Loaders of the Celery apps whose task modules were imported for resolve().
+_LOADED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 class BaseTaskRunner:
     """Hands ready instances to something that executes them."""
 
@@ -126,12 +131,12 @@ class BaseTaskRunner:
 
         from ..task import TriggerTask
 
-        app = current_app._get_current_object()
-        task = app.tasks.get(target)
-        if task is None and not getattr(app, "_triggers_imported_task_modules", False):
-            app._triggers_imported_task_modules = True
-            app.loader.import_default_modules()
-            task = app.tasks.get(target)
+        task = current_app.tasks.get(target)
+        loader = current_app.loader  # one per app
+        if task is None and loader not in _LOADED:
+            _LOADED.add(loader)
+            loader.import_default_modules()
+            task = current_app.tasks.get(target)
         if task is None:
             raise ConfigurationError(
                 f"no Celery task named {target!r} is registered with the Celery app "
