@@ -15,16 +15,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _open_transaction(manager: TriggerManager) -> Any:
-    """The transaction this thread has open on the manager's session, if
-    any (a nested ``transaction()`` block joins it and changes nothing)."""
-    storage = manager.storage
-    if storage.lock is None:
-        return None
-    with storage.transaction() as txn:
-        return txn
-
-
 class ThreadingTaskRunner(BaseTaskRunner):
     name = "threading"
 
@@ -44,7 +34,7 @@ class ThreadingTaskRunner(BaseTaskRunner):
             name=f"triggers-{task_instance.name}",
             daemon=True,
         )
-        txn = _open_transaction(manager)
+        txn = manager.storage.current_transaction
         if txn is None:
             self._start(thread)
             return
