@@ -5,20 +5,20 @@ a trigger nor schedule an instance twice."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from . import conf, engine, inspection
 from .config import validate_configuration
+from .dispatch import CurrentDefaultRunner, dispatch, runner_choice
 from .exceptions import (
     InvalidTriggerError,
 )
 from .integrity import check_before_fire, check_first_instances
 from .registry import Registry
 from .runners import task_runners
-from .runners.base import BaseTaskRunner, default_runner, forced_runner, runner_key
+from .runners.base import BaseTaskRunner, runner_key
 from .storages.base import MAX_INSTANCE_NAME_LENGTH, BaseTriggerStorage
 from .storages.transaction import Transaction, run_atomically
 from .types import TaskConfig, TaskInstance
@@ -37,13 +37,6 @@ def _name_of(instance: TaskInstance | str) -> str:
     return check_name(instance, "task instance name", max_length=MAX_INSTANCE_NAME_LENGTH)
 
 
-class _CurrentDefaultRunner:
-    """Reads as the key of the runner tasks without ``using`` get right now."""
-
-    def __get__(self, obj: object, owner: type | None = None) -> str:
-        return runner_key(default_runner())
-
-
 class TriggerManager:
     """Fires triggers for one session and keeps its instances moving."""
 
@@ -52,7 +45,7 @@ class TriggerManager:
     #: Runner for tasks whose configuration has no ``using``; unless a
     #: subclass or instance sets it, the current default (see
     #: :func:`~triggers.runners.base.default_runner`).
-    default_task_runner_name: Any = _CurrentDefaultRunner()
+    default_task_runner_name: Any = CurrentDefaultRunner()
 
     #: The worker protocol runs of this manager's instances go through.
     worker_class: type[WorkerProtocol] = WorkerProtocol
@@ -79,27 +72,13 @@ class TriggerManager:
         again if the lock expired before the write (which wrote nothing)."""
         return run_atomically(self.storage, operation)
 
-    def _runner_choice(self, config: TaskConfig) -> str | type[BaseTaskRunner]:
-        # ``using`` first, then the manager's own default, then the global one
-        # (read now, so a reassigned DEFAULT_TASK_RUNNER counts).
-        forced = forced_runner()
-        if forced:
-            return forced
-        if config.using:
-            return config.using
-        own = inspect.getattr_static(self, "default_task_runner_name")
-        if isinstance(own, _CurrentDefaultRunner):
-            return default_runner()
-        return self.default_task_runner_name
-
     def _runner_key(self, config: TaskConfig) -> str:
-        return runner_key(self._runner_choice(config))
+        return runner_key(runner_choice(self, config))
 
     def get_runner(self, config: TaskConfig) -> Any:
-        choice = self._runner_choice(config)
-        if isinstance(choice, type):
-            return choice()
-        return task_runners.get(choice)
+        """The runner an instance of ``config`` is handed to."""
+        choice = runner_choice(self, config)
+        return choice() if isinstance(choice, type) else task_runners.get(choice)
 
     # -- configuration -------------------------------------------------------
     def update_configuration(self, configuration: Mapping[str, Any]) -> None:
@@ -171,24 +150,7 @@ class TriggerManager:
         return scheduled
 
     def _dispatch(self, txn: Transaction, inst: TaskInstance) -> bool:
-        """Hand a ready instance to its runner while the session is locked (a
-        worker cannot claim it before this transaction is written), then
-        mark it scheduled. On failure the instance stays ready and
-        ``DispatchError`` is raised once the rest is written."""
-        try:
-            self.get_runner(inst.config).run(self, inst)
-        except Exception as exc:
-            logger.error(
-                "could not dispatch %s in session %r: %s", inst.name, self.storage.uid, exc
-            )
-            inst.metadata["dispatch_error"] = f"{type(exc).__name__}: {exc}"
-            txn.save(inst)
-            txn.dispatch_failures[inst.name] = exc
-            return False
-        inst.metadata.pop("dispatch_error", None)
-        inst.set_status(TaskInstance.STATUS_SCHEDULED)
-        txn.save(inst)
-        return True
+        return dispatch(self, txn, inst)
 
     def resend_ready_instances(self) -> list[TaskInstance]:
         """Dispatch every instance that is ready but was never sent (e.g. the
