@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import uuid
 from collections.abc import Iterator
 
@@ -114,3 +115,14 @@ def threaded_fixture() -> Iterator[None]:
 def manager_fixture() -> TriggerManager:
     """A manager on a fresh session in the default (Redis) cache."""
     return TriggerManager(CacheStorageBackend(new_uid()))
+
+
+@pytest.fixture
+def children() -> Iterator[list[subprocess.Popen[str]]]:
+    """Child processes started by a test, killed and reaped afterwards."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for child in started:
+        if child.poll() is None:
+            child.kill()
+        child.communicate(timeout=10)

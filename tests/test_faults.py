@@ -21,7 +21,6 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from tests.fault_tasks import CountingTask, DyingManager, GatedTask, die_key, events, gate_key
-from tests.test_locking import children as children_fixture
 from tests.test_locking import read_message, start_child
 from tests.utils import wait_for
 from triggers import conf
@@ -35,9 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Worker lease (seconds) while this module's worker tests run, so a takeover
 #: after a killed worker takes seconds, not the default 10.
 LEASE = 2
-
-#: Child processes started by a test, killed and reaped afterwards.
-children = children_fixture
 
 
 def new_manager(uid: str, cls: type[TriggerManager] = TriggerManager) -> TriggerManager:

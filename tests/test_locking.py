@@ -13,12 +13,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.managers import init_spawned_process, start_together
 from tests.tasks import RecordingTask
@@ -70,17 +67,6 @@ def read_message(child: subprocess.Popen[str], timeout: float = 30.0) -> dict[st
         why = f"exited with {exited}" if exited is not None else f"sent nothing in {timeout}s"
         raise AssertionError(f"child {child.pid} {why}; stderr:\n{err}")
     return json.loads(line)
-
-
-@pytest.fixture
-def children() -> Iterator[list[subprocess.Popen[str]]]:
-    """Child processes started by a test, killed and reaped afterwards."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for child in started:
-        if child.poll() is None:
-            child.kill()
-        child.communicate(timeout=10)
 
 
 def lock_holder(redis_client, key: str) -> str | None:
