@@ -11,15 +11,177 @@ returns each problem found, so a caller can report them all
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+import difflib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .exceptions import ConfigurationError
+from . import conf
+from .exceptions import ConfigurationError, InvalidTriggerError, InvalidTriggerTypeError
 from .graph import find_cascade_cycle
 from .types import TaskConfig
+from .validation import check_json_tree, check_name, dump_json
 
-__all__ = ["ConfigProblem", "check_configuration", "validate_configuration"]
+__all__ = [
+    "KNOWN_DIRECTIVES",
+    "ConfigProblem",
+    "check_configuration",
+    "directive_fields",
+    "validate_configuration",
+]
+
+
+KNOWN_DIRECTIVES = ("after", "run", "andEvery", "unless", "withParams", "using")
+
+
+def _suggest(directive: str) -> str | None:
+    """The known directive ``directive`` was probably meant to be, if any."""
+    folded = directive.replace("_", "").replace("-", "").lower()
+    for known in KNOWN_DIRECTIVES:
+        if known.lower() == folded:
+            return known
+    matches = difflib.get_close_matches(directive, KNOWN_DIRECTIVES, n=1, cutoff=0.75)
+    if not matches:
+        lowered = {k.lower(): k for k in KNOWN_DIRECTIVES}
+        found = difflib.get_close_matches(folded, list(lowered), n=1, cutoff=0.75)
+        matches = [lowered[found[0]]] if found else []
+    return matches[0] if matches else None
+
+
+def _names(task: str, directive: str, value: Any) -> frozenset[str]:
+    if isinstance(value, str):
+        raise ConfigurationError(
+            f"must be a list of trigger names, not the string {value!r} (write [{value!r}])",
+            task=task,
+            directive=directive,
+        )
+    if not isinstance(value, list | tuple | set | frozenset):
+        raise ConfigurationError(
+            f"must be a list of trigger names, not {type(value).__name__}",
+            task=task,
+            directive=directive,
+        )
+    names = []
+    for item in value:
+        try:
+            names.append(check_name(item, "trigger name"))
+        except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
+            raise ConfigurationError(str(exc), task=task, directive=directive) from None
+    return frozenset(names)
+
+
+def directive_fields(
+    name: Any, directives: Any, check_using: Callable[[str, Any], None]
+) -> dict[str, Any]:
+    """Check one task's JSON directives; the keyword arguments of its
+    :class:`~triggers.types.TaskConfig`. ``check_using(task, value)`` checks
+    a ``using`` directive against the runner registry. Raises
+    :class:`ConfigurationError` naming the task and directive."""
+    try:
+        check_name(name, "task name")
+    except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
+        raise ConfigurationError(
+            str(exc), task=name if isinstance(name, str) else repr(name)
+        ) from None
+    if not isinstance(directives, Mapping):
+        raise ConfigurationError(
+            f"the configuration must be a mapping of directives, not {type(directives).__name__}",
+            task=name,
+        )
+    extras: dict[str, Any] = {}
+    for key, value in directives.items():
+        if not isinstance(key, str):
+            raise ConfigurationError(f"directive names must be strings, not {key!r}", task=name)
+        if key in KNOWN_DIRECTIVES:
+            continue
+        suggestion = _suggest(key)
+        if suggestion is not None:
+            raise ConfigurationError(
+                "unknown directive", task=name, directive=key, suggestion=suggestion
+            )
+        extras[key] = value
+    for required in ("after", "run"):
+        if required not in directives:
+            raise ConfigurationError("is required", task=name, directive=required)
+
+    after = _names(name, "after", directives["after"])
+    run = directives["run"]
+    if not isinstance(run, str) or not run.strip():
+        raise ConfigurationError(
+            f"must be the name of a Celery task (a non-empty string), not {run!r}",
+            task=name,
+            directive="run",
+        )
+    try:
+        check_name(run, "Celery task name")
+    except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
+        raise ConfigurationError(str(exc), task=name, directive="run") from None
+
+    and_every = directives.get("andEvery")
+    if and_every is not None:
+        if isinstance(and_every, list | tuple | set):
+            raise ConfigurationError(
+                "takes one trigger name, not a list", task=name, directive="andEvery"
+            )
+        try:
+            check_name(and_every, "trigger name")
+        except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
+            raise ConfigurationError(str(exc), task=name, directive="andEvery") from None
+    if not after and and_every is None:
+        raise ConfigurationError(
+            "must name at least one trigger (or give andEvery)", task=name, directive="after"
+        )
+
+    unless = _names(name, "unless", directives.get("unless") or [])
+
+    with_params = directives.get("withParams") or {}
+    if not isinstance(with_params, Mapping):
+        raise ConfigurationError(
+            f"must map trigger names to dicts of kwargs, not {type(with_params).__name__}",
+            task=name,
+            directive="withParams",
+        )
+    for trigger, params in with_params.items():
+        if not isinstance(trigger, str) or not isinstance(params, Mapping):
+            raise ConfigurationError(
+                f"must map trigger names to dicts of kwargs; entry {trigger!r} "
+                f"is {type(params).__name__}",
+                task=name,
+                directive="withParams",
+            )
+        if not all(isinstance(k, str) for k in params):
+            raise ConfigurationError(
+                f"kwargs for {trigger!r} must have string keys",
+                task=name,
+                directive="withParams",
+            )
+    try:
+        check_json_tree("withParams", with_params, int(conf.get("MAX_KWARGS_DEPTH")))
+        dump_json(with_params, "withParams")
+    except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
+        raise ConfigurationError(str(exc), task=name, directive="withParams") from None
+
+    using = directives.get("using")
+    if using is not None:
+        check_using(name, using)
+    for key, value in extras.items():
+        try:
+            check_json_tree(f"directive {key!r}", value, int(conf.get("MAX_KWARGS_DEPTH")))
+            dump_json(value, f"directive {key!r}")
+        except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
+            raise ConfigurationError(str(exc), task=name, directive=key) from None
+
+    return dict(
+        name=name,
+        after=after,
+        run=run,
+        and_every=and_every,
+        unless=unless,
+        with_params=copy.deepcopy(dict(with_params)),
+        using=using,
+        extras=copy.deepcopy(extras),
+    )
 
 
 @dataclass(frozen=True)

@@ -9,55 +9,34 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from . import conf
-from .exceptions import ConfigurationError, InvalidTriggerError, InvalidTriggerTypeError
-from .validation import check_json_tree, check_name, dump_json
+from .exceptions import ConfigurationError
 
 # Also ``validate_configuration`` and ``find_cascade_cycle``, looked up late
 # (see ``__getattr__`` below).
 __all__ = ["TaskConfig", "TaskInstance"]
-
-KNOWN_DIRECTIVES = ("after", "run", "andEvery", "unless", "withParams", "using")
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _suggest(directive: str) -> str | None:
-    """The known directive ``directive`` was probably meant to be, if any."""
-    folded = directive.replace("_", "").replace("-", "").lower()
-    for known in KNOWN_DIRECTIVES:
-        if known.lower() == folded:
-            return known
-    matches = difflib.get_close_matches(directive, KNOWN_DIRECTIVES, n=1, cutoff=0.75)
-    if not matches:
-        lowered = {k.lower(): k for k in KNOWN_DIRECTIVES}
-        found = difflib.get_close_matches(folded, list(lowered), n=1, cutoff=0.75)
-        matches = [lowered[found[0]]] if found else []
-    return matches[0] if matches else None
+def _check_using(name: str, using: Any) -> None:
+    """A ``using`` directive must name a registered task runner."""
+    from .runners import task_runners
 
-
-def _names(task: str, directive: str, value: Any) -> frozenset[str]:
-    if isinstance(value, str):
+    if not isinstance(using, str):
         raise ConfigurationError(
-            f"must be a list of trigger names, not the string {value!r} (write [{value!r}])",
-            task=task,
-            directive=directive,
+            f"must be a task runner name, not {using!r}", task=name, directive="using"
         )
-    if not isinstance(value, list | tuple | set | frozenset):
+    if using not in task_runners:
+        known = sorted(task_runners.keys())
+        close = difflib.get_close_matches(using, known, n=1)
         raise ConfigurationError(
-            f"must be a list of trigger names, not {type(value).__name__}",
-            task=task,
-            directive=directive,
+            f"unknown task runner {using!r}; known runners: {', '.join(known)}",
+            task=name,
+            directive="using",
+            suggestion=close[0] if close else None,
         )
-    names = []
-    for item in value:
-        try:
-            names.append(check_name(item, "trigger name"))
-        except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
-            raise ConfigurationError(str(exc), task=task, directive=directive) from None
-    return frozenset(names)
 
 
 class TaskConfig:
@@ -97,125 +76,9 @@ class TaskConfig:
     @classmethod
     def from_directives(cls, name: Any, directives: Any) -> TaskConfig:
         """Validate the JSON form of one task and build its config."""
-        try:
-            check_name(name, "task name")
-        except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
-            raise ConfigurationError(
-                str(exc), task=name if isinstance(name, str) else repr(name)
-            ) from None
-        if not isinstance(directives, Mapping):
-            raise ConfigurationError(
-                f"the configuration must be a mapping of directives, "
-                f"not {type(directives).__name__}",
-                task=name,
-            )
-        extras: dict[str, Any] = {}
-        for key, value in directives.items():
-            if not isinstance(key, str):
-                raise ConfigurationError(f"directive names must be strings, not {key!r}", task=name)
-            if key in KNOWN_DIRECTIVES:
-                continue
-            suggestion = _suggest(key)
-            if suggestion is not None:
-                raise ConfigurationError(
-                    "unknown directive", task=name, directive=key, suggestion=suggestion
-                )
-            extras[key] = value
-        for required in ("after", "run"):
-            if required not in directives:
-                raise ConfigurationError("is required", task=name, directive=required)
+        from .config import directive_fields  # config imports this module
 
-        after = _names(name, "after", directives["after"])
-        run = directives["run"]
-        if not isinstance(run, str) or not run.strip():
-            raise ConfigurationError(
-                f"must be the name of a Celery task (a non-empty string), not {run!r}",
-                task=name,
-                directive="run",
-            )
-        try:
-            check_name(run, "Celery task name")
-        except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
-            raise ConfigurationError(str(exc), task=name, directive="run") from None
-
-        and_every = directives.get("andEvery")
-        if and_every is not None:
-            if isinstance(and_every, list | tuple | set):
-                raise ConfigurationError(
-                    "takes one trigger name, not a list", task=name, directive="andEvery"
-                )
-            try:
-                check_name(and_every, "trigger name")
-            except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
-                raise ConfigurationError(str(exc), task=name, directive="andEvery") from None
-        if not after and and_every is None:
-            raise ConfigurationError(
-                "must name at least one trigger (or give andEvery)", task=name, directive="after"
-            )
-
-        unless = _names(name, "unless", directives.get("unless") or [])
-
-        with_params = directives.get("withParams") or {}
-        if not isinstance(with_params, Mapping):
-            raise ConfigurationError(
-                f"must map trigger names to dicts of kwargs, not {type(with_params).__name__}",
-                task=name,
-                directive="withParams",
-            )
-        for trigger, params in with_params.items():
-            if not isinstance(trigger, str) or not isinstance(params, Mapping):
-                raise ConfigurationError(
-                    f"must map trigger names to dicts of kwargs; entry {trigger!r} "
-                    f"is {type(params).__name__}",
-                    task=name,
-                    directive="withParams",
-                )
-            if not all(isinstance(k, str) for k in params):
-                raise ConfigurationError(
-                    f"kwargs for {trigger!r} must have string keys",
-                    task=name,
-                    directive="withParams",
-                )
-        try:
-            check_json_tree("withParams", with_params, int(conf.get("MAX_KWARGS_DEPTH")))
-            dump_json(with_params, "withParams")
-        except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
-            raise ConfigurationError(str(exc), task=name, directive="withParams") from None
-
-        using = directives.get("using")
-        if using is not None:
-            from .runners import task_runners
-
-            if not isinstance(using, str):
-                raise ConfigurationError(
-                    f"must be a task runner name, not {using!r}", task=name, directive="using"
-                )
-            if using not in task_runners:
-                known = sorted(task_runners.keys())
-                close = difflib.get_close_matches(using, known, n=1)
-                raise ConfigurationError(
-                    f"unknown task runner {using!r}; known runners: {', '.join(known)}",
-                    task=name,
-                    directive="using",
-                    suggestion=close[0] if close else None,
-                )
-        for key, value in extras.items():
-            try:
-                check_json_tree(f"directive {key!r}", value, int(conf.get("MAX_KWARGS_DEPTH")))
-                dump_json(value, f"directive {key!r}")
-            except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
-                raise ConfigurationError(str(exc), task=name, directive=key) from None
-
-        return cls(
-            name=name,
-            after=after,
-            run=run,
-            and_every=and_every,
-            unless=unless,
-            with_params=copy.deepcopy(dict(with_params)),
-            using=using,
-            extras=copy.deepcopy(extras),
-        )
+        return cls(**directive_fields(name, directives, _check_using))
 
     def to_directives(self) -> dict[str, Any]:
         """The JSON form (inverse of :meth:`from_directives`)."""
