@@ -12,7 +12,8 @@ from tests.tasks import NonJsonResultTask, RecordingTask
 from tests.utils import wait_for
 from triggers.manager import TriggerManager
 from triggers.storages.base import BaseTriggerStorage
-from triggers.storages.cache import SEP, CacheStorageBackend
+from triggers.storages.cache import CacheStorageBackend
+from triggers.storages.redis import SEP
 from triggers.types import TaskInstance
 
 FINISHED = TaskInstance.STATUS_FINISHED

@@ -24,6 +24,7 @@ from triggers.exceptions import ConfigurationError, DispatchError, InstanceState
 from triggers.manager import TriggerManager
 from triggers.runners.base import BaseTaskRunner, build_message
 from triggers.storages.cache import CacheStorageBackend
+from triggers.storages.redis import RedisStorageBackend
 from triggers.types import TaskInstance
 
 
@@ -136,7 +137,9 @@ def test_a_worker_runs_cascades_with_the_registered_custom_manager(celery_worker
     assert [r["instance"] for r in runs] == ["t_a#0", "t_b#0"]
     for run in runs:
         assert run["manager"] == "tests.managers.RecordingManager"
-        assert run["storage"] == "triggers.storages.cache.CacheStorageBackend"
+        # The class the registered 'cache' name builds on this cache (Redis).
+        assert run["storage"] == "triggers.storages.redis.RedisStorageBackend"
+        assert issubclass(RedisStorageBackend, CacheStorageBackend)
         assert run["storage_kwargs"] == {"cache": "default", "timeout": 1234}
     # ... and the cascades inside the worker called its _post_fire hook
     by_trigger = {h["trigger"]: h for h in hooks}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..registry import Registry
 from .base import BaseTriggerStorage, IndexedStorage
+from .cache import CacheStorageBackend
 from .document import DocumentStorage
 
 # The two classes behind the 'cache' name register themselves on import.
@@ -17,7 +18,19 @@ __all__ = [
     "storage_backends",
 ]
 
-storage_backends: Registry[BaseTriggerStorage] = Registry(
+
+class StorageRegistry(Registry[BaseTriggerStorage]):
+    """The storage registry: the classes behind ``'cache'`` (Redis or
+    document, picked by the cache) are rebuilt by that name, so a worker
+    picks again for its own settings."""
+
+    def key_for(self, cls: type) -> str:
+        if cls in CacheStorageBackend.kinds():
+            cls = CacheStorageBackend
+        return super().key_for(cls)
+
+
+storage_backends: Registry[BaseTriggerStorage] = StorageRegistry(
     "triggers.storages",
     {
         "cache": "triggers.storages.cache.CacheStorageBackend",

@@ -94,6 +94,11 @@ class CacheStorageBackend(BaseTriggerStorage):
         if cls.kind and "kind" in cls.__dict__:
             CacheStorageBackend._kinds.setdefault(cls.kind, cls)
 
+    @classmethod
+    def kinds(cls) -> tuple[type[CacheStorageBackend], ...]:
+        """The classes behind this name (each is rebuilt by it)."""
+        return tuple(CacheStorageBackend._kinds.values())
+
     def __init__(self, uid: str, cache: str | None = None, timeout: Any = DEFAULT) -> None:
         super().__init__(uid)
         self.cache_name, self.cache = _cache(cache)
