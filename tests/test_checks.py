@@ -77,8 +77,10 @@ def test_missing_cache_alias():
 def test_a_non_redis_cache_without_a_lock_client_is_a_warning():
     # Given session state in a local-memory cache and no REDIS_CLIENT
     warning = by_id(check_settings(), "triggers.W002")
-    # Then the operator learns locks only work within one process, and how to fix it
-    assert "only work within one process" in warning.msg
+    # Then the operator learns which caches keep sessions safe across
+    # processes (LocMem does not), and how to fix it
+    assert "safe across processes only on a shared cache whose add() is atomic" in warning.msg
+    assert "not LocMem" in warning.msg
     assert "REDIS_CLIENT" in warning.hint
 
 

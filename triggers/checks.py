@@ -17,8 +17,9 @@ id                      problem
 ``triggers.E008``       ``run`` names no registered ``TriggerTask``
 ``triggers.E009``       tasks wait on each other's cascades in a cycle
 ``triggers.W001``       an unknown ``TRIGGERS`` key (probably a typo)
-``triggers.W002``       a non-Redis cache without ``REDIS_CLIENT``: session
-                        locks then only work within one process
+``triggers.W002``       a non-Redis cache without ``REDIS_CLIENT``: sessions are
+                        whole documents (the document tier), safe across
+                        processes only where the cache's ``add()`` is atomic
 ``triggers.W003``       ``run`` is a bare task name that cannot be looked up yet
 ``triggers.E010``       instances go to Celery but no Celery app of the project is
                         loaded: ``fire()`` would publish with Celery's fallback
@@ -175,8 +176,10 @@ def _check_cache() -> list[CheckMessage]:
         return [
             Warning(
                 f"the cache alias {alias!r} is not a Redis cache and TRIGGERS['REDIS_CLIENT'] "
-                "is not set: session locks then only work within one process, so fires from "
-                "several processes or servers can lose updates",
+                "is not set: sessions are then whole JSON documents written back only if "
+                "unchanged, which is safe across processes only on a shared cache whose add() "
+                "is atomic (Memcached, the database cache; not LocMem or the file cache), and "
+                "every fire reads and writes the whole session",
                 hint="Use a Redis cache (django.core.cache.backends.redis.RedisCache or "
                 "django-redis) or set TRIGGERS['REDIS_CLIENT'] to a redis:// URL.",
                 obj="TRIGGERS",
