@@ -257,8 +257,8 @@ def test_task_context_attributes() -> None:
         "instance_name": "t_probe#0",
         "task_instance": ["t_probe#0", "running"],
         "manager": f"{__name__}.ProbingManager",
-        # The class 'cache' builds on this (Redis) alias, as the fire's storage.
-        "storage": [type(manager.storage).__name__, manager.storage.uid],
+        # The class 'cache' builds on this (Redis) alias, as for the fire.
+        "storage": ["RedisStorageBackend", manager.storage.uid],
         "cache": "djredis",
         "trigger_kwargs": {"a": {"s": 1, "v": 2}},
         "tasks": ["t_probe"],
