@@ -25,7 +25,8 @@ WORKFLOW = {
     "t_report": {"after": ["t_fetch", "approved"], "run": PASS},
 }
 
-pytestmark = pytest.mark.django_db
+# Tasks run on the threading runner (the shared `threaded` fixture).
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("threaded")]
 
 
 class UnlistedStorage(CacheStorageBackend):
@@ -62,12 +63,6 @@ def allow_operators(request: Any) -> bool:
     return request.user.is_authenticated and request.user.username == "operator"
 
 
-@pytest.fixture(autouse=True)
-def threading_runner():
-    previous = force_runner("threading")
-    yield
-    ThreadingTaskRunner.join_all()
-    force_runner(previous)
 
 
 @pytest.fixture

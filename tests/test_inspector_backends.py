@@ -13,7 +13,6 @@ from django.conf import settings as django_settings
 from django.test import Client
 from django.urls import reverse
 
-from triggers.runners.base import force_runner
 from triggers.runners.threading import ThreadingTaskRunner
 from triggers.shortcuts import get_trigger_manager
 
@@ -27,12 +26,8 @@ def anyone(request: Any) -> bool:
     return True
 
 
-@pytest.fixture(autouse=True)
-def threading_runner():
-    previous = force_runner("threading")
-    yield
-    ThreadingTaskRunner.join_all()
-    force_runner(previous)
+# Every task runs on the threading runner (the shared `threaded` fixture).
+pytestmark = pytest.mark.usefixtures("threaded")
 
 
 @pytest.mark.postgres
