@@ -121,3 +121,28 @@ def test_the_document_example_keeps_exactly_once_across_racing_processes(
     instances = sqlite_example().SQLiteDocumentStorage(uid, path=path).instances
     assert sorted(instances) == expected
     assert {i.status for i in instances.values()} == {"finished"}
+
+
+def test_a_document_conflict_is_retried_like_a_wait_for_the_lock(settings: Any) -> None:
+    # Given a document-tier session whose writes lose the race five times in
+    # a row (more than the three attempts a lost lock gets), well within
+    # TRIGGERS['LOCK_TIMEOUT']
+    settings.TRIGGERS = {**settings.TRIGGERS, "LOCK_TIMEOUT": 30}
+    storage = make_storage("locmem", new_uid("conflicts"))
+    manager = TriggerManager(storage)
+    manager.update_configuration({"t_a": {"after": ["a", "b"], "run": RECORDING}})
+    real_write, losses = storage.write, [5]
+
+    def contested_write(document: Any, expected_version: Any) -> bool:
+        if losses[0]:
+            losses[0] -= 1
+            return False  # another process wrote first
+        return bool(real_write(document, expected_version))
+
+    storage.write = contested_write  # type: ignore[method-assign]
+    # When a trigger fires
+    manager.fire("a", {"n": 1})
+    # Then the fire went through once the conflicts stopped, written once
+    assert losses == [0]
+    assert storage["t_a#0"].kwargs == {"a": {"n": 1}}
+    assert storage["t_a#0"].status == "unstarted"

@@ -10,11 +10,18 @@ writes in one step.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .. import conf
 from ..engine import Effects, Load
-from ..exceptions import LockLostError, SessionTimeoutError, UnknownInstanceError
+from ..exceptions import (
+    LockLostError,
+    SessionTimeoutError,
+    UnknownInstanceError,
+    WriteConflictError,
+)
 from ..types import TaskConfig, TaskInstance, now_iso
 from .data import Changes, FetchRequest, Snapshot, WaitKey, build_index, instance_sort_key
 
@@ -362,8 +369,13 @@ _logger = logging.getLogger("triggers.manager")
 def run_atomically(storage: BaseTriggerStorage, operation: Callable[[Transaction], R]) -> R:
     """Run ``operation`` in a transaction on ``storage`` (joining the one this
     thread has open, if any); start again if the lock expired before the
-    write (the failed attempt wrote nothing)."""
-    for attempt in range(LOCK_LOST_RETRIES):
+    write (the failed attempt wrote nothing), at most ``LOCK_LOST_RETRIES``
+    times. A document-tier write conflict is that tier's way of waiting for
+    the session, so it is retried for as long as ``TRIGGERS['LOCK_TIMEOUT']``
+    allows, like a wait for the lock."""
+    deadline = time.monotonic() + float(conf.get("LOCK_TIMEOUT"))
+    lost = 0
+    while True:
         try:
             with storage.transaction() as txn:
                 return operation(txn)
@@ -376,8 +388,12 @@ def run_atomically(storage: BaseTriggerStorage, operation: Callable[[Transaction
                     extra={"triggers_session": storage.uid},
                 )
             raise
+        except WriteConflictError:
+            if current_transaction(storage) is not None or time.monotonic() >= deadline:
+                raise
+            _logger.debug("session %r changed under a document-tier write; retrying", storage.uid)
         except LockLostError:
-            if attempt == LOCK_LOST_RETRIES - 1 or current_transaction(storage) is not None:
+            lost += 1
+            if lost >= LOCK_LOST_RETRIES or current_transaction(storage) is not None:
                 raise
             _logger.warning("lock on session %r expired mid-operation; retrying", storage.uid)
-    raise AssertionError("unreachable")
