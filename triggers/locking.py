@@ -287,7 +287,7 @@ def redis_client_for_cache(cache: Any) -> Any | None:
         try:
             return client.get_client(write=True)
         except TypeError:
-            pass
+            pass  # a client API without ``write=``: the next way below finds it
     # Django's built-in RedisCache (django.core.cache.backends.redis)
     inner = getattr(cache, "_cache", None)
     if inner is not None and hasattr(inner, "get_client") and hasattr(inner, "_pools"):

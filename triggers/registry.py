@@ -166,7 +166,7 @@ class Registry(Generic[T]):
                 if self.get_class(name) is cls:
                     return name
             except KeyError:
-                pass
+                pass  # that name builds nothing here: look for another key below
         for key, registered in list(self._classes.items()):
             if registered is cls and "." not in key:
                 return key

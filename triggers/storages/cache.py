@@ -37,7 +37,7 @@ def _client_for(cache: Any) -> Any | None:
     try:
         return _CLIENTS[cache]
     except (KeyError, TypeError):
-        pass
+        pass  # not looked up yet (or the cache cannot be a weak key): find it below
     setting = conf.get("REDIS_CLIENT")
     client = redis_client_from_setting(setting) if setting else redis_client_for_cache(cache)
     if not setting or (isinstance(setting, str) and "://" in setting):
@@ -46,7 +46,7 @@ def _client_for(cache: Any) -> Any | None:
     try:
         _CLIENTS[cache] = client
     except TypeError:
-        pass
+        pass  # a cache that cannot be a weak key is looked up each time instead
     return client
 
 
