@@ -373,7 +373,7 @@ def run_atomically(storage: BaseTriggerStorage, operation: Callable[[Transaction
     times. A document-tier write conflict is that tier's way of waiting for
     the session, so it is retried for as long as ``TRIGGERS['LOCK_TIMEOUT']``
     allows, like a wait for the lock."""
-    deadline = time.monotonic() + float(conf.get("LOCK_TIMEOUT"))
+    deadline: float | None = None  # set at the first conflict: no settings read per fire
     lost = 0
     while True:
         try:
@@ -389,7 +389,11 @@ def run_atomically(storage: BaseTriggerStorage, operation: Callable[[Transaction
                 )
             raise
         except WriteConflictError:
-            if current_transaction(storage) is not None or time.monotonic() >= deadline:
+            if current_transaction(storage) is not None:
+                raise
+            if deadline is None:
+                deadline = time.monotonic() + float(conf.get("LOCK_TIMEOUT"))
+            elif time.monotonic() >= deadline:
                 raise
             _logger.debug("session %r changed under a document-tier write; retrying", storage.uid)
         except LockLostError:
