@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from . import conf
 from .storages.base import BaseTriggerStorage
 from .storages.transaction import leases_left
-from .types import TaskConfig, TaskInstance
+from .types import TaskInstance
 
 __all__ = [
     "describe_instance",
@@ -30,6 +30,7 @@ __all__ = [
     "render_session_table",
     "waiting_by_instance",
     "waiting_on",
+    "waiting_text",
 ]
 
 #: Longest result shown in the table (the JSON report has it whole).
@@ -88,16 +89,19 @@ class Inspectable(Protocol):
     def find_stuck_instances(self, older_than: float | None = None) -> list[TaskInstance]: ...
 
 
-def _waiting_text(missing: Iterable[str], config: TaskConfig) -> str:
+def waiting_text(missing: Iterable[str], after: Collection[str]) -> str:
+    """``'waiting on 1 of 2: questionnaireComplete'``: ``missing`` of the
+    task's ``after`` triggers have not fired (for instances and for tasks
+    without one alike)."""
     missing = list(missing)
-    return f"waiting on {len(missing)} of {len(config.after)}: {', '.join(missing)}"
+    return f"waiting on {len(missing)} of {len(after)}: {', '.join(missing)}"
 
 
 def describe_waiting(instance: TaskInstance) -> str:
     """``'waiting on 1 of 2: questionnaireComplete'`` for an unstarted
     instance; ``''`` when it waits on nothing."""
     missing = waiting_on(instance)
-    return _waiting_text(missing, instance.config) if missing else ""
+    return waiting_text(missing, instance.config.after) if missing else ""
 
 
 def _short_type(qualified: str) -> str:

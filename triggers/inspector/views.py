@@ -27,7 +27,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from .. import conf
 from ..exceptions import DispatchError, TriggersError
 from ..graph import build_graph, task_state
-from ..inspection import inspect_session
+from ..inspection import inspect_session, waiting_text
 from ..shortcuts import get_trigger_manager
 from ..types import TaskInstance
 from .actions import FormError, run_action
@@ -185,7 +185,7 @@ def _task_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         mine = by_task.get(name, [])
         if name in pending:
             missing, after = pending[name]["waiting_on"], pending[name]["after"]
-            detail = f"waiting on {len(missing)} of {len(after)}: {', '.join(missing)}"
+            detail = waiting_text(missing, after)
             if not missing:
                 detail = "no instance yet"
         else:
