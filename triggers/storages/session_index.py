@@ -1,29 +1,38 @@
 """The session index of the cache backend: which sessions a cache holds,
 by last activity (see :mod:`triggers.sessions` for the public API).
 
-On a Redis cache the index is three sorted sets under the cache's key prefix,
-kept by ``commit.lua`` in the same script as every write, so keeping it
-current costs a fire no round trip:
+On a Redis cache the index is sharded: each session is listed in one of
+:data:`SHARDS` shards, picked by a stable hash of its uid
+(:func:`shard_of`), and a shard is three sorted sets sharing one hash tag,
+under the cache's key prefix:
 
-======================================  =========================================
-key                                     members and scores
-======================================  =========================================
-``triggers:{sessions}:activity``        uid, time of its last write (Unix seconds)
-``triggers:{sessions}:names``           uid, score 0 (lexical order: prefix search)
-``triggers:{sessions}:expires``         uid, when its keys expire (sessions with a
-                                        ``timeout`` only)
-======================================  =========================================
+==========================================  ====================================
+key                                         members and scores
+==========================================  ====================================
+``triggers:{sessions:<k>}:activity``        uid, time of its last write (Unix
+                                            seconds)
+``triggers:{sessions:<k>}:names``           uid, score 0 (lexical order: prefix
+                                            search)
+``triggers:{sessions:<k>}:expires``         uid, when its keys expire (sessions
+                                            with a ``timeout`` only)
+==========================================  ====================================
+
+The shards spread the index over the masters of a Redis Cluster (a fire
+writes one shard, never a slot shared by every session). A session's own
+keys live in another hash slot, so no script touches the index and the
+session at once: the storage queues :meth:`RedisSessionIndex.queue_touch`
+on the same pipeline as its commit script (one round trip), and the update
+is idempotent (``ZADD`` of a time, ``ZREM``), so it is safe to send again.
+Reads (listing, counting) read every shard in one pipeline and merge.
+
+The previous release kept one unsharded index (``triggers:{sessions}:*``);
+reads still include it (and deletions clean it), so sessions it lists stay
+visible to ``triggers_cleanup`` after an upgrade. Nothing writes it any more.
 
 A read of the index first drops the sessions whose keys have expired (a small
-script on the three index keys only). A session Redis evicted stays listed
-until ``triggers_cleanup`` (or :meth:`delete`) removes it: it holds nothing,
-so it counts as resolved.
-
-Redis Cluster: the three keys share one hash slot (``{sessions}``), never a
-session's. A cluster port must move the index update out of the commit script
-(a session's slot) into a command sent after it on the same connection, or
-shard the index by the session's hash tag; the update is idempotent (``ZADD``
-of a time, ``ZREM``), so sending it after the script, or twice, is safe.
+script on one shard's keys, run only on shards that have any). A session
+Redis evicted stays listed until ``triggers_cleanup`` (or :meth:`delete`)
+removes it: it holds nothing, so it counts as resolved.
 
 Any other cache keeps one JSON document listing the uids (written when a
 process first writes a session, then at most once a minute per session)
@@ -37,13 +46,25 @@ from __future__ import annotations
 import json
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["DocumentSessionIndex", "RedisSessionIndex", "clock", "for_cache"]
+from ..exceptions import LockLostError
+
+__all__ = [
+    "DocumentSessionIndex",
+    "RedisSessionIndex",
+    "clock",
+    "for_cache",
+    "shard_of",
+]
 
 SUFFIXES = ("activity", "names", "expires")
+#: Shards of the Redis index. Changing it moves sessions between shards:
+#: it is part of the stored layout, not a tuning knob.
+SHARDS = 16
 #: Uids dropped per prune script call (a long prune never blocks Redis).
 PRUNE_BATCH = 500
 #: Uids per ZMSCORE when a prefix search reads their activity.
@@ -70,8 +91,15 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def shard_of(uid: str) -> int:
+    """The index shard that lists session ``uid`` (CRC-32: the same in
+    every process and Python version, unlike ``hash()``)."""
+    return zlib.crc32(uid.encode("utf-8")) % SHARDS
+
+
 _PRUNE = """
--- KEYS: activity, names, expires; ARGV: now, batch. Drops expired sessions.
+-- KEYS: activity, names, expires of one shard; ARGV: now, batch.
+-- Drops the shard's expired sessions.
 local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, uid in ipairs(gone) do
   redis.call('ZREM', KEYS[1], uid)
@@ -81,39 +109,36 @@ end
 return #gone
 """
 
-# Takes the session lock (as fetch.lua does), deletes the session and its
-# index entries and releases the lock (as commit.lua does) in one step.
-# Lease keys are named from the instances hash: they share the session's hash
-# slot in a cluster, the index keys do not (see the module docstring).
+# Deletes a session whose lock the caller holds, then releases the lock the
+# way commit.lua does. Every key is declared and all share the session's hash
+# slot (the index is cleaned afterwards, by the caller).
 _DELETE = """
--- KEYS: 1-7 state, 8 lock, 9 lock signal, 10 recent commits,
---       11-13 index (activity, names, expires)
--- ARGV: token, lock expire ms, signal expire ms, uid, lease key prefix,
---       idle_before (Unix seconds, '' for none)
--- Returns nil when the lock is busy, else 1 deleted, 0 nothing stored,
--- 2 kept because the session was written at or after idle_before.
-if not redis.call('SET', KEYS[8], ARGV[1], 'NX', 'PX', ARGV[2])
-    and redis.call('GET', KEYS[8]) ~= ARGV[1] then
-  return false
-end
+-- KEYS: the session's keys (state, leases, commits...), then lock, lock signal
+-- ARGV: token, signal expire ms, idle_before ('' for none), index activity
+--       ('' unknown), activity hash and field ('' for none)
+-- Returns -1 when the lock is no longer ours (nothing deleted), else 1
+-- deleted, 0 nothing stored, 2 kept: written at or after idle_before.
+local n = #KEYS
+local lock, signal = KEYS[n - 1], KEYS[n]
+if redis.call('GET', lock) ~= ARGV[1] then return -1 end
 local result = 1
-if ARGV[6] ~= '' then
-  local seen = redis.call('ZSCORE', KEYS[11], ARGV[4])
-  if seen and tonumber(seen) >= tonumber(ARGV[6]) then result = 2 end
+if ARGV[3] ~= '' then
+  local seen = tonumber(ARGV[4]) or -1
+  if ARGV[5] ~= '' then
+    local own = tonumber(redis.call('HGET', ARGV[5], ARGV[6]) or '')
+    if own and own > seen then seen = own end
+  end
+  if seen >= tonumber(ARGV[3]) then result = 2 end
 end
 if result == 1 then
-  for _, name in ipairs(redis.call('HKEYS', KEYS[3])) do
-    redis.call('DEL', ARGV[5] .. name)
-  end
-  local n = redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
-  redis.call('DEL', KEYS[10])
-  for k = 11, 13 do redis.call('ZREM', KEYS[k], ARGV[4]) end
-  if n == 0 then result = 0 end
+  local found = 0
+  for k = 1, n - 2 do found = found + redis.call('DEL', KEYS[k]) end
+  if found == 0 then result = 0 end
 end
-redis.call('DEL', KEYS[9])
-redis.call('LPUSH', KEYS[9], 1)
-redis.call('PEXPIRE', KEYS[9], ARGV[3])
-redis.call('DEL', KEYS[8])
+redis.call('DEL', signal)
+redis.call('LPUSH', signal, 1)
+redis.call('PEXPIRE', signal, ARGV[2])
+redis.call('DEL', lock)
 return result
 """
 
@@ -135,64 +160,123 @@ def _lex_range(prefix: str) -> tuple[bytes, bytes]:
     return b"[" + raw, b"(" + raw + b"\xff"
 
 
+def shard_keys(cache: Any, shard: int | None) -> list[str]:
+    """Keys of index shard ``shard`` (``None``: the previous release's
+    unsharded index, still read)."""
+    tag = "sessions" if shard is None else f"sessions:{shard}"
+    return [str(cache.make_key(f"triggers:{{{tag}}}:{s}")) for s in SUFFIXES]
+
+
 def index_keys(cache: Any) -> list[str]:
-    return [str(cache.make_key(f"triggers:{{sessions}}:{s}")) for s in SUFFIXES]
+    """The previous release's unsharded index (kept for commit.lua until the
+    storage queues :meth:`RedisSessionIndex.queue_touch` instead)."""
+    return shard_keys(cache, None)
 
 
 class RedisSessionIndex:
-    """The index on a Redis cache (``client`` is the cache's redis-py client)."""
+    """The index on a Redis cache (``client`` is the redis-py client of the
+    state: a plain ``Redis`` or a ``RedisCluster``)."""
 
     def __init__(self, cache: Any, client: Any) -> None:
         self.client = client
-        self.keys = index_keys(cache)
+        self.shards = [shard_keys(cache, k) for k in range(SHARDS)]
+        #: Every shard read, the previous release's index last.
+        self.readable = [*self.shards, shard_keys(cache, None)]
+
+    def keys_of(self, uid: str) -> list[str]:
+        """The activity, names and expires keys that list ``uid``."""
+        return self.shards[shard_of(uid)]
+
+    def queue_touch(self, pipe: Any, uid: str, now: float, expires_at: float | None) -> Any:
+        """Queue on ``pipe`` (a redis-py pipeline, without MULTI on a
+        cluster) the index update of a commit that wrote session ``uid`` at
+        ``now`` whose keys expire at ``expires_at`` (``None``: never).
+
+        Queue it *before* the commit script: a deletion that takes the
+        session lock after the commit then finds the new activity."""
+        activity, names, expires = self.shards[shard_of(uid)]
+        pipe.zadd(activity, {uid: now})
+        pipe.zadd(names, {uid: 0})
+        if expires_at is None:
+            pipe.zrem(expires, uid)
+        else:
+            pipe.zadd(expires, {uid: expires_at})
+        return pipe
+
+    def touch(self, uid: str, now: float, expires_at: float | None) -> None:
+        """:meth:`queue_touch` sent on its own."""
+        self.queue_touch(self.client.pipeline(transaction=False), uid, now, expires_at).execute()
+
+    def _each(self, command: Callable[[Any, list[str]], Any], keys: Iterable[list[str]]) -> list:
+        """Run ``command(pipe, shard_keys)`` for every shard in one pipeline."""
+        pipe = self.client.pipeline(transaction=False)
+        for shard in keys:
+            command(pipe, shard)
+        return list(pipe.execute())
 
     def prune(self) -> None:
+        now = clock()
+        due = self._each(
+            lambda pipe, k: pipe.zrangebyscore(k[2], "-inf", now, start=0, num=1), self.readable
+        )
         script = _script(self.client, _PRUNE)
-        while int(script(keys=self.keys, args=[clock(), PRUNE_BATCH], client=self.client)) >= (
-            PRUNE_BATCH
-        ):
-            pass
+        for shard, found in zip(self.readable, due, strict=True):
+            if found:
+                while int(script(keys=shard, args=[now, PRUNE_BATCH], client=self.client)) >= (
+                    PRUNE_BATCH
+                ):
+                    pass
 
     def listing(
         self, prefix: str, offset: int, limit: int | None, older_than: datetime | None
     ) -> list[tuple[str, datetime]]:
         self.prune()
-        activity, names, _ = self.keys
-        top = f"({older_than.timestamp()!r}" if older_than is not None else "+inf"
-        if not prefix:
-            rows = self.client.zrevrangebyscore(
-                activity, top, "-inf", start=offset, num=-1 if limit is None else limit,
-                withscores=True,
-            )  # fmt: skip
-            return [(_text(uid), to_datetime(score)) for uid, score in rows]
-        uids = self.client.zrangebylex(names, *_lex_range(prefix))
-        found = self._scores(activity, uids)
-        cut = older_than.timestamp() if older_than is not None else None
-        rows = sorted(
-            ((uid, score) for uid, score in found if cut is None or score < cut),
-            key=lambda row: (-row[1], row[0]),
-        )
         end = None if limit is None else offset + limit
+        if not prefix:
+            top = f"({older_than.timestamp()!r}" if older_than is not None else "+inf"
+            # Each shard's newest `end`, merged: the page is among them.
+            parts = self._each(
+                lambda pipe, k: pipe.zrevrangebyscore(
+                    k[0], top, "-inf", start=0, num=-1 if end is None else end, withscores=True
+                ),
+                self.readable,
+            )
+            found = [(_text(uid), float(score)) for part in parts for uid, score in part]
+        else:
+            lex = _lex_range(prefix)
+            names = self._each(lambda pipe, k: pipe.zrangebylex(k[1], *lex), self.readable)
+            found = self._scores(names)
+            if older_than is not None:
+                cut = older_than.timestamp()
+                found = [(uid, score) for uid, score in found if score < cut]
+        rows = sorted(_newest(found), key=lambda row: (-row[1], row[0]))
         return [(uid, to_datetime(score)) for uid, score in rows[offset:end]]
 
-    def _scores(self, activity: str, uids: Iterable[Any]) -> list[tuple[str, float]]:
-        uids = list(uids)
-        if not uids:
-            return []
+    def _scores(self, names: list[list[Any]]) -> list[tuple[str, float]]:
         # ZMSCORE as a raw command (redis-py 3 has no zmscore()), in slices
         # so a short prefix matching many sessions never builds one huge reply.
         pipe = self.client.pipeline(transaction=False)
-        for start in range(0, len(uids), SCORE_BATCH):
-            pipe.execute_command("ZMSCORE", activity, *uids[start : start + SCORE_BATCH])
+        asked: list[Any] = []
+        for shard, uids in zip(self.readable, names, strict=True):
+            for start in range(0, len(uids), SCORE_BATCH):
+                pipe.execute_command("ZMSCORE", shard[0], *uids[start : start + SCORE_BATCH])
+            asked += uids
+        if not asked:
+            return []
         scores = [score for part in pipe.execute() for score in part]
-        return [(_text(u), float(s)) for u, s in zip(uids, scores, strict=True) if s is not None]
+        return [(_text(u), float(s)) for u, s in zip(asked, scores, strict=True) if s is not None]
 
     def count(self, prefix: str) -> int:
         self.prune()
-        activity, names, _ = self.keys
-        if not prefix:
-            return int(self.client.zcard(activity))
-        return int(self.client.zlexcount(names, *_lex_range(prefix)))
+        lex = _lex_range(prefix)
+        if not self.client.exists(self.readable[-1][1]):
+            # Every session is in exactly one shard: add up their sizes.
+            if not prefix:
+                return sum(self._each(lambda pipe, k: pipe.zcard(k[0]), self.shards))
+            return sum(self._each(lambda pipe, k: pipe.zlexcount(k[1], *lex), self.shards))
+        # The previous release's index may list a session a shard lists too.
+        names = self._each(lambda pipe, k: pipe.zrangebylex(k[1], *lex), self.readable)
+        return len({uid for part in names for uid in part})
 
     def delete(
         self,
@@ -202,18 +286,55 @@ class RedisSessionIndex:
         uid: str,
         lease_prefix: str,
         idle_before: datetime | None,
+        activity: tuple[str, str] | None = None,
     ) -> bool:
-        """Delete a session under its lock (``lock`` a deferred, pending
-        :class:`~triggers.locking.SessionLock`); see the script above."""
-        script = _script(self.client, _DELETE)
-        keys = [*state_keys, lock.key, lock.signal_key, commits_key, *self.keys]
-        since = "" if idle_before is None else repr(idle_before.timestamp())
-        args = [lock.id, lock.expire_ms, lock.signal_expire, uid, lease_prefix, since]
+        """Delete a session under its lock (``lock`` a pending
+        :class:`~triggers.locking.SessionLock`; released here), then drop it
+        from the index. ``state_keys`` are the session's keys (the instances
+        hash, whose field names name the lease keys, ends with
+        ``:instances``); ``activity`` the hash and field where the session
+        records its own last write, if it does (checked with the index's
+        time against ``idle_before``)."""
         try:
-            result = lock.take_with(lambda: script(keys=keys, args=args, client=self.client))
+            lock.ensure()
+            instances = next(k for k in state_keys if k.endswith(":instances"))
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hkeys(instances)
+            for keys in (self.keys_of(uid), self.readable[-1]):
+                pipe.zscore(keys[0], uid)
+            names, *scores = pipe.execute()
+            seen = max((float(s) for s in scores if s is not None), default=None)
+            leases = [lease_prefix + _text(name) for name in names]
+            keys = [*state_keys, commits_key, *leases, lock.key, lock.signal_key]
+            args = [
+                lock.id,
+                lock.signal_expire,
+                "" if idle_before is None else repr(idle_before.timestamp()),
+                "" if seen is None else repr(seen),
+                *(activity or ("", "")),
+            ]
+            result = int(_script(self.client, _DELETE)(keys=keys, args=args, client=self.client))
         finally:
             lock.forget()
-        return int(result) == 1
+        if result == -1:
+            raise LockLostError(uid)
+        if result != 2:
+            pipe = self.client.pipeline(transaction=False)
+            for keys in (self.keys_of(uid), self.readable[-1]):
+                for key in keys:
+                    pipe.zrem(key, uid)
+            pipe.execute()
+        return result == 1
+
+
+def _newest(rows: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """One row per uid (a session the previous release's index still lists
+    may be in a shard too): its latest activity."""
+    latest: dict[str, float] = {}
+    for uid, score in rows:
+        if score > latest.get(uid, float("-inf")):
+            latest[uid] = score
+    return list(latest.items())
 
 
 _DOCUMENT_LOCK = threading.Lock()
