@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import conf
+from .conditions import check_conditions, parse_rule
 from .exceptions import ConfigurationError, InvalidTriggerError, InvalidTriggerTypeError
 from .graph import find_cascade_cycle
 from .types import TaskConfig
@@ -32,7 +33,7 @@ __all__ = [
 ]
 
 
-KNOWN_DIRECTIVES = ("after", "run", "andEvery", "unless", "withParams", "using")
+KNOWN_DIRECTIVES = ("after", "run", "andEvery", "unless", "withParams", "using", "if")
 
 
 def _suggest(directive: str) -> str | None:
@@ -47,28 +48,6 @@ def _suggest(directive: str) -> str | None:
         found = difflib.get_close_matches(folded, list(lowered), n=1, cutoff=0.75)
         matches = [lowered[found[0]]] if found else []
     return matches[0] if matches else None
-
-
-def _names(task: str, directive: str, value: Any) -> frozenset[str]:
-    if isinstance(value, str):
-        raise ConfigurationError(
-            f"must be a list of trigger names, not the string {value!r} (write [{value!r}])",
-            task=task,
-            directive=directive,
-        )
-    if not isinstance(value, list | tuple | set | frozenset):
-        raise ConfigurationError(
-            f"must be a list of trigger names, not {type(value).__name__}",
-            task=task,
-            directive=directive,
-        )
-    names = []
-    for item in value:
-        try:
-            names.append(check_name(item, "trigger name"))
-        except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
-            raise ConfigurationError(str(exc), task=task, directive=directive) from None
-    return frozenset(names)
 
 
 def directive_fields(
@@ -105,7 +84,7 @@ def directive_fields(
         if required not in directives:
             raise ConfigurationError("is required", task=name, directive=required)
 
-    after = _names(name, "after", directives["after"])
+    after = parse_rule(name, "after", directives["after"])
     run = directives["run"]
     if not isinstance(run, str) or not run.strip():
         raise ConfigurationError(
@@ -133,7 +112,9 @@ def directive_fields(
             "must name at least one trigger (or give andEvery)", task=name, directive="after"
         )
 
-    unless = _names(name, "unless", directives.get("unless") or [])
+    unless = parse_rule(name, "unless", directives.get("unless") or [])
+    mentioned = after.names | unless.names | ({and_every} if and_every else set())
+    conditions = check_conditions(name, directives.get("if") or {}, mentioned)
 
     with_params = directives.get("withParams") or {}
     if not isinstance(with_params, Mapping):
@@ -181,6 +162,7 @@ def directive_fields(
         with_params=copy.deepcopy(dict(with_params)),
         using=using,
         extras=copy.deepcopy(extras),
+        conditions=conditions,
     )
 
 

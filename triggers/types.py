@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from .conditions import Group, Rule, rule_of
 from .exceptions import ConfigurationError
 
 # Also ``validate_configuration`` and ``find_cascade_cycle``, looked up late
@@ -47,26 +48,44 @@ class TaskConfig:
     naming the task and directive.
     """
 
-    __slots__ = ("name", "after", "run", "and_every", "unless", "with_params", "using", "extras")
+    __slots__ = (
+        "name",
+        "after",
+        "run",
+        "and_every",
+        "unless",
+        "with_params",
+        "using",
+        "extras",
+        "after_rule",
+        "unless_rule",
+        "conditions",
+    )
 
     def __init__(
         self,
         name: str,
-        after: Iterable[str],
+        after: Iterable[str | Group | Mapping[str, Any]],
         run: str,
         and_every: str | None = None,
-        unless: Iterable[str] | None = None,
+        unless: Iterable[str | Group | Mapping[str, Any]] | None = None,
         with_params: Mapping[str, Mapping[str, Any]] | None = None,
         using: str | None = None,
         extras: Mapping[str, Any] | None = None,
+        conditions: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
-        self.after = set(after)
-        if and_every:
-            self.after.add(and_every)
+        #: What ``after``/``unless`` ask for, groups included
+        #: (:class:`~triggers.conditions.Rule`); ``after``/``unless`` are
+        #: every trigger name they mention.
+        self.after_rule: Rule = rule_of(after, and_every or None)
+        self.unless_rule: Rule = rule_of(unless or ())
+        self.after = set(self.after_rule.names)
         self.run = run
         self.and_every = and_every
-        self.unless = set(unless or ())
+        self.unless = set(self.unless_rule.names)
+        #: ``if``: trigger name -> CEL expression.
+        self.conditions: dict[str, str] = dict(conditions or {})
         self.with_params: dict[str, dict[str, Any]] = {
             k: dict(v) for k, v in (with_params or {}).items()
         }
@@ -82,11 +101,13 @@ class TaskConfig:
 
     def to_directives(self) -> dict[str, Any]:
         """The JSON form (inverse of :meth:`from_directives`)."""
-        data: dict[str, Any] = {"after": sorted(self.after), "run": self.run}
+        data: dict[str, Any] = {"after": self.after_rule.to_json(), "run": self.run}
         if self.and_every is not None:
             data["andEvery"] = self.and_every
         if self.unless:
-            data["unless"] = sorted(self.unless)
+            data["unless"] = self.unless_rule.to_json()
+        if self.conditions:
+            data["if"] = dict(self.conditions)
         if self.with_params:
             data["withParams"] = copy.deepcopy(self.with_params)
         if self.using is not None:
@@ -199,14 +220,14 @@ class TaskInstance:
         return (
             self.status == self.STATUS_UNSTARTED
             and bool(self.config.unless)
-            and self.config.unless.issubset(self.abandon_state)
+            and self.config.unless_rule.met(self.abandon_state)
         )
 
     @property
     def can_run(self) -> bool:
         return (
             self.status == self.STATUS_UNSTARTED
-            and self.config.after.issubset(self.kwargs)
+            and self.config.after_rule.met(self.kwargs)
             and not self.can_abandon
         )
 
@@ -224,8 +245,9 @@ class TaskInstance:
 
     @property
     def missing_triggers(self) -> set[str]:
-        """``after`` triggers this instance is still waiting on."""
-        return self.config.after - set(self.kwargs)
+        """``after`` triggers this instance is still waiting on (members of
+        a group already satisfied are not)."""
+        return self.config.after_rule.missing(self.kwargs)
 
     # -- logs ---------------------------------------------------------------
     @property
@@ -251,9 +273,9 @@ class TaskInstance:
         instance: everything it has not received yet, while unstarted."""
         if self.status != self.STATUS_UNSTARTED:
             return set()
-        return {t for t in self.config.after if t not in self.kwargs} | {
-            t for t in self.config.unless if t not in self.abandon_state
-        }
+        return self.config.after_rule.missing(self.kwargs) | self.config.unless_rule.missing(
+            self.abandon_state
+        )
 
     def to_record(self) -> dict[str, Any]:
         record: dict[str, Any] = {

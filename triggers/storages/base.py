@@ -29,7 +29,7 @@ __all__ = ["MAX_INSTANCE_NAME_LENGTH", "BaseTriggerStorage", "IndexedStorage"]
 
 def config_from_stored(name: str, data: Mapping[str, Any]) -> TaskConfig:
     """Rebuild a config this library wrote (already validated)."""
-    known = {"after", "run", "andEvery", "unless", "withParams", "using"}
+    known = {"after", "run", "andEvery", "unless", "withParams", "using", "if"}
     return TaskConfig(
         name=name,
         after=data.get("after", ()),
@@ -39,6 +39,7 @@ def config_from_stored(name: str, data: Mapping[str, Any]) -> TaskConfig:
         with_params=data.get("withParams"),
         using=data.get("using"),
         extras={k: v for k, v in data.items() if k not in known},
+        conditions=data.get("if"),
     )
 
 
