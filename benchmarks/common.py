@@ -4,6 +4,11 @@
 Importing this module configures Django with ``benchmarks.settings`` (unless
 ``DJANGO_SETTINGS_MODULE`` says otherwise) and registers a runner that
 accepts instances and does nothing, so a case can time storage alone.
+
+``TRIGGERS_BENCH_TREE`` names another checkout whose ``triggers`` package the
+cases import instead of this one's (``compare.py`` uses it to time an older
+tree with the same benchmark code); the benchmark's own modules always come
+from here.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+#: The checkout whose ``triggers`` is timed (this one unless set).
+TREE = os.path.abspath(os.environ.get("TRIGGERS_BENCH_TREE") or ROOT)
+if TREE != ROOT:
+    sys.path.insert(0, TREE)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
 
 import django  # noqa: E402

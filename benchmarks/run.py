@@ -12,6 +12,8 @@ is violated.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 import time
@@ -22,6 +24,7 @@ if ROOT not in sys.path:
 
 from benchmarks import cases  # noqa: E402
 from benchmarks.common import (  # noqa: E402
+    TREE,
     BackToBack,
     Row,
     Sampler,
@@ -43,6 +46,7 @@ BYTES_BEFORE = 305_000
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows to FILE as JSON")
     args = parser.parse_args(argv)
     scale = 0.2 if args.quick else 1.0
 
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(
         f"triggers fire() benchmark, run {run_id}: {os.cpu_count()} CPUs, "
-        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, triggers from {TREE}"
     )
     print(
         f"Redis {settings.REDIS_URL} (cache db {settings.CACHE_DB}, broker db "
@@ -184,6 +188,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
     failed = [r.case for r in rows if not r.passed]
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(
+                {
+                    "tree": TREE,
+                    "rows": [dataclasses.asdict(r) for r in rows],
+                    "problems": problems,
+                },
+                out,
+            )
     if failed or problems:
         print("FAILED: " + "; ".join(failed + problems))
         return 1
