@@ -22,27 +22,112 @@ from django.core.cache import caches
 
 from .. import conf
 from ..exceptions import ConfigurationError
-from ..locking import redis_client_for_cache, redis_client_from_setting, with_timeouts
+from ..locking import redis_client_for_cache, with_timeouts
 from .base import BaseTriggerStorage
 from .document import DocumentStorage
 from .session_index import DocumentSessionIndex, RedisSessionIndex, clock, for_cache
 
-__all__ = ["CacheDocumentBackend", "CacheStorageBackend"]
+__all__ = [
+    "CacheDocumentBackend",
+    "CacheStorageBackend",
+    "check_redis_client_setting",
+    "redis_client",
+]
 
 DEFAULT: Any = object()
 _CLIENTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+#: ``TRIGGERS['REDIS_CLIENT']`` URL schemes that ask for a Redis Cluster
+#: client, and the redis-py scheme each stands for.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+_PLAIN_SCHEMES = ("redis", "rediss", "unix")
+#: Clients built from ``TRIGGERS['REDIS_CLIENT']``, by setting value: one
+#: per process (a cluster client discovers the cluster when it is built).
+_SETTING_CLIENTS: dict[Any, Any] = {}
+
+
+def _bad_client(value: Any, why: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"TRIGGERS['REDIS_CLIENT'] = {value!r} {why}", directive="REDIS_CLIENT"
+    )
+
+
+def check_redis_client_setting(value: Any) -> Any:
+    """Validate ``TRIGGERS['REDIS_CLIENT']`` without connecting: return the
+    factory it names (``None`` for a URL); raise
+    :class:`~triggers.exceptions.ConfigurationError` naming the setting."""
+    if isinstance(value, str) and "://" in value:
+        scheme = value.split("://", 1)[0].lower()
+        if scheme in CLUSTER_SCHEMES:
+            try:
+                import redis.cluster  # noqa: F401
+            except ImportError:
+                raise _bad_client(
+                    value, "asks for a Redis Cluster: that needs redis-py 4.1 or later"
+                ) from None
+        elif scheme not in _PLAIN_SCHEMES:
+            raise _bad_client(
+                value,
+                f"has the unknown scheme {scheme!r}: use redis://, rediss:// or unix:// for one "
+                "server, redis+cluster:// or rediss+cluster:// for a Redis Cluster",
+            )
+        return None
+    if isinstance(value, str):
+        from django.utils.module_loading import import_string
+
+        try:
+            value = import_string(value)
+        except ImportError as exc:
+            raise _bad_client(value, f"cannot be imported ({exc})") from None
+    if not callable(value):
+        raise _bad_client(
+            value, "must be a redis:// URL or the dotted path of a callable returning a client"
+        )
+    return value
+
+
+def redis_client(value: Any) -> Any:
+    """The client ``TRIGGERS['REDIS_CLIENT']`` names, built once per process:
+    a URL (``redis+cluster://host:port`` for a
+    :class:`redis.cluster.RedisCluster`; ``TRIGGERS['REDIS_TIMEOUT']`` bounds
+    its sockets unless the URL says) or a callable's result (kept as built)."""
+    key = value if isinstance(value, str) else id(value)
+    client = _SETTING_CLIENTS.get(key)
+    if client is not None:
+        return client
+    factory = check_redis_client_setting(value)
+    if factory is not None:
+        client = factory()
+        if not all(hasattr(client, a) for a in ("pipeline", "register_script", "execute_command")):
+            raise _bad_client(value, f"returned {type(client).__name__}, not a redis-py client")
+    else:
+        import redis
+
+        timeout = conf.get("REDIS_TIMEOUT")
+        bounds: dict[str, float] = {}
+        if timeout is not None:
+            bounds = {"socket_timeout": float(timeout), "socket_connect_timeout": float(timeout)}
+        scheme, rest = value.split("://", 1)
+        if scheme.lower() in CLUSTER_SCHEMES:
+            from redis.cluster import RedisCluster
+
+            url = f"{CLUSTER_SCHEMES[scheme.lower()]}://{rest}"
+            client = RedisCluster.from_url(url, **bounds)
+        else:
+            client = redis.Redis.from_url(value, **bounds)
+    _SETTING_CLIENTS[key] = client
+    return client
 
 
 def _client_for(cache: Any) -> Any | None:
+    setting = conf.get("REDIS_CLIENT")
+    if setting:
+        # State and locks go on that client whatever the cache alias.
+        return redis_client(setting)
     try:
         return _CLIENTS[cache]
     except (KeyError, TypeError):
         pass  # not looked up yet (or the cache cannot be a weak key): find it below
-    setting = conf.get("REDIS_CLIENT")
-    client = redis_client_from_setting(setting) if setting else redis_client_for_cache(cache)
-    if not setting or (isinstance(setting, str) and "://" in setting):
-        # A client factory of the project's own keeps its options.
-        client = with_timeouts(client, conf.get("REDIS_TIMEOUT"))
+    client = with_timeouts(redis_client_for_cache(cache), conf.get("REDIS_TIMEOUT"))
     try:
         _CLIENTS[cache] = client
     except TypeError:
