@@ -153,9 +153,7 @@ def _ordered(groups: Iterable[Group]) -> tuple[Group, ...]:
 
 # -- validating user input ------------------------------------------------------
 
-_SHAPES = (
-    'a trigger name, {"anyOf": [names]} or {"atLeast": k, "of": [names]}'
-)
+_SHAPES = 'a trigger name, {"anyOf": [names]} or {"atLeast": k, "of": [names]}'
 
 
 def _member_names(task: str, directive: str, where: str, value: Any) -> tuple[str, ...]:

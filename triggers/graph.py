@@ -4,7 +4,10 @@ Graphviz DOT; with a session's instances, task nodes are coloured by status.
 
 Edges: ``after`` is a solid arrow, ``andEvery`` a thick arrow labelled
 "every", ``unless`` a dashed arrow labelled "unless", and a cascade (a task
-whose name another task waits on) a solid arrow labelled "cascade".
+whose name another task waits on) a solid arrow labelled "cascade". A group
+(``anyOf``/``atLeast``) is a small node of its own ("any of", "2 of 3") that
+its members point to and that points to the task; a trigger with an ``if``
+condition has the expression on its edge ("if kwargs.amount > 1000").
 """
 
 from __future__ import annotations
@@ -57,10 +60,16 @@ COLOURS = {
 }
 
 
+#: Separates the parts of a group node's name (task, part, index joined by tabs): no
+#: trigger or task name holds a control character, so a group node never
+#: takes another node's name; a tab is still valid in XML (the SVG).
+GROUP_SEP = "\t"
+
+
 @dataclass
 class Node:
     name: str
-    kind: str  # "trigger" or "task"
+    kind: str  # "trigger", "task" or "group"
     state: str | None = None  # a status, "none", "fired" or "not fired"; None without a session
     label: str = ""
 
@@ -69,6 +78,16 @@ class Node:
 class Graph:
     nodes: dict[str, Node] = field(default_factory=dict)
     edges: list[tuple[str, str, str]] = field(default_factory=list)  # (source, target, kind)
+    #: (source, target) -> the ``if`` condition on that edge.
+    conditions: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def edge_label(self, source: str, target: str, kind: str) -> str:
+        """What an edge says: its kind (but plain ``after``) and condition."""
+        words = [] if kind == AFTER else [kind]
+        condition = self.conditions.get((source, target))
+        if condition:
+            words.append(f"if {condition}")
+        return ", ".join(words)
 
 
 def task_state(statuses: Iterable[str]) -> str:
@@ -107,21 +126,43 @@ def build_graph(
         graph.nodes[name] = Node(name, "task", state, label)
     for name in sorted(configs):
         config = configs[name]
-        for trigger in sorted(config.after | config.unless):
+
+        def trigger_node(trigger: str) -> None:
             if trigger not in graph.nodes:
                 state = None
                 if with_session:
                     state = "fired" if trigger in fired_set else "not fired"
                 graph.nodes[trigger] = Node(trigger, "trigger", state, trigger)
-            if trigger in config.unless:
-                kind = UNLESS
-            elif trigger == config.and_every:
-                kind = EVERY
-            elif trigger in configs:
-                kind = CASCADE
-            else:
-                kind = AFTER
-            graph.edges.append((trigger, name, kind))
+
+        def kind_of(trigger: str, unless: bool, config: TaskConfig = config) -> str:
+            if unless:
+                return UNLESS
+            if trigger == config.and_every:
+                return EVERY
+            return CASCADE if trigger in configs else AFTER
+
+        for trigger in sorted(config.after_rule.plain | config.unless_rule.plain):
+            trigger_node(trigger)
+            graph.edges.append(
+                (trigger, name, kind_of(trigger, trigger in config.unless_rule.plain))
+            )
+            if trigger in config.conditions:
+                graph.conditions[(trigger, name)] = config.conditions[trigger]
+        for unless, rule in ((False, config.after_rule), (True, config.unless_rule)):
+            for i, group in enumerate(rule.groups):
+                part = "unless" if unless else "after"
+                node = GROUP_SEP.join((name, part, str(i)))
+                label = "any of" if group.kind == "anyOf" else f"{group.need} of {len(group.of)}"
+                state = None
+                if with_session:
+                    state = "fired" if group.met(fired_set) else "not fired"
+                graph.nodes[node] = Node(node, "group", state, label)
+                for member in group.of:
+                    trigger_node(member)
+                    graph.edges.append((member, node, kind_of(member, unless)))
+                    if member in config.conditions:
+                        graph.conditions[(member, node)] = config.conditions[member]
+                graph.edges.append((node, name, UNLESS if unless else AFTER))
     return graph
 
 
@@ -140,16 +181,17 @@ def to_mermaid(graph: Graph) -> str:
     lines = ["flowchart LR"]
     for name, node in graph.nodes.items():
         label = _mermaid_text(node.label or name)
-        shape = f'(["{label}"])' if node.kind == "trigger" else f'["{label}"]'
+        shape = {"trigger": f'(["{label}"])', "group": f'{{{{"{label}"}}}}'}.get(
+            node.kind, f'["{label}"]'
+        )
         lines.append(f"    {ids[name]}{shape}")
-    arrows = {
-        AFTER: "-->",
-        EVERY: "==>|every|",
-        UNLESS: "-.->|unless|",
-        CASCADE: "-->|cascade|",
-    }
+    arrows = {AFTER: "-->", EVERY: "==>", UNLESS: "-.->", CASCADE: "-->"}
     for source, target, kind in graph.edges:
-        lines.append(f"    {ids[source]} {arrows[kind]} {ids[target]}")
+        text = graph.edge_label(source, target, kind)
+        if text and (source, target) in graph.conditions:
+            text = f'"{_mermaid_text(text).replace("|", "#124;")}"'
+        arrow = f"{arrows[kind]}|{text}|" if text else arrows[kind]
+        lines.append(f"    {ids[source]} {arrow} {ids[target]}")
     states = sorted({n.state for n in graph.nodes.values() if n.state})
     for state in states:
         fill, stroke = COLOURS[state]
@@ -175,19 +217,26 @@ def to_dot(graph: Graph, name: str = "workflow") -> str:
     ]
     for node_name, node in graph.nodes.items():
         attrs = [f"label={_dot_text(node.label or node_name)}"]
-        attrs.append("shape=ellipse" if node.kind == "trigger" else "shape=box")
+        attrs.append(
+            {"trigger": "shape=ellipse", "group": "shape=hexagon"}.get(node.kind, "shape=box")
+        )
         if node.state:
             fill, stroke = COLOURS[node.state]
             attrs += ["style=filled", f'fillcolor="{fill}"', f'color="{stroke}"']
         lines.append(f"    {ids[node_name]} [{', '.join(attrs)}];")
     styles = {
-        AFTER: "",
-        EVERY: ' [style=bold, penwidth=2.5, label="every"]',
-        UNLESS: ' [style=dashed, arrowhead=tee, label="unless"]',
-        CASCADE: ' [label="cascade"]',
+        AFTER: [],
+        EVERY: ["style=bold", "penwidth=2.5"],
+        UNLESS: ["style=dashed", "arrowhead=tee"],
+        CASCADE: [],
     }
     for source, target, kind in graph.edges:
-        lines.append(f"    {ids[source]} -> {ids[target]}{styles[kind]};")
+        attrs = list(styles[kind])
+        text = graph.edge_label(source, target, kind)
+        if text:
+            attrs.append(f"label={_dot_text(text)}")
+        joined = f" [{', '.join(attrs)}]" if attrs else ""
+        lines.append(f"    {ids[source]} -> {ids[target]}{joined};")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -195,17 +244,45 @@ def to_dot(graph: Graph, name: str = "workflow") -> str:
 def to_json(graph: Graph) -> dict[str, Any]:
     """Nodes and edges as plain data."""
     return {
-        "nodes": [{"name": n.name, "kind": n.kind, "state": n.state} for n in graph.nodes.values()],
-        "edges": [{"source": s, "target": t, "kind": k} for s, t, k in graph.edges],
+        "nodes": [
+            {"name": n.name, "kind": n.kind, "state": n.state, "label": n.label}
+            for n in graph.nodes.values()
+        ],
+        "edges": [
+            {"source": s, "target": t, "kind": k, "condition": graph.conditions.get((s, t))}
+            for s, t, k in graph.edges
+        ],
     }
+
+
+def can_never_run(configs: Mapping[str, TaskConfig]) -> set[str]:
+    """Tasks whose ``after`` can never be met: every trigger that is not a
+    task's name may fire, a task's name fires once that task can run, and
+    a group needs only ``need`` members that can fire."""
+    runs: set[str] = set()
+    fireable = {t for cfg in configs.values() for t in cfg.after if t not in configs}
+    changed = True
+    while changed:
+        changed = False
+        for name, cfg in configs.items():
+            if name not in runs and cfg.after_rule.met(fireable):
+                runs.add(name)
+                fireable.add(name)
+                changed = True
+    return set(configs) - runs
 
 
 def find_cascade_cycle(configs: Mapping[str, TaskConfig]) -> list[str] | None:
     """Tasks that wait on each other's cascades in a ring can never run.
 
-    Returns the ring (first task repeated at the end) or ``None``.
+    Returns the ring (first task repeated at the end) or ``None``. With
+    groups, a ring is reported only when it blocks: a task in an ``anyOf``
+    with a trigger outside the ring can still run.
     """
-    edges = {name: sorted(t for t in cfg.after if t in configs) for name, cfg in configs.items()}
+    stuck = can_never_run(configs)
+    if not stuck:
+        return None
+    edges = {name: sorted(t for t in configs[name].after if t in stuck) for name in stuck}
     state: dict[str, int] = {}
     stack: list[str] = []
 

@@ -7,6 +7,10 @@ available from Python and as JSON.
 
     >>> describe_waiting(manager.storage["t_importSubject#0"])
     'waiting on 1 of 2: questionnaireComplete'
+
+A group counts as one requirement (``'waiting on 1 of 2: any of cardPaid,
+invoicePaid'``), and a trigger with an ``if`` condition shows it
+(``'paymentReceived [if kwargs.amount > 1000]'``).
 """
 
 from __future__ import annotations
@@ -18,14 +22,16 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from . import conf
+from .conditions import Rule, evaluate
 from .storages.base import BaseTriggerStorage
 from .storages.transaction import leases_left
-from .types import TaskInstance
+from .types import TaskConfig, TaskInstance
 
 __all__ = [
     "describe_instance",
     "describe_waiting",
     "find_stuck",
+    "fired_for",
     "inspect_session",
     "render_session_table",
     "waiting_by_instance",
@@ -97,11 +103,34 @@ def waiting_text(missing: Iterable[str], after: Collection[str]) -> str:
     return f"waiting on {len(missing)} of {len(after)}: {', '.join(missing)}"
 
 
+def requirements_text(config: TaskConfig, received: Collection[str]) -> str:
+    """``'waiting on 1 of 2: any of x, y'``: what of the task's ``after``
+    (each plain name and each group one requirement) ``received`` lacks."""
+    rule: Rule = config.after_rule
+    done, total = rule.progress(received)
+    words = [
+        f"{word} [if {config.conditions[word]}]" if word in config.conditions else word
+        for word in rule.pending(received)
+    ]
+    return f"waiting on {total - done} of {total}: {', '.join(words)}"
+
+
+def fired_for(config: TaskConfig, latest_kwargs: dict[str, Any]) -> set[str]:
+    """The fired triggers that count for ``config``: those whose ``if``
+    condition (if any) holds on their latest kwargs."""
+    return {
+        name
+        for name, kwargs in latest_kwargs.items()
+        if name not in config.conditions or evaluate(config.conditions[name], kwargs)[0]
+    }
+
+
 def describe_waiting(instance: TaskInstance) -> str:
     """``'waiting on 1 of 2: questionnaireComplete'`` for an unstarted
     instance; ``''`` when it waits on nothing."""
-    missing = waiting_on(instance)
-    return waiting_text(missing, instance.config.after) if missing else ""
+    if not waiting_on(instance):
+        return ""
+    return requirements_text(instance.config, instance.kwargs)
 
 
 def _short_type(qualified: str) -> str:
@@ -137,7 +166,7 @@ def describe_instance(
     if status == TaskInstance.STATUS_REPLAYED:
         return f"replayed as {replayed_as}" if replayed_as else "replayed"
     if status == TaskInstance.STATUS_ABANDONED:
-        return f"unless {', '.join(sorted(instance.config.unless))} fired"
+        return f"unless {', '.join(instance.config.unless_rule.describe())} fired"
     return ""
 
 
@@ -177,16 +206,24 @@ def inspect_session(manager: Inspectable, stuck_after: float | None = None) -> d
             row["parent"] = meta["parent"]
         rows.append(row)
     with_instances = {inst.config.name for inst in instances.values()}
-    fired = set(metadata.get("latest_kwargs") or {})
-    pending = [
-        {
-            "task": name,
-            "waiting_on": sorted(config.after - fired),
-            "after": sorted(config.after),
-        }
-        for name, config in tasks.items()
-        if name not in with_instances
-    ]
+    latest = metadata.get("latest_kwargs") or {}
+    fired = set(latest)
+    pending = []
+    for name, config in tasks.items():
+        if name in with_instances:
+            continue
+        counted = fired_for(config, latest)
+        missing = sorted(config.after_rule.missing(counted))
+        text = requirements_text(config, counted) if missing else ""
+        pending.append(
+            {
+                "task": name,
+                "waiting_on": missing,
+                "after": sorted(config.after),
+                "waiting": text,
+                "detail": f"no instance yet; {text}" if text else "no instance yet",
+            }
+        )
     return {
         "uid": storage.uid,
         "workflow": metadata.get("workflow"),
@@ -214,9 +251,7 @@ def render_session_table(report: dict[str, Any]) -> str:
     table = [("INSTANCE", "STATUS", "DETAIL")]
     table += [(row["name"], row["status"], row["detail"]) for row in report["instances"]]
     for task in report["tasks_without_instances"]:
-        missing = task["waiting_on"]
-        detail = f"no instance yet; waiting on {len(missing)} of {len(task['after'])}"
-        table.append((task["task"], "-", f"{detail}: {', '.join(missing)}" if missing else detail))
+        table.append((task["task"], "-", task["detail"]))
     widths = [max(len(r[i]) for r in table) for i in range(2)]
     for name, status, detail in table:
         lines.append(f"  {name.ljust(widths[0])}  {status.ljust(widths[1])}  {detail}".rstrip())

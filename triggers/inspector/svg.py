@@ -7,7 +7,8 @@ that feeds it; within a column, nodes are ordered by the average position of
 their neighbours (a few sweeps of the barycentre heuristic). Nodes take the
 status colours of :data:`triggers.graph.COLOURS`; edges keep the graph's
 kinds (``after`` solid, ``every`` thick, ``unless`` dashed, ``cascade``
-solid and labelled).
+solid and labelled); a group (``anyOf``/``atLeast``) is a small dashed node,
+and an edge whose trigger has an ``if`` condition is labelled with it.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def to_svg(
         "</defs>",
     ]
     for source, target, kind in graph.edges:
-        out.append(_edge(box[source], box[target], kind))
+        out.append(_edge(box[source], box[target], kind, graph.edge_label(source, target, kind)))
     for name, node in graph.nodes.items():
         out.append(_node(name, node.kind, node.state, labels[name], box[name], link))
     out.append("</svg>")
@@ -145,7 +146,10 @@ def to_svg(
 
 
 def _edge(
-    src: tuple[float, float, float, float], dst: tuple[float, float, float, float], kind: str
+    src: tuple[float, float, float, float],
+    dst: tuple[float, float, float, float],
+    kind: str,
+    label: str = "",
 ) -> str:
     x1, y1 = src[0] + src[2], src[1] + src[3] / 2
     x2, y2 = dst[0], dst[1] + dst[3] / 2
@@ -164,11 +168,11 @@ def _edge(
         UNLESS: 'stroke="#b02a37" stroke-width="1.3" stroke-dasharray="5,4" marker-end="url(#tee)"',
     }[kind]
     text = ""
-    if kind in (EVERY, UNLESS, CASCADE):
+    if label:
         tx, ty = (x1 + x2) / 2, (y1 + y2) / 2 - 4
         text = (
             f'<text x="{tx:.1f}" y="{ty:.1f}" text-anchor="middle" font-size="10" '
-            f'fill="#6c757d">{kind}</text>'
+            f'fill="#6c757d">{escape(label)}</text>'
         )
     return f'<g class="edge edge-{kind}"><path d="{path}" fill="none" {style}/>{text}</g>'
 
@@ -184,12 +188,13 @@ def _node(
     x, y, w, h = box
     fill, stroke = COLOURS[state] if state else ("#ffffff", "#495057")
     radius = h / 2 if kind == "trigger" else 4
+    dashes = ' stroke-dasharray="3,2"' if kind == "group" else ""
     css = f"node node-{kind}" + (f" state-{state.replace(' ', '-')}" if state else "")
     parts = [
         f"<g class={quoteattr(css)} data-name={quoteattr(name)}>",
         f"<title>{escape(name)}{' (' + escape(state) + ')' if state else ''}</title>",
         f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" rx="{radius:.1f}" '
-        f'fill="{fill}" stroke="{stroke}" stroke-width="1.5"/>',
+        f'fill="{fill}" stroke="{stroke}" stroke-width="1.5"{dashes}/>',
     ]
     for i, line in enumerate(lines):
         ty = y + PAD_Y + LINE_HEIGHT * i + LINE_HEIGHT * 0.75

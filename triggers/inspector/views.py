@@ -27,7 +27,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from .. import conf
 from ..exceptions import DispatchError, TriggersError
 from ..graph import build_graph, task_state
-from ..inspection import inspect_session, waiting_text
+from ..inspection import inspect_session
 from ..shortcuts import get_trigger_manager
 from ..types import TaskInstance
 from .actions import FormError, run_action
@@ -184,10 +184,7 @@ def _task_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     for name, directives in report["tasks"].items():
         mine = by_task.get(name, [])
         if name in pending:
-            missing, after = pending[name]["waiting_on"], pending[name]["after"]
-            detail = waiting_text(missing, after)
-            if not missing:
-                detail = "no instance yet"
+            detail = pending[name]["waiting"] or "no instance yet"
         else:
             waiting = [r["detail"] for r in mine if r["waiting_on"]]
             detail = waiting[0] if waiting else ""
