@@ -74,6 +74,9 @@ DEFAULTS: dict[str, Any] = {
     # Who may use the web inspector (triggers.urls): the dotted path of a
     # callable(request) -> bool; None: active staff users.
     "INSPECTOR_PERMISSION": None,
+    # Seconds an idempotency key of fire(..., idempotency_key=...) is
+    # remembered per session (a repeat within it changes nothing).
+    "IDEMPOTENCY_WINDOW": 7 * 24 * 3600,
 }
 
 

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from . import conf, engine, inspection
+from . import conf, engine, inspection, timer_ops
 from .config import validate_configuration
 from .dispatch import CurrentDefaultRunner, dispatch, runner_choice
 from .exceptions import (
@@ -105,12 +105,25 @@ class TriggerManager:
 
     # -- firing ----------------------------------------------------------------
     def fire(
-        self, trigger_name: str, trigger_kwargs: Mapping[str, Any] | None = None
+        self,
+        trigger_name: str,
+        trigger_kwargs: Mapping[str, Any] | None = None,
+        *,
+        delay: Any = None,
+        at: Any = None,
+        idempotency_key: str | None = None,
     ) -> list[TaskInstance]:
         """Fire a trigger for this session; returns the instances it scheduled.
 
-        Raises ``TypeError``/``ValueError`` (library subclasses) for a bad name
-        or kwargs before touching the session, and
+        With ``delay`` (seconds or a timedelta) or ``at`` (an aware datetime)
+        the fire is stored as a pending timer, applied once when due by
+        :func:`triggers.timers.fire_due_timers`, and ``[]`` is returned. With
+        ``idempotency_key``, a second fire with the same key in this session
+        within ``TRIGGERS['IDEMPOTENCY_WINDOW']`` seconds changes nothing and
+        returns ``[]``.
+
+        Raises ``TypeError``/``ValueError`` (library subclasses) for a bad name,
+        kwargs or option before touching the session, and
         :class:`~triggers.exceptions.DispatchError` if a ready instance could
         not be handed to its runner (the trigger is still recorded).
         """
@@ -118,15 +131,37 @@ class TriggerManager:
         kwargs = normalise_kwargs(
             trigger_name, trigger_kwargs, max_bytes=conf.get("MAX_KWARGS_BYTES")
         )
-
-        def op(txn: Transaction) -> list[TaskInstance]:
-            txn.load(engine.load_for_fire(trigger_name))
-            check_before_fire(self.storage, txn, trigger_name)
-            return self.carry_out(
-                txn, engine.apply_trigger(txn, trigger_name, kwargs), fired=trigger_name
+        if delay is not None or at is not None or idempotency_key is not None:
+            return timer_ops.fire_with_options(
+                self,
+                trigger_name,
+                kwargs,
+                delay=delay,
+                at=at,
+                idempotency_key=idempotency_key,
+                manager_key=trigger_managers.key_for(type(self)),
             )
 
+        def op(txn: Transaction) -> list[TaskInstance]:
+            return self.fire_in(txn, trigger_name, kwargs)
+
         return self.atomic(op)
+
+    def fire_in(
+        self, txn: Transaction, trigger_name: str, kwargs: dict[str, Any]
+    ) -> list[TaskInstance]:
+        """Apply one fire (``kwargs`` already checked) inside ``txn``: the
+        path every fire takes, delayed ones included."""
+        txn.load(engine.load_for_fire(trigger_name))
+        check_before_fire(self.storage, txn, trigger_name)
+        return self.carry_out(
+            txn, engine.apply_trigger(txn, trigger_name, kwargs), fired=trigger_name
+        )
+
+    def cancel_timers(self, trigger_name: str) -> int:
+        """Remove this session's pending timers of ``trigger_name`` (delayed
+        fires and deadlines that fire it); returns how many were removed."""
+        return timer_ops.cancel_timers(self, trigger_name)
 
     def carry_out(
         self,

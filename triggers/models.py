@@ -120,3 +120,5 @@ class LatestKwargs(models.Model):
                 fields=["session", "trigger"], name="triggers_latest_kwargs_unique"
             )
         ]
+
+from .timer_models import DueTimer  # noqa: E402,F401  (the timers' due index, in its own module)

@@ -69,6 +69,15 @@ class SessionAPI:
         return result
 
     @property
+    def timers(self) -> list[dict[str, Any]]:
+        """Pending timers (delayed fires, deadlines), earliest first: plain
+        dicts with ``id``, ``trigger``, ``due`` (ISO-8601), ``kwargs`` and,
+        for a deadline, ``instance`` (see :mod:`triggers.timers`)."""
+        from ..schedule import timer_list
+
+        return timer_list(self.fetch(FetchRequest(timers=True)).timers)
+
+    @property
     def metadata(self) -> dict[str, Any]:
         txn = self._bound()
         source: Any = txn if txn is not None else self._load_all()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .. import runners
@@ -32,7 +33,36 @@ __all__ = [
     "SelfRetryingTask",
     "SelfSkippingTask",
     "TriggerManagerTestCaseMixin",
+    "run_due_timers",
 ]
+
+
+def run_due_timers(
+    manager: TriggerManager,
+    seconds: float | timedelta = 0,
+    *,
+    now: datetime | None = None,
+    join_timeout: float = 30.0,
+) -> int:
+    """Drive time without sleeping: apply the timers of ``manager``'s
+    storage due ``seconds`` from now (or at ``now``, an aware datetime),
+    then wait for the tasks that ran in threads (cascades included).
+    Returns how many timers fired::
+
+        manager.fire("remind", delay=timedelta(days=7))
+        run_due_timers(manager, timedelta(days=7))   # fires it now
+
+    The sweep covers every session of that storage's due index, like
+    :func:`triggers.timers.fire_due_timers` with ``storage=``.
+    """
+    from ..timers import fire_due_timers
+
+    if now is None:
+        step = seconds if isinstance(seconds, timedelta) else timedelta(seconds=float(seconds))
+        now = datetime.now(UTC) + step
+    applied = fire_due_timers(now=now, storage=manager.storage)
+    ThreadingTaskRunner.join_all(join_timeout)
+    return applied
 
 
 def _swap_default_runner(value: Any) -> Any:
@@ -71,6 +101,12 @@ class TriggerManagerTestCaseMixin:
         ThreadingTaskRunner.join_all(self.join_timeout)
         if hasattr(self, "_triggers_previous_runner"):
             _swap_default_runner(self._triggers_previous_runner)
+
+    def run_due_timers(self, seconds: float | timedelta = 0, *, now: datetime | None = None) -> int:
+        """Apply ``self.manager``'s timers due ``seconds`` from now (or at
+        ``now``) and wait for the tasks they started; see
+        :func:`run_due_timers`."""
+        return run_due_timers(self.manager, seconds, now=now, join_timeout=self.join_timeout)
 
     # -- helpers -------------------------------------------------------------
     def _fail(self, message: str) -> None:

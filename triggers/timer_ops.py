@@ -1,0 +1,109 @@
+"""The session operations behind ``fire(..., delay=, at=, idempotency_key=)``
+and ``cancel_timers()`` (SPEC §14); the manager calls them, and
+:mod:`triggers.timers` (the sweeper) applies the timers they set.
+
+Each one is one locked transaction on the session, like every manager
+operation: an idempotency key is checked in the fetch under the session
+lock and recorded in the same commit as the fire, and a timer is stored in
+the same commit as the key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from . import conf, engine
+from .integrity import check_before_fire
+from .schedule import check_idempotency_key, due_time, new_timer_id, timer_record
+from .storages.data import FetchRequest, Snapshot
+from .storages.due_index import entry_for, index_for
+from .validation import check_name
+
+if TYPE_CHECKING:
+    from .manager import TriggerManager
+    from .storages.transaction import Transaction
+    from .types import TaskInstance
+
+__all__ = ["cancel_timers", "fire_with_options", "read_extras", "record_key"]
+
+
+def read_extras(
+    txn: Transaction, *, idempotency_key: str | None = None, timers: bool = False
+) -> Snapshot:
+    """Read the session's idempotency record of ``idempotency_key`` and/or
+    its pending timers under the transaction's lock (the first read of the
+    operation takes the lock, as any fetch does)."""
+    return txn.storage.fetch(FetchRequest(idempotency_key=idempotency_key, timers=timers))
+
+
+def record_key(txn: Transaction, key: str) -> None:
+    """Record ``key`` in this transaction's commit, for
+    ``TRIGGERS['IDEMPOTENCY_WINDOW']`` seconds."""
+    txn.changes.idempotency = (key, time.time() + float(conf.get("IDEMPOTENCY_WINDOW")))
+
+
+def fire_with_options(
+    manager: TriggerManager,
+    trigger: str,
+    kwargs: dict[str, Any],
+    *,
+    delay: Any = None,
+    at: Any = None,
+    idempotency_key: Any = None,
+    manager_key: str | None = None,
+) -> list[TaskInstance]:
+    """``manager.fire`` with SPEC §14's options (``trigger`` and ``kwargs``
+    already checked). Bad values raise ``TypeError``/``ValueError`` before
+    anything is stored."""
+    due = due_time(trigger, delay, at)
+    key = check_idempotency_key(trigger, idempotency_key)
+    if due is None:
+
+        def fire_now(txn: Transaction) -> list[TaskInstance]:
+            if key is not None:
+                if read_extras(txn, idempotency_key=key).idempotency_seen:
+                    return []
+                record_key(txn, key)
+            return manager.fire_in(txn, trigger, kwargs)
+
+        return manager.atomic(fire_now)
+
+    storage = manager.storage
+    timer_id = new_timer_id()
+    timer = timer_record(trigger, due, kwargs, manager=manager_key)
+    index = index_for(storage)
+    # Index first: a process dying before the commit leaves an entry the
+    # sweeper drops (the session holds no such timer), never a timer that
+    # no sweeper would find.
+    index.add([entry_for(storage, timer_id, timer)])
+
+    def store(txn: Transaction) -> bool:
+        if key is not None and read_extras(txn, idempotency_key=key).idempotency_seen:
+            return False
+        # A fire that would be refused now (unconfigured session with
+        # ON_UNCONFIGURED='raise', lost state) is refused at once.
+        txn.load(engine.load_for_fire(trigger))
+        check_before_fire(storage, txn, trigger)
+        if key is not None:
+            record_key(txn, key)
+        txn.changes.timers_add[timer_id] = timer
+        return True
+
+    if not manager.atomic(store):
+        index.remove([(storage.uid, timer_id)])
+    return []
+
+
+def cancel_timers(manager: TriggerManager, trigger: Any) -> int:
+    """Remove the session's pending timers of ``trigger``; how many there were."""
+    name = check_name(trigger, "trigger name")
+
+    def cancel(txn: Transaction) -> int:
+        pending: Mapping[str, Mapping[str, Any]] = read_extras(txn, timers=True).timers
+        found = {tid for tid, timer in pending.items() if timer.get("trigger") == name}
+        txn.changes.timers_remove.update(found)
+        return len(found)
+
+    return manager.atomic(cancel)
