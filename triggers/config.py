@@ -21,6 +21,7 @@ from . import conf
 from .conditions import check_conditions, parse_rule
 from .exceptions import ConfigurationError, InvalidTriggerError, InvalidTriggerTypeError
 from .graph import find_cascade_cycle
+from .schedule import DEADLINE, check_deadline
 from .types import TaskConfig
 from .validation import check_json_tree, check_name, dump_json
 
@@ -152,6 +153,8 @@ def directive_fields(
             dump_json(value, f"directive {key!r}")
         except (InvalidTriggerError, InvalidTriggerTypeError) as exc:
             raise ConfigurationError(str(exc), task=name, directive=key) from None
+    if DEADLINE in extras:  # kept in extras; see triggers.schedule
+        extras[DEADLINE] = check_deadline(name, extras[DEADLINE])
 
     return dict(
         name=name,
