@@ -187,7 +187,8 @@ _HINTS = {
     "and that the file holds one JSON object.",
     "shape": "A workflow maps task names to directives, or is the path of a .json file.",
     "directive": "See the configuration reference: after, run, andEvery, unless, "
-    "withParams, using.",
+    "withParams, using, if (docs/conditions.rst); groups in after/unless are "
+    '{"anyOf": [names]} or {"atLeast": k, "of": [names]} (docs/groups.rst).',
     "using": "Use a registered task runner ('celery', 'threading') or register yours "
     "under the 'triggers.runners' entry point group.",
     "run": "'run' must name a Celery task that subclasses triggers.task.TriggerTask, "

@@ -57,8 +57,16 @@ for _, t in ipairs(task_order) do
   tasks_out[#tasks_out + 1] = ctr
   if cfg ~= '' then
     local c = cjson.decode(cfg)
-    for _, x in ipairs(c['after'] or {}) do add_kw(x) end
-    for _, x in ipairs(c['unless'] or {}) do add_kw(x) end
+    -- An entry is a name or a group ({anyOf = names} or {atLeast = k, of = names}).
+    for _, side in ipairs({'after', 'unless'}) do
+      for _, x in ipairs(c[side] or {}) do
+        if type(x) == 'table' then
+          for _, m in ipairs(x['anyOf'] or x['of'] or {}) do add_kw(m) end
+        else
+          add_kw(x)
+        end
+      end
+    end
   end
 end
 
