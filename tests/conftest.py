@@ -13,6 +13,7 @@ from django.conf import settings
 
 from tests.celery_app import app as celery_app
 from tests.contract_backends import new_uid
+from tests.redis_cluster import redis_cluster_url  # noqa: F401 (fixture: tests/test_cluster.py)
 from tests.worker import CeleryWorker, delete_run_queue, purge_broker
 from triggers.manager import TriggerManager
 from triggers.runners.base import force_runner
@@ -126,3 +127,23 @@ def children() -> Iterator[list[subprocess.Popen[str]]]:
         if child.poll() is None:
             child.kill()
         child.communicate(timeout=10)
+
+
+@pytest.fixture
+def timer_cache(settings) -> Iterator[str]:
+    """A cache alias on the test Redis with a key prefix of its own, so the
+    due index (triggers:{due:k}) a test sweeps holds only its own timers;
+    its keys are deleted afterwards."""
+    prefix = f"timers-{uuid.uuid4().hex[:12]}"
+    settings.CACHES = {
+        **settings.CACHES,
+        "timers": {**settings.CACHES["default"], "KEY_PREFIX": prefix},
+    }
+    yield "timers"
+    client = redis.Redis.from_url(f"{settings.TRIGGERS_TEST_REDIS_URL}/{settings.REDIS_CACHE_DB}")
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()

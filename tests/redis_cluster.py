@@ -30,9 +30,18 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+import pytest
+
 from examples.embedded_redis import RedisUnavailable, die_with_parent
 
-__all__ = ["URL_ENV", "Cluster", "ensure_cluster_url", "find_binaries", "start_cluster"]
+__all__ = [
+    "URL_ENV",
+    "Cluster",
+    "ensure_cluster_url",
+    "find_binaries",
+    "redis_cluster_url",
+    "start_cluster",
+]
 
 URL_ENV = "TRIGGERS_TEST_CLUSTER_URL"
 MASTERS = 3
@@ -210,6 +219,16 @@ def ensure_cluster_url() -> str:
         _started = start_cluster()
     os.environ[URL_ENV] = _started.url
     return _started.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> str:
+    """``redis+cluster://...`` of this run's three-master cluster (started on
+    first use, stopped at exit; child processes inherit it)."""
+    try:
+        return ensure_cluster_url()
+    except RedisUnavailable as exc:  # make test installs the binaries
+        pytest.fail(str(exc))
 
 
 def started_cluster() -> Cluster | None:

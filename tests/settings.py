@@ -134,6 +134,12 @@ CACHES["locmem"] = {
 
 # Fault tests restart the worker with a short lease to see takeovers quickly.
 TRIGGERS = {"CACHE": "default", "LEASE_EXPIRE": float(os.environ.get("TRIGGERS_TEST_LEASE", "10"))}
+# The cluster tests (tests/test_cluster.py) start Celery workers and firing
+# processes with session state on the test Redis Cluster, on a queue of their
+# own (so the suite's ordinary worker never takes their tasks).
+_REDIS_CLIENT = os.environ.get("TRIGGERS_TEST_REDIS_CLIENT")
+if _REDIS_CLIENT:
+    TRIGGERS["REDIS_CLIENT"] = _REDIS_CLIENT
 
 # --- Celery (read by tests.celery_app with the CELERY_ namespace) ----------
 
@@ -181,6 +187,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "global_keyprefix": f"{TRIGGERS_TEST_RUN_ID}:",
 }
 CELERY_TASK_DEFAULT_QUEUE = f"triggers-tests-{TRIGGERS_TEST_RUN_ID}"
+if _REDIS_CLIENT:
+    CELERY_TASK_DEFAULT_QUEUE += "-cluster"
 
 # --- Logging: quiet unless something is wrong ------------------------------
 

@@ -14,11 +14,15 @@ id                 problem
 ``triggers.W113``  the Redis server could not be inspected
 ``triggers.W114``  ``ON_UNCONFIGURED`` is not ``'raise'``
 ``triggers.W115``  the database backend's transactions are not READ COMMITTED
+``triggers.E101``  ``REDIS_CLIENT`` is not a URL or the path of a callable
+``triggers.W116``  on a Redis Cluster, the cache's key prefix has a ``{``: the
+                   keys of a session would not share one hash slot
 =================  ===========================================================
 
-W101 is a plain check; the others run with ``--deploy`` only (tag
-``deploy``), and W115 reads the server's own default only for the aliases
-given with ``--database``.
+W101, E101 and W116 are plain checks; the others run with ``--deploy``
+only (tag ``deploy``), and W115 reads the server's own default only for the
+aliases given with ``--database``. On a Redis Cluster, W110-W113 inspect
+every master.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from django.core.checks import CheckMessage, Warning, register
+from django.core.checks import CheckMessage, Error, Warning, register
 
 from . import conf
 from .exceptions import ConfigurationError
@@ -35,6 +39,7 @@ from .exceptions import ConfigurationError
 __all__ = [
     "MIN_REDIS_VERSION",
     "check_deployment",
+    "check_redis_client",
     "check_session_timeout",
     "redis_version_problem",
 ]
@@ -59,9 +64,20 @@ def _storage() -> tuple[type, dict[str, Any]] | None:
     return cls, dict(conf.get("STORAGE_OPTIONS") or {})
 
 
-def _cache_storage() -> Any | None:
-    """A cache storage built from the settings (no I/O), or ``None`` if the
-    storage is another backend or its settings are broken (E002/E003)."""
+def _unreachable() -> tuple[type[BaseException], ...]:
+    """What building a client raises when its server does not answer (a
+    Redis Cluster client asks the cluster for its slots when built)."""
+    from redis import exceptions
+
+    cluster = getattr(exceptions, "RedisClusterException", exceptions.RedisError)
+    return (exceptions.RedisError, cluster, OSError)
+
+
+def _cache_storage(failures: list[str] | None = None) -> Any | None:
+    """A cache storage built from the settings (no I/O but a Redis Cluster
+    client's discovery), or ``None`` if the storage is another backend, its
+    settings are broken (E002/E003/E101) or its cluster did not answer (the
+    reason is added to ``failures``)."""
     from .storages.cache import CacheStorageBackend
 
     found = _storage()
@@ -71,6 +87,10 @@ def _cache_storage() -> Any | None:
     try:
         return cls("triggers-checks", **options)
     except (ConfigurationError, TypeError, ValueError):
+        return None
+    except _unreachable() as exc:
+        if failures is not None:
+            failures.append(f"{type(exc).__name__}: {exc}")
         return None
 
 
@@ -103,6 +123,59 @@ def check_session_timeout(app_configs: Any = None, **kwargs: Any) -> list[CheckM
             "see the Retention page of the docs.",
             obj="TRIGGERS",
             id="triggers.W101",
+        )
+    ]
+
+
+def _is_cluster(client: Any) -> bool:
+    return callable(getattr(client, "get_primaries", None))
+
+
+@register("triggers")
+def check_redis_client(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E101: ``REDIS_CLIENT`` names no client; W116: a cluster whose session
+    keys would not share a hash slot."""
+    from .storages.cache import check_redis_client_setting
+
+    value = conf.get("REDIS_CLIENT")
+    if not value:
+        return []
+    try:
+        check_redis_client_setting(value)
+    except ConfigurationError as exc:
+        return [
+            Error(
+                str(exc),
+                hint="Use a redis:// URL (redis+cluster://host:port for a Redis Cluster) or "
+                "the dotted path of a callable that returns a redis-py client.",
+                obj="TRIGGERS",
+                id="triggers.E101",
+            )
+        ]
+    from .storages.cache import CLUSTER_SCHEMES
+
+    scheme = value.split("://", 1)[0].lower() if isinstance(value, str) else ""
+    found = _storage()
+    if scheme not in CLUSTER_SCHEMES or found is None:
+        return []
+    from django.core.cache import InvalidCacheBackendError, caches
+
+    options = found[1]
+    alias = options.get("cache") or conf.get("CACHE")
+    try:
+        prefix = str(caches[alias].make_key("triggers"))
+    except InvalidCacheBackendError:
+        return []  # E003 reports it
+    if "{" not in prefix:
+        return []
+    return [
+        Warning(
+            f"cache alias {alias!r} makes keys like {prefix!r}: on a Redis Cluster the '{{' "
+            "of its key prefix becomes the hash tag of every session key, so all sessions "
+            "share one hash slot (one master) instead of spreading over the cluster",
+            hint="Remove '{' and '}' from the cache's KEY_PREFIX (and KEY_FUNCTION).",
+            obj="TRIGGERS",
+            id="triggers.W116",
         )
     ]
 
@@ -269,12 +342,30 @@ def check_deployment(
                 id="triggers.W114",
             )
         )
-    storage = _cache_storage()
+    failures: list[str] = []
+    storage = _cache_storage(failures)
+    for failure in failures:
+        found.append(
+            Warning(
+                f"could not inspect the Redis server of TRIGGERS['REDIS_CLIENT']: {failure}",
+                hint="Run `manage.py check --deploy` where the Redis server is reachable.",
+                obj="TRIGGERS",
+                id="triggers.W113",
+            )
+        )
     if storage is not None and storage.redis_client is not None:
         where = f"cache alias {storage.cache_name!r}"
         if conf.get("REDIS_CLIENT"):
             where = "TRIGGERS['REDIS_CLIENT']"
-        found += _redis_problems(storage.redis_client, storage.timeout, where)
+        client = storage.redis_client
+        if _is_cluster(client):
+            # Each master has its own memory, policy and persistence.
+            for node in client.get_primaries():
+                found += _redis_problems(
+                    node.redis_connection, storage.timeout, f"{where}, master {node.name}"
+                )
+        else:
+            found += _redis_problems(client, storage.timeout, where)
     found_storage = _storage()
     if found_storage is not None and getattr(found_storage[0], "name", "") == "database":
         found += _isolation_problems(databases)
