@@ -33,8 +33,10 @@ __all__ = [
     "Group",
     "Rule",
     "check_conditions",
+    "counts_for",
     "evaluate",
     "parse_rule",
+    "passing",
     "program",
     "rule_of",
 ]
@@ -354,3 +356,24 @@ def evaluate(expression: str, kwargs: Mapping[str, Any]) -> tuple[bool, str | No
     if not isinstance(result, bool):
         return False, f"the result is {type(result).__name__} {result!r}, not true or false"
     return result, None
+
+
+def counts_for(
+    conditions: Mapping[str, str], trigger: str, kwargs: Mapping[str, Any]
+) -> tuple[bool, str | None]:
+    """Whether a fire of ``trigger`` with ``kwargs`` counts for a task with
+    these ``if`` ``conditions``: ``(True, None)`` when it has no condition
+    on ``trigger``; else :func:`evaluate`'s answer."""
+    expression = conditions.get(trigger)
+    if expression is None:
+        return True, None
+    return evaluate(expression, kwargs)
+
+
+def passing(conditions: Mapping[str, str], seed: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``seed`` (trigger -> latest kwargs) whose condition
+    holds: what a new instance may start with. A failing evaluation leaves
+    the entry out (it was reported when that fire was applied)."""
+    if not conditions:
+        return dict(seed)
+    return {t: kw for t, kw in seed.items() if counts_for(conditions, t, kw)[0]}
