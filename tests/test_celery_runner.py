@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from celery import Celery, signals
+from kombu import Queue
+
 from tests.utils import wait_for
 from triggers.manager import TriggerManager
+from triggers.runners.celery import _plan, publish
 from triggers.storages.cache import CacheStorageBackend
+from triggers.task import TriggerTask
 from triggers.types import TaskInstance
 
 
@@ -32,3 +42,73 @@ def test_workflow_runs_on_a_real_worker_and_cascades(celery_worker, unique_uid):
     assert first.metadata["result"] == {"kwargs": {"start": {"n": 1}}}
     second = manager.storage["t_second#0"]
     assert second.metadata["kwargs"] == {"t_first": {"kwargs": {"start": {"n": 1}}}}
+
+
+class ProbeTask(TriggerTask):
+    """A task with options of its own (published by a test app of its own,
+    whose queue no worker reads)."""
+
+    name = "tests.test_celery_runner.ProbeTask"
+    time_limit = 30
+    soft_time_limit = 20
+    serializer = "json"
+
+
+def _sent(send: Callable[[], object]) -> dict[str, Any]:
+    """What Celery's before_task_publish signal saw of one send, without
+    what differs between any two sends (ids, the thread's reply queue)."""
+    seen: list[dict[str, Any]] = []
+
+    def record(sender: str, body: Any, headers: dict[str, Any], **kwargs: Any) -> None:
+        seen.append(
+            {
+                "task": sender,
+                "body": body,
+                "headers": {k: v for k, v in headers.items() if k not in {"id", "root_id"}},
+                "exchange": kwargs["exchange"],
+                "routing_key": kwargs["routing_key"],
+                "properties": {
+                    k: v for k, v in kwargs["properties"].items() if k != "correlation_id"
+                },
+                "retry_policy": kwargs["retry_policy"],
+            }
+        )
+
+    signals.before_task_publish.connect(record, weak=False)
+    try:
+        send()
+    finally:
+        signals.before_task_publish.disconnect(record)
+    assert len(seen) == 1, seen
+    return seen[0]
+
+
+@pytest.fixture
+def probe() -> Iterator[Any]:
+    """ProbeTask on a Celery app like the suite's but with a queue of its own."""
+    app = Celery("triggers-publish-probe", set_as_current=False)
+    app.config_from_object("django.conf:settings", namespace="CELERY")
+    app.conf.task_default_queue = f"triggers-publish-probe-{uuid.uuid4().hex}"
+    yield app.tasks[ProbeTask.name]
+    with app.connection_for_write() as connection:
+        Queue(app.conf.task_default_queue).bind(connection.default_channel).delete()
+    app.close()
+
+
+def test_a_publish_sends_what_apply_async_sends(probe):
+    # Given a task with its own time limits and serializer, and a message
+    message = {"uid": "u1", "instance": "t_x#0", "manager": "default", "storage": "cache"}
+    # (which the runner sends with create/send_task_message, not apply_async)
+    assert _plan(probe).direct
+    # When the runner publishes it, and apply_async sends the same kwargs
+    ours = _sent(lambda: publish(probe, dict(message)))
+    theirs = _sent(lambda: probe.apply_async(kwargs=dict(message)))
+    # Then both messages are the same but for their ids, and both went out
+    # (kwargs shown with repr, which for these strings is what saferepr gives)
+    assert ours == theirs
+    queue = probe.app.conf.task_default_queue
+    assert ours["routing_key"] == queue
+    assert ours["headers"]["timelimit"] == [30, 20]
+    with probe.app.connection_for_write() as connection:
+        declared = Queue(queue).bind(connection.default_channel).queue_declare(passive=True)
+    assert declared.message_count == 2

@@ -7,6 +7,8 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from kombu.utils.uuid import uuid
+
 from .. import conf
 from ..exceptions import ConfigurationError
 from .base import BaseTaskRunner, build_message
@@ -115,15 +117,26 @@ _REBUILDABLE: set[tuple[type, type]] = set()
 
 
 # -- publishing -------------------------------------------------------------
-# Through Celery's public API only: ``apply_async`` with options it documents.
-# What it would otherwise spend on every call, and how we avoid it:
-# - a producer taken from and returned to the app's pool: each thread keeps
-#   one producer on a broker connection of its own (``producer=``);
-# - ``saferepr`` of the kwargs for the message headers: our kwargs are a few
-#   short strings, so ``repr`` is given (``argsrepr``/``kwargsrepr``);
-# - kombu copying and binding the queue to check it was declared: once this
-#   connection declared the queue, ``declare=[]`` (kombu forgets what it
-#   declared when the connection is re-established, and we ask it each time).
+# Through Celery's public API only. Most sends build the message with
+# ``app.amqp.create_task_message`` and send it with ``send_task_message``
+# (both in Celery's API reference, ``celery.app.amqp``): what ``apply_async``
+# calls, without what it would otherwise spend on every call -- reading
+# settings through Django's (task options, eager mode, sent events), the
+# result backend's hook, an AsyncResult nobody reads, a producer taken from
+# and returned to the pool. Any case that needs more goes through
+# ``apply_async`` itself (see ``_Plan.direct`` and :func:`publish`). Either
+# way:
+# - each thread keeps one producer on a broker connection of its own;
+# - ``repr`` of the kwargs is given for the message headers (our kwargs are
+#   a few short strings, so it is what ``saferepr`` would give);
+# - once this connection declared the queue, ``declare=[]`` spares kombu
+#   copying and binding it again (kombu forgets what it declared when the
+#   connection is re-established, and we ask it each time).
+#
+# kombu's Redis transport builds a redis-py client for every command it
+# sends (``Channel.conn_or_acquire``; redis-py's client builds its table of
+# reply parsers, about 50 us); no transport option turns that off, so a
+# publish pays it.
 
 _producers = threading.local()
 
@@ -142,49 +155,129 @@ def _producer(app: Any) -> Any:
     return entry[2]
 
 
-class _Route:
-    """The queue a task's messages go to, worked out once per router (a
-    new router is built when ``task_routes`` change); ``None`` when routes
-    may depend on the message."""
+#: Task attributes ``apply_async`` takes its default options from.
+_TASK_OPTIONS = (
+    "queue",
+    "routing_key",
+    "exchange",
+    "priority",
+    "serializer",
+    "delivery_mode",
+    "compression",
+    "time_limit",
+    "soft_time_limit",
+    "immediate",
+    "mandatory",
+)
+
+
+class _Plan:
+    """How one task's messages are sent, worked out once per task and router
+    (Celery builds a new router when ``task_routes`` change)."""
 
     def __init__(self, task: Any) -> None:
+        from celery import Task
+        from celery.backends.base import BaseBackend
+
+        app = task.app
+        cls = type(task)
         self.task = task
-        self.router = router = task.app.amqp.router
-        self.queue: Any = None
+        self.router = router = app.amqp.router
+        # As apply_async passes them: unset ones too (as None).
+        options = {name: getattr(task, name, None) for name in _TASK_OPTIONS}
+        self.time_limit = options.pop("time_limit", None)
+        self.soft_time_limit = options.pop("soft_time_limit", None)
+        self.ignore_result = bool(task.ignore_result)
+        self.sent_event = bool(app.conf.task_send_sent_event)
+        #: Whether create/send_task_message sends what apply_async would:
+        #: nothing overridden, no option that changes the message per call,
+        #: no result-backend hook to call, no argument check that could fail.
+        self.direct = bool(
+            cls.apply_async is Task.apply_async
+            and cls.shadow_name is Task.shadow_name
+            and not router.routes
+            and not task.expires
+            and not getattr(task, "pydantic", False)
+            and not (task.typing and not _takes_any_kwargs(task.run))
+            # apply_async refuses a soft limit above the hard one.
+            and not (self.soft_time_limit or 0) > (self.time_limit or float("inf"))
+            and (self.ignore_result or type(app.backend).on_task_call is BaseBackend.on_task_call)
+        )
+        #: Without task_routes the route depends on nothing but the task.
+        self.route: dict[str, Any] | None = None
         if not router.routes:
-            given = {k: getattr(task, k, None) for k in ("queue", "exchange", "routing_key")}
-            options = {k: v for k, v in given.items() if v is not None}
-            self.queue = router.route(options, task.name, (), {}, task).get("queue")
+            self.route = dict(router.route(dict(options), task.name, (), {}, task))
 
 
-_routes: dict[int, _Route] = {}
+def _takes_any_kwargs(run: Any) -> bool:
+    import inspect
+
+    try:
+        parameters = inspect.signature(run).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
-def _queue_options(task: Any, producer: Any) -> dict[str, Any]:
-    """``queue`` (saves Celery looking up the default queue in the settings
-    per call) and, once this connection declared it, ``declare=[]``."""
-    route = _routes.get(id(task))
-    if route is None or route.task is not task or route.router is not task.app.amqp.router:
-        route = _routes[id(task)] = _Route(task)
-    queue = route.queue
-    if queue is None:
+_plans: dict[int, _Plan] = {}
+
+
+def _plan(task: Any) -> _Plan:
+    plan = _plans.get(id(task))
+    if plan is None or plan.task is not task or plan.router is not task.app.amqp.router:
+        plan = _plans[id(task)] = _Plan(task)
+    return plan
+
+
+def _declared(route: dict[str, Any] | None, producer: Any) -> dict[str, Any]:
+    """``route`` plus ``declare=[]`` once this connection declared its queue."""
+    if route is None:
         return {}
+    queue = route.get("queue")
     connection = producer.connection
-    if connection.connected and hash(queue) in connection.declared_entities:
-        return {"queue": queue, "declare": []}
-    return {"queue": queue}
+    if queue is not None and connection.connected and hash(queue) in connection.declared_entities:
+        return {**route, "declare": []}
+    return route
 
 
 def publish(task: Any, kwargs: dict[str, Any], countdown: float | None = None) -> str:
-    """``task.apply_async(kwargs=kwargs, countdown=countdown)`` on this
-    thread's producer; returns the task id."""
-    producer = _producer(task.app)
-    result = task.apply_async(
-        kwargs=kwargs,
-        countdown=countdown,
-        producer=producer,
+    """Send ``task`` with ``kwargs`` as ``task.apply_async(kwargs=kwargs,
+    countdown=countdown)`` would, on this thread's producer; returns the
+    task id."""
+    app = task.app
+    plan = _plan(task)
+    producer = _producer(app)
+    options = _declared(plan.route, producer)
+    # Sent from inside a worker task, apply_async links the new task to the
+    # running one (parent and root ids).
+    if not plan.direct or countdown or app.current_worker_task is not None:
+        queue = {"queue": options["queue"]} if "queue" in options else {}
+        declare = {"declare": options["declare"]} if "declare" in options else {}
+        result = task.apply_async(
+            kwargs=kwargs,
+            countdown=countdown,
+            producer=producer,
+            argsrepr="()",
+            kwargsrepr=repr(kwargs),
+            **queue,
+            **declare,
+        )
+        return str(result.id)
+    amqp = app.amqp
+    task_id = uuid()
+    message = amqp.create_task_message(
+        task_id,
+        task.name,
+        (),
+        kwargs,
+        reply_to=app.thread_oid,
+        time_limit=plan.time_limit,
+        soft_time_limit=plan.soft_time_limit,
+        create_sent_event=plan.sent_event,
+        ignore_result=plan.ignore_result,
         argsrepr="()",
         kwargsrepr=repr(kwargs),
-        **_queue_options(task, producer),
+        **options,
     )
-    return str(result.id)
+    amqp.send_task_message(producer, task.name, message, **options)
+    return task_id
