@@ -289,6 +289,28 @@ def test_the_celery_task_and_the_command_sweep_the_configured_storage(
     assert _count(manager) == 2
 
 
+@pytest.mark.parametrize("make_storage", ["redis", "locmem"], indirect=True)
+def test_triggers_inspect_shows_pending_timers(
+    make_storage: Callable[[str], Any], settings: Any
+) -> None:
+    import json
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    manager = _manager(make_storage)
+    manager.fire("tick", {"n": 1}, delay=3600)
+    options = manager.storage.get_init_kwargs()
+    settings.TRIGGERS = {**settings.TRIGGERS, "STORAGE_OPTIONS": {"cache": options["cache"]}}
+    out = StringIO()
+    call_command("triggers_inspect", manager.storage.uid, stdout=out)
+    assert "timer tick due " in out.getvalue()
+    out = StringIO()
+    call_command("triggers_inspect", manager.storage.uid, "--json", stdout=out)
+    (timer,) = json.loads(out.getvalue())["timers"]
+    assert (timer["trigger"], timer["kwargs"]) == ("tick", {"n": 1})
+
+
 def _loop_process(prefix: str) -> subprocess.Popen[str]:
     args = [sys.executable, "-m", "tests.test_timers", "loop", prefix]
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
