@@ -12,7 +12,7 @@ from django.db import models
 class DueTimer(models.Model):
     id = models.BigAutoField(primary_key=True)
     uid = models.CharField(max_length=250)
-    timer_id = models.CharField(max_length=64)
+    timer_id = models.CharField(max_length=250)
     #: When the timer is due (or, while a sweeper holds it, when its claim lapses).
     due = models.DateTimeField(db_index=True)
     #: Storage registry key and options, manager key: what rebuilds the manager.

@@ -12,7 +12,7 @@ class Migration(migrations.Migration):
             fields=[
                 ("id", models.BigAutoField(primary_key=True, serialize=False)),
                 ("uid", models.CharField(max_length=250)),
-                ("timer_id", models.CharField(max_length=64)),
+                ("timer_id", models.CharField(max_length=250)),
                 ("due", models.DateTimeField(db_index=True)),
                 ("locator", models.JSONField(default=dict)),
             ],

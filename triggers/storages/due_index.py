@@ -363,9 +363,8 @@ def after_commit(storage: BaseTriggerStorage, changes: Changes) -> None:
     """Bring the due index in line with a commit that added or removed
     timers of ``storage``'s session (called once the commit succeeded)."""
     index = index_for(storage)
-    added = getattr(changes, "timers_add", None) or {}
-    removed = getattr(changes, "timers_remove", None) or set()
-    if added:
-        index.add(entry_for(storage, tid, timer) for tid, timer in sorted(added.items()))
-    if removed:
-        index.remove((storage.uid, tid) for tid in sorted(removed))
+    if changes.timers_add:
+        added = sorted(changes.timers_add.items())
+        index.add(entry_for(storage, tid, timer) for tid, timer in added)
+    if changes.timers_remove:
+        index.remove((storage.uid, tid) for tid in sorted(changes.timers_remove))
