@@ -4,12 +4,18 @@ behaviour), the rules in memory, and a real Redis session."""
 
 from __future__ import annotations
 
+import io
+import json
 from typing import Any
 
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import override_settings
 
 from tests.contract_backends import DEV
 from triggers import conditions
+from triggers.checks import check_workflows
 from triggers.config import check_configuration, validate_configuration
 from triggers.exceptions import ConfigurationError
 from triggers.types import TaskConfig
@@ -121,3 +127,33 @@ def test_an_evaluation_error_counts_as_false_with_a_reason(
 ) -> None:
     passed, why = conditions.evaluate(expression, kwargs)
     assert passed is False and why is not None and reason in why
+
+
+# -- manage.py check and triggers_validate ----------------------------------------
+
+
+def test_check_and_triggers_validate_report_bad_groups_and_conditions(tmp_path: Any) -> None:
+    # Given workflows with a malformed group and a condition that does not compile
+    workflows = {
+        "group": {"t_ship": {"after": [{"atLeast": 3, "of": ["a", "b"]}], "run": DEV}},
+        "cond": {"t_big": {"after": ["paid"], "run": DEV, "if": {"paid": "kwargs.amount >"}}},
+    }
+    path = tmp_path / "cond.json"
+    path.write_text(json.dumps(workflows["cond"]))
+    with override_settings(TRIGGERS={"WORKFLOWS": workflows}):
+        # When Django's checks run
+        found = {m.obj: m for m in check_workflows()}
+    # Then each names the workflow, task, directive and the fix
+    group = found["TRIGGERS['WORKFLOWS']['group']"]
+    assert group.id == "triggers.E006"
+    assert group.msg.startswith("workflow 'group', task 't_ship', directive 'after': atLeast 3")
+    assert "use a number from 1 to 2" in group.msg and "anyOf" in group.hint
+    cond = found["TRIGGERS['WORKFLOWS']['cond']"]
+    assert cond.id == "triggers.E006" and "directive 'if'" in cond.msg
+    assert "the condition on 'paid' is not a valid CEL expression" in cond.msg
+    # And triggers_validate says the same of a file, exiting 1
+    out = io.StringIO()
+    with pytest.raises(CommandError) as caught:
+        call_command("triggers_validate", str(path), stdout=out)
+    assert caught.value.returncode == 1
+    assert "[triggers.E006]" in out.getvalue() and "not a valid CEL expression" in out.getvalue()

@@ -8,14 +8,20 @@ from typing import Any
 
 import pytest
 
-from tests.contract_backends import DEV, settle, statuses
+from tests.contract_backends import DEV, new_uid, settle, statuses
 from triggers import engine
 from triggers.conditions import Group, Rule, parse_rule, rule_of
 from triggers.config import check_configuration, validate_configuration
 from triggers.exceptions import ConfigurationError
 from triggers.graph import build_graph, find_cascade_cycle, to_dot, to_json, to_mermaid
-from triggers.inspection import describe_instance, describe_waiting, inspect_session
+from triggers.inspection import (
+    describe_instance,
+    describe_waiting,
+    inspect_session,
+    render_session_table,
+)
 from triggers.manager import TriggerManager
+from triggers.storages.cache import CacheStorageBackend
 from triggers.types import TaskConfig
 
 SHIP = {
@@ -252,3 +258,16 @@ def test_graphs_draw_a_group_as_its_own_node() -> None:
 def test_group_parts_are_data() -> None:
     assert Group(2, ("a", "b", "c"), "atLeast").to_json() == {"atLeast": 2, "of": ["a", "b", "c"]}
     assert Group(1, ("a",)).describe() == "any of a"
+
+
+def test_triggers_inspect_lists_pending_timers(timer_cache: str) -> None:
+    # Given a session with a delayed fire pending (in a due index of its own)
+    manager = TriggerManager(CacheStorageBackend(new_uid(), cache=timer_cache))
+    manager.update_configuration(SHIP)
+    manager.fire("orderPlaced", {"order": 7}, delay=3600)
+    # When it is inspected
+    report = inspect_session(manager)
+    # Then the report and its table show the timer
+    [timer] = report["timers"]
+    assert timer["trigger"] == "orderPlaced" and timer["kwargs"] == {"order": 7}
+    assert f"timer: orderPlaced due {timer['due']} (delayed fire)" in render_session_table(report)

@@ -232,6 +232,8 @@ def inspect_session(manager: Inspectable, stuck_after: float | None = None) -> d
         "fired": sorted(fired),
         "instances": rows,
         "tasks_without_instances": pending,
+        # Pending timers (delayed fires, deadlines), earliest first.
+        "timers": storage.timers,
         "summary": dict(sorted(Counter(inst.status for inst in instances.values()).items())),
     }
 
@@ -255,6 +257,9 @@ def render_session_table(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(2)]
     for name, status, detail in table:
         lines.append(f"  {name.ljust(widths[0])}  {status.ljust(widths[1])}  {detail}".rstrip())
+    for timer in report.get("timers", ()):
+        what = f"deadline of {timer['instance']}" if timer.get("instance") else "delayed fire"
+        lines.append(f"  timer: {timer['trigger']} due {timer['due']} ({what})")
     stuck = [row["name"] for row in report["instances"] if row["stuck"]]
     if stuck:
         lines.append(

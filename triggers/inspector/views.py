@@ -244,6 +244,7 @@ def session_detail(request: HttpRequest, uid: str) -> HttpResponse:
         link=lambda n: f"#task-{n}" if n in task_names else None,
     )
     triggers = sorted({n for n, node in graph.nodes.items() if node.kind == "trigger"})
+    timers = _timers(storage)
     context = _admin_context(request, f"Session {uid}")
     context.update(
         uid=uid,
@@ -252,8 +253,8 @@ def session_detail(request: HttpRequest, uid: str) -> HttpResponse:
         instances=_instance_rows(report, instances),
         graph_svg=svg,
         known_triggers=triggers,
-        has_timers=hasattr(storage, "timers"),
-        timers=_timers(storage),
+        has_timers=bool(timers),
+        timers=timers,
         form_error=form_error,
         posted=request.POST if form_error else {},
         last_change=_short_time(storage.metadata.get("updated")),
@@ -271,12 +272,19 @@ def _exists(manager: Any) -> bool:
 
 
 def _timers(storage: Any) -> list[dict[str, Any]]:
-    """Pending timers, for storages that keep them (``storage.timers``)."""
+    """Pending timers (``storage.timers``: a list of plain dicts, earliest
+    first; a custom storage may give a mapping of id -> timer)."""
     timers = getattr(storage, "timers", None)
     if not timers:
         return []
-    items = timers.items() if isinstance(timers, dict) else enumerate(timers)
-    return [
-        {"name": str(key), "detail": json.dumps(value, sort_keys=True, default=str)}
-        for key, value in items
-    ]
+    if isinstance(timers, dict):
+        return [
+            {"name": str(key), "detail": json.dumps(value, sort_keys=True, default=str)}
+            for key, value in timers.items()
+        ]
+    rows = []
+    for timer in timers:
+        what = f"deadline of {timer['instance']}" if timer.get("instance") else "delayed fire"
+        detail = f"{what}, kwargs {json.dumps(timer.get('kwargs') or {}, sort_keys=True)}"
+        rows.append({"name": f"{timer['trigger']} due {timer['due']}", "detail": detail})
+    return rows
