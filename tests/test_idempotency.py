@@ -45,19 +45,29 @@ def new_manager(request: pytest.FixtureRequest) -> Any:
     return build
 
 
+def _state(manager: TriggerManager) -> Any:
+    """What the backend holds for the session (on Redis without the lock's
+    bookkeeping of recent commits, which a read-only operation also touches)."""
+    if isinstance(manager.storage, DictStorage):
+        return None
+    state = raw_state(manager.storage)
+    if isinstance(state, dict):
+        return {k: v for k, v in state.items() if not k.endswith(b":commits")}
+    return state
+
+
 @pytest.mark.parametrize("new_manager", KINDS, indirect=True)
 def test_a_repeated_key_changes_nothing(new_manager: Any, threaded: None) -> None:
     # Given a fire with a key that scheduled a task
     manager = new_manager(READY)
     first = manager.fire("paid", {"order": 1}, idempotency_key="evt_1")
     assert [i.name for i in first] == ["t_ship#0"]
-    before = raw_state(manager.storage) if not isinstance(manager.storage, DictStorage) else None
+    before = _state(manager)
     # When the same key comes again, even with other kwargs
     assert manager.fire("paid", {"order": 2}, idempotency_key="evt_1") == []
     # Then nothing changed
     assert manager.storage.latest_kwargs["paid"] == {"order": 1}
-    if before is not None:
-        assert raw_state(manager.storage) == before
+    assert _state(manager) == before
 
 
 @pytest.mark.parametrize("new_manager", KINDS, indirect=True)
