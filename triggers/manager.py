@@ -16,8 +16,7 @@ from .exceptions import (
     InvalidTriggerError,
 )
 from .integrity import check_before_fire, check_first_instances
-from .registry import Registry
-from .runners import task_runners
+from .registry import task_runners, trigger_managers
 from .runners.base import BaseTaskRunner, runner_key
 from .storages.base import MAX_INSTANCE_NAME_LENGTH, BaseTriggerStorage
 from .storages.transaction import Transaction, run_atomically
@@ -331,8 +330,3 @@ class TriggerManager:
     def waiting_on(self) -> dict[str, list[str]]:
         """For every unstarted instance, the ``after`` triggers it still needs."""
         return inspection.waiting_by_instance(self.storage.instances.values())
-
-
-trigger_managers: Registry[TriggerManager] = Registry(
-    "triggers.managers", {"default": "triggers.manager.TriggerManager"}, base=TriggerManager
-)

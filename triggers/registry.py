@@ -1,5 +1,6 @@
 """Registries of pluggable classes, filled from built-ins, setuptools entry
-points and explicit :meth:`Registry.register` calls.
+points and explicit :meth:`Registry.register` calls, and the registries of
+trigger managers and task runners themselves.
 
 A registry only ever builds subclasses of its base class. Keys can arrive in
 worker messages, which anyone who can write to the broker can forge, so a key
@@ -15,9 +16,13 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator
 from importlib.metadata import entry_points
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from django.utils.module_loading import import_string
+if TYPE_CHECKING:
+    from .manager import TriggerManager
+    from .runners.base import BaseTaskRunner
+
+__all__ = ["Registry", "task_runners", "trigger_managers"]
 
 T = TypeVar("T")
 
@@ -45,7 +50,7 @@ class Registry(Generic[T]):
     @property
     def base(self) -> type:
         if isinstance(self._base, str):
-            self._base = import_string(self._base)
+            self._base = _import_path(self._base)
         assert isinstance(self._base, type)
         return self._base
 
@@ -111,7 +116,7 @@ class Registry(Generic[T]):
                 )
             cls = self._import_class(key, load_modules)
         elif isinstance(entry, str):
-            cls = import_string(entry)
+            cls = _import_path(entry)
         else:
             cls = entry.load()
         cls = self._check(key, cls)
@@ -216,6 +221,12 @@ class Registry(Generic[T]):
             raise
 
 
+def _import_path(path: str) -> Any:
+    """The attribute ``module.name`` names (a built-in's dotted path)."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def _static_attr(target: Any, name: str) -> Any:
     import inspect
 
@@ -223,3 +234,28 @@ def _static_attr(target: Any, name: str) -> Any:
     if isinstance(value, staticmethod | classmethod | property):
         raise AttributeError(name)
     return value
+
+
+# Declared here, below everything that reads them, with their classes named
+# by dotted path: a worker message names its manager by this registry's key
+# (runners build messages), and a task's ``using`` is checked against the
+# runner registry (configuration validation).
+
+#: Trigger managers (entry point group ``triggers.managers``); also
+#: importable from :mod:`triggers.manager`.
+trigger_managers: Registry[TriggerManager] = Registry(
+    "triggers.managers",
+    {"default": "triggers.manager.TriggerManager"},
+    base="triggers.manager.TriggerManager",
+)
+
+#: Task runners (entry point group ``triggers.runners``); also importable
+#: from :mod:`triggers.runners`.
+task_runners: Registry[BaseTaskRunner] = Registry(
+    "triggers.runners",
+    {
+        "celery": "triggers.runners.celery.CeleryTaskRunner",
+        "threading": "triggers.runners.threading.ThreadingTaskRunner",
+    },
+    base="triggers.runners.base.BaseTaskRunner",
+)

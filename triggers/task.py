@@ -29,6 +29,7 @@ from .exceptions import (
 from .locking import renewer
 from .manager import TriggerManager
 from .messages import is_transient, manager_class, read_message, rebuild_storage
+from .runners.base import runnable_task_class
 from .types import TaskInstance
 from .validation import normalise_kwargs
 from .worker import WorkerProtocol
@@ -74,6 +75,7 @@ class _Lease:
         self.worker.renew_lease(self.name, self.token, self.ms)
 
 
+@runnable_task_class
 class TriggerTask(celery.Task):
     """Base class of trigger tasks. Subclasses implement :meth:`_run`.
 

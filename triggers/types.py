@@ -11,6 +11,7 @@ from typing import Any
 
 from .conditions import Group, Rule, rule_of
 from .exceptions import ConfigurationError
+from .registry import task_runners
 
 # Also ``validate_configuration`` and ``find_cascade_cycle``, looked up late
 # (see ``__getattr__`` below).
@@ -23,8 +24,6 @@ def now_iso() -> str:
 
 def _check_using(name: str, using: Any) -> None:
     """A ``using`` directive must name a registered task runner."""
-    from .runners import task_runners
-
     if not isinstance(using, str):
         raise ConfigurationError(
             f"must be a task runner name, not {using!r}", task=name, directive="using"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..registry import Registry
+from ..registry import task_runners
 from .base import DEFAULT_TASK_RUNNER, BaseTaskRunner
 
 __all__ = [
@@ -12,15 +12,6 @@ __all__ = [
     "ThreadingTaskRunner",
     "task_runners",
 ]
-
-task_runners: Registry[BaseTaskRunner] = Registry(
-    "triggers.runners",
-    {
-        "celery": "triggers.runners.celery.CeleryTaskRunner",
-        "threading": "triggers.runners.threading.ThreadingTaskRunner",
-    },
-    base=BaseTaskRunner,
-)
 
 
 def __getattr__(name: str) -> type[BaseTaskRunner]:  # lazy: importing Celery is not free

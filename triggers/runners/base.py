@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..exceptions import ConfigurationError
+from ..registry import trigger_managers
+from ..storages import storage_backends
 
 if TYPE_CHECKING:
     from ..manager import TriggerManager
@@ -21,7 +23,10 @@ __all__ = [
     "default_runner",
     "forced_runner",
     "force_runner",
+    "runnable_task_class",
 ]
+
+T = TypeVar("T")
 
 
 class _BuiltinDefault(str):
@@ -84,9 +89,6 @@ def force_runner(key: str | None) -> str | None:
 def build_message(manager: TriggerManager, task_instance: TaskInstance) -> dict[str, Any]:
     """The kwargs a worker needs to rebuild the same manager and storage and
     run one instance. Trigger kwargs are read from storage, not sent."""
-    from ..manager import trigger_managers
-    from ..storages import storage_backends
-
     storage = manager.storage
     message = {
         "uid": storage.uid,
@@ -104,6 +106,18 @@ def build_message(manager: TriggerManager, task_instance: TaskInstance) -> dict[
 
 #: Loaders of the Celery apps whose task modules were imported for resolve().
 _LOADED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+#: The Celery task classes runners can run: TriggerTask adds itself when
+#: triggers.task is imported (it builds on this module, not the other way).
+_RUNNABLE: list[type] = []
+
+
+def runnable_task_class(cls: type[T]) -> type[T]:
+    """Declare ``cls`` (a Celery task class) the kind of task :meth:`BaseTaskRunner.resolve`
+    accepts; used as a class decorator by :class:`~triggers.task.TriggerTask`."""
+    if cls not in _RUNNABLE:
+        _RUNNABLE.append(cls)
+    return cls
 
 
 class BaseTaskRunner:
@@ -129,8 +143,6 @@ class BaseTaskRunner:
         """
         from celery import current_app
 
-        from ..task import TriggerTask
-
         task = current_app.tasks.get(target)
         loader = current_app.loader  # one per app
         if task is None and loader not in _LOADED:
@@ -144,7 +156,7 @@ class BaseTaskRunner:
                 task=task_name,
                 directive="run",
             )
-        if not isinstance(task, TriggerTask):
+        if not isinstance(task, tuple(_RUNNABLE)):
             raise ConfigurationError(
                 f"Celery task {target!r} is not a TriggerTask subclass",
                 task=task_name,

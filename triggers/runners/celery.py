@@ -11,6 +11,8 @@ from kombu.utils.uuid import uuid
 
 from .. import conf
 from ..exceptions import ConfigurationError
+from ..registry import trigger_managers
+from ..storages import storage_backends
 from .base import BaseTaskRunner, build_message
 
 if TYPE_CHECKING:
@@ -87,9 +89,6 @@ def check_rebuildable(manager: TriggerManager, task_instance: TaskInstance) -> N
     """Refuse to send what no worker could rebuild: a storage class, or a
     manager class without a registered ancestor, defined in a function or in
     ``__main__`` (a worker process cannot import those)."""
-    from ..manager import trigger_managers
-    from ..storages import storage_backends
-
     pair = (type(manager), type(manager.storage))
     if pair in _REBUILDABLE:
         return
