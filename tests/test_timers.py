@@ -304,7 +304,7 @@ def test_triggers_inspect_shows_pending_timers(
     settings.TRIGGERS = {**settings.TRIGGERS, "STORAGE_OPTIONS": {"cache": options["cache"]}}
     out = StringIO()
     call_command("triggers_inspect", manager.storage.uid, stdout=out)
-    assert "timer tick due " in out.getvalue()
+    assert "timer: tick due " in out.getvalue()
     out = StringIO()
     call_command("triggers_inspect", manager.storage.uid, "--json", stdout=out)
     (timer,) = json.loads(out.getvalue())["timers"]

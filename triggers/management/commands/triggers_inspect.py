@@ -31,11 +31,7 @@ class Command(TriggersCommand):
         manager = self.get_manager(options)
         self.require_session(manager)
         report = self.call(lambda: inspect_session(manager, options["stuck_after"]))
-        timers = report.setdefault("timers", self.call(lambda: manager.storage.timers))
         if options["json"]:
             self.write_json(report)
         else:
             self.stdout.write(render_session_table(report))
-            for timer in timers:  # pending delayed fires and deadlines
-                watch = f" (deadline of {timer['instance']})" if timer.get("instance") else ""
-                self.stdout.write(f"  timer {timer['trigger']} due {timer['due']}{watch}")
