@@ -29,7 +29,8 @@ from typing import Any, Literal
 
 from . import conf
 from .exceptions import DispatchError
-from .manager import TriggerManager, trigger_managers
+from .manager import TriggerManager
+from .registry import trigger_managers
 from .schedule import from_iso
 from .storages import BaseTriggerStorage, storage_backends
 from .storages.due_index import BATCH, DueEntry, DueIndex, after_commit, index_for

@@ -343,19 +343,16 @@ _MEMORY = MemoryDueIndex()
 
 
 def index_for(storage: BaseTriggerStorage) -> DueIndex:
-    """The due index that ``storage``'s sessions use."""
-    from .cache import CacheStorageBackend
-
-    if isinstance(storage, CacheStorageBackend):
-        client = storage.redis_client
-        if client is not None:
-            return RedisDueIndex(storage.cache, client)
-        return DocumentDueIndex(storage.cache)
-    if type(storage).name == "database":
-        from .database import DatabaseStorageBackend
-
-        if isinstance(storage, DatabaseStorageBackend):
-            return DatabaseDueIndex(storage.database)
+    """The due index that ``storage``'s sessions use: told by what the
+    storage exposes (a Django ``cache`` and its ``redis_client``, or a
+    ``database`` alias), so this module imports no backend."""
+    cache = getattr(storage, "cache", None)
+    if cache is not None and hasattr(cache, "make_key"):
+        client = getattr(storage, "redis_client", None)
+        return RedisDueIndex(cache, client) if client is not None else DocumentDueIndex(cache)
+    alias = getattr(storage, "database", None)
+    if isinstance(alias, str):
+        return DatabaseDueIndex(alias)
     return _MEMORY
 
 
