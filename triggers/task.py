@@ -8,7 +8,6 @@ import os
 import socket
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -26,6 +25,7 @@ from .exceptions import (
     SkipRequested,
     TaskResultError,
 )
+from .failures import exception_meta, qualname, record_outside_task
 from .locking import renewer
 from .manager import TriggerManager
 from .messages import is_transient, manager_class, read_message, rebuild_storage
@@ -61,10 +61,6 @@ def _register_with_apps(cls: type[TriggerTask]) -> None:
             register(app)
 
 
-def _qualname(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 class _Lease:
     """Keeps a worker's claim on a running instance alive."""
 
@@ -97,7 +93,7 @@ class TriggerTask(celery.Task):
             return
         cls.abstract = False
         if not cls.__dict__.get("name"):
-            cls.name = _qualname(cls)
+            cls.name = qualname(cls)
         _register_with_apps(cls)
 
     # -- to implement ----------------------------------------------------------
@@ -146,9 +142,9 @@ class TriggerTask(celery.Task):
                     # Stored with the failed instance (exc_context), so tests
                     # and operators see what the task kept retrying on.
                     error.context = {  # type: ignore[attr-defined]
-                        "retry_cause": _qualname(type(exc)),
+                        "retry_cause": qualname(type(exc)),
                         "retry_cause_mro": [
-                            _qualname(c)
+                            qualname(c)
                             for c in type(exc).__mro__
                             if c not in (object, BaseException)
                         ],
@@ -293,41 +289,7 @@ class TriggerTask(celery.Task):
     def _record_outcome(
         self, manager: TriggerManager, name: str, exc: BaseException, token: str | None
     ) -> None:
-        uid = manager.storage.uid
-        logger.error(
-            "%s in session %r failed outside its task body: %s: %s",
-            name,
-            uid,
-            type(exc).__name__,
-            exc,
-            exc_info=exc,
-            extra={"triggers_session": uid, "triggers_instance": name},
-        )
-        meta = self._exception_meta(exc)
-        meta["failed_outside_task"] = True
-        retries = int(conf.get("WORKER_RETRIES"))
-        for attempt in range(retries + 1):
-            try:
-                if token is None:
-                    manager.worker.fail_unstarted(name, meta)
-                else:
-                    manager.worker.fail(name, token, meta)
-                exc._triggers_recorded = True  # type: ignore[attr-defined]
-                return
-            except Exception as again:
-                if not is_transient(again) or attempt == retries:
-                    logger.critical(
-                        "could not record the failure of %s in session %r (%s: %s); it "
-                        "stays %s until resent (find_stuck_instances / triggers_inspect)",
-                        name,
-                        uid,
-                        type(again).__name__,
-                        again,
-                        "running" if token else "scheduled",
-                        exc_info=again,
-                    )
-                    return
-                threading.Event().wait(min(0.5 * 2**attempt, 30.0))
+        record_outside_task(manager, name, exc, token)
 
     def _execute(
         self, manager: TriggerManager, inst: TaskInstance, token: str
@@ -403,19 +365,4 @@ class TriggerTask(celery.Task):
         manager.worker.fail(inst.name, token, finish_meta())
         exc._triggers_recorded = True  # type: ignore[attr-defined]
 
-    @staticmethod
-    def _exception_meta(exc: BaseException) -> dict[str, Any]:
-        context = getattr(exc, "context", None)
-        try:
-            context = normalise_kwargs("exception context", context) if context else {}
-        except (TypeError, ValueError):
-            context = {"repr": repr(context)}
-        return {
-            "exc_type": _qualname(type(exc)),
-            "exc_mro": [
-                _qualname(c) for c in type(exc).__mro__ if c not in (object, BaseException)
-            ],
-            "exc_message": str(exc),
-            "exc_traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-            "exc_context": context,
-        }
+    _exception_meta = staticmethod(exception_meta)
