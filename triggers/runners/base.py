@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..exceptions import ConfigurationError
 from ..registry import trigger_managers
@@ -162,4 +162,4 @@ class BaseTaskRunner:
                 task=task_name,
                 directive="run",
             )
-        return task
+        return cast("TriggerTask", task)
