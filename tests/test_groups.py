@@ -271,3 +271,11 @@ def test_triggers_inspect_lists_pending_timers(timer_cache: str) -> None:
     [timer] = report["timers"]
     assert timer["trigger"] == "orderPlaced" and timer["kwargs"] == {"order": 7}
     assert f"timer: orderPlaced due {timer['due']} (delayed fire)" in render_session_table(report)
+
+
+def test_andevery_cannot_also_be_a_group_member() -> None:
+    with pytest.raises(ConfigurationError, match="drop it from the group") as info:
+        validate_configuration(
+            {"t": {"after": [{"anyOf": ["tick", "x"]}], "andEvery": "tick", "run": DEV}}
+        )
+    assert info.value.directive == "andEvery"

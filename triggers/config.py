@@ -112,6 +112,15 @@ def directive_fields(
         raise ConfigurationError(
             "must name at least one trigger (or give andEvery)", task=name, directive="after"
         )
+    for group in after.groups:
+        if and_every in group.of:
+            raise ConfigurationError(
+                f"{and_every!r} is required on its own (every fire of it makes an instance), "
+                f"so it cannot also be a member of '{group.describe()}' in after; "
+                "drop it from the group",
+                task=name,
+                directive="andEvery",
+            )
 
     unless = parse_rule(name, "unless", directives.get("unless") or [])
     mentioned = after.names | unless.names | ({and_every} if and_every else set())
