@@ -128,9 +128,10 @@ def _apply_entry(index: DueIndex, entry: DueEntry, now: datetime, fallback: dict
         if timer is not None:
             index.add([entry._replace(due=from_iso(timer["due"]).timestamp())])
         return 0
-    # After a commit that removed it the entry is already gone (after_commit);
-    # removing it again is idempotent and covers 'gone'.
-    index.remove([(entry.uid, entry.timer_id)])
+    if outcome == "gone":
+        # Nothing was committed; an applied or dropped timer's entry went
+        # with its commit (after_commit).
+        index.remove([(entry.uid, entry.timer_id)])
     return 1 if outcome == "applied" else 0
 
 
