@@ -261,13 +261,61 @@ def test_the_worker_state_is_on_the_cluster(cluster_worker: CeleryWorker) -> Non
     # back to it: check the cluster holds their sessions, and the shared
     # single server does not.
     storage = cluster_storage(f"probe-{uuid.uuid4().hex}")
-    found = keys_by_master(storage.redis_client, "*test_200_triggers*")
+    pattern = "*:triggers:*test_200_triggers_from_4*"  # the session's keys, not test events
+    found = keys_by_master(storage.redis_client, pattern)
     assert Counter(bool(keys) for keys in found.values())[True] == 1
     from tests.contract_backends import redis_cache_client
 
     single = redis_cache_client()
     try:
-        assert list(single.scan_iter(match="*test_200_triggers_from_4*", count=1000)) == []
+        assert list(single.scan_iter(match=pattern, count=1000)) == []
     finally:
         single.close()
     ThreadingTaskRunner.join_all()
+
+
+# -- a master dies (no replicas: failover is out of scope) ---------------------------
+
+
+def test_a_dead_master_fails_its_sessions_loudly_and_spares_the_others() -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from tests.redis_cluster import start_cluster
+
+    # Given a cluster of its own with sessions on every master (each master
+    # has run the scripts once)
+    cluster = start_cluster()
+    try:
+        with override_settings(TRIGGERS={**django_settings.TRIGGERS, "REDIS_CLIENT": cluster.url}):
+            storages = [cluster_storage(f"dies-{n}-{uuid.uuid4().hex}") for n in range(12)]
+            for storage in storages:
+                manager = TriggerManager(storage)
+                manager.update_configuration({"t_a": {"after": ["a", "b"], "run": DEV}})
+                # (redis-py loads a script on every master when one lacks it,
+                # which fails while a master is down)
+                manager.fire("warm")
+            client = storages[0].redis_client
+            port_of = {
+                s.uid: client.get_node_from_key(next(iter(keys_of(s)))).port for s in storages
+            }
+            victim = port_of[storages[0].uid]
+            # When that master dies (before the cluster notices: node timeout 5 s)
+            process = cluster.processes[cluster.ports.index(victim)]
+            process.kill()
+            process.wait()
+            # Then a fire into one of its sessions raises, at once
+            with pytest.raises(RedisConnectionError):
+                TriggerManager(cluster_storage(storages[0].uid)).fire("a")
+            # ... and sessions on the other masters still work
+            other = next(s for s in storages if port_of[s.uid] != victim)
+            with properties.using_runner("threading"):
+                TriggerManager(cluster_storage(other.uid)).fire("a")
+            after = cluster_storage(other.uid)
+            assert after["t_a#0"].status == "unstarted" and "a" in after.latest_kwargs
+    finally:
+        cluster.stop()
+
+
+def keys_of(storage: CacheStorageBackend) -> list[bytes]:
+    found = keys_by_master(storage.redis_client, f"*{storage.uid}*")
+    return [key for part in found.values() for key in part]
