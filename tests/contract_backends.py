@@ -79,7 +79,7 @@ def raw_redis_state(client: redis.Redis, uid: str) -> dict[bytes, Any]:
     """Every Redis key of a session with its exact stored bytes (lock keys
     excluded: they exist only while someone holds the lock)."""
     state: dict[bytes, Any] = {}
-    for key in sorted(client.scan_iter(match=f"*triggers:{len(uid)}:{uid}:*")):
+    for key in sorted(client.scan_iter(match=f"*triggers:{{{len(uid)}:{uid}}}:*")):
         if b":lock" in key:
             continue
         kind = client.type(key)

@@ -393,7 +393,7 @@ def test_redis_gone_mid_fire_leaves_no_trace_and_its_lock_expires(
     # Then nothing of that fire was written, and the lock it could not
     # release is still there ...
     assert other.storage.debug_repr() == before
-    assert redis_client.keys(f"lock:*{unique_uid}:lock")
+    assert redis_client.keys(f"lock:*{unique_uid}}}:lock")
     # ... until it expires: another process fires within LOCK_EXPIRE + a poll
     started = time.monotonic()
     (scheduled,) = other.fire("b", {"n": 2})
@@ -407,7 +407,7 @@ def test_redis_gone_mid_fire_leaves_no_trace_and_its_lock_expires(
 
 def session_keys(redis_client, uid: str) -> list[bytes]:
     """The session's state keys (not its lock's)."""
-    found = redis_client.scan_iter(match=f"*triggers:{len(uid)}:{uid}:*")
+    found = redis_client.scan_iter(match=f"*triggers:{{{len(uid)}:{uid}}}:*")
     return sorted(k for k in found if not k.startswith(b"lock"))
 
 

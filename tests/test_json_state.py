@@ -97,6 +97,9 @@ def run_full_workflow(manager: TriggerManager) -> None:
 TOKEN_KEY = re.compile(r"^lock(-signal)?:.*:lock$|:lease:[^:]+$|:commits$")
 TOKEN_TEXT = re.compile(rb"^[A-Za-z0-9+/=_ -]*$")
 STATE_SUFFIXES = {"config", "index", "instances", "waiting", "counters", "kwargs", "meta"}
+#: Written only when something uses them (an instance received kwargs, a
+#: delayed fire, an idempotency key).
+OPTIONAL_SUFFIXES = {"received", "timers", "idem"}
 
 
 def decoded_session_keys(redis_client, uid: str) -> dict[str, tuple[str, Any]]:
@@ -112,7 +115,7 @@ def decoded_session_keys(redis_client, uid: str) -> dict[str, tuple[str, Any]]:
         return json.loads(raw)
 
     found: dict[str, tuple[str, Any]] = {}
-    for raw_key in redis_client.scan_iter(match=f"*triggers:{len(uid)}:{uid}*", count=1000):
+    for raw_key in redis_client.scan_iter(match=f"*triggers:{{{len(uid)}:{uid}}}*", count=1000):
         key = raw_key.decode()
         kind = redis_client.type(raw_key).decode()
         if TOKEN_KEY.search(key):
@@ -124,7 +127,8 @@ def decoded_session_keys(redis_client, uid: str) -> dict[str, tuple[str, Any]]:
             assert all(TOKEN_TEXT.match(v) for v in raw_values), (key, raw_values)
             found[key] = (kind, [v.decode() for v in raw_values])
             continue
-        assert key.rsplit(":", 1)[1] in STATE_SUFFIXES, f"unknown session key {key}"
+        suffix = key.rsplit(":", 1)[1]
+        assert suffix in STATE_SUFFIXES | OPTIONAL_SUFFIXES, f"unknown session key {key}"
         if kind == "hash":
             fields = redis_client.hgetall(raw_key)
             value: Any = {f.decode(): load(v, f"{key}[{f.decode()}]") for f, v in fields.items()}
@@ -135,7 +139,7 @@ def decoded_session_keys(redis_client, uid: str) -> dict[str, tuple[str, Any]]:
             for member in members:
                 assert not member.startswith(b"\x80"), f"pickle data in {key}"
             value = [tuple(m.decode().split(SEP)) for m in members]
-            assert all(len(parts) == 3 for parts in value), value
+            assert suffix == "idem" or all(len(parts) == 3 for parts in value), value
         else:
             raise AssertionError(f"unexpected {kind} key {key}")
         found[key] = (kind, value)

@@ -39,6 +39,8 @@ __all__ = [
     "may_fail_unstarted",
     "owns",
     "check_resend",
+    "progress_of",
+    "requirements_met",
     "replay_failed",
     "retry",
     "skip_failed",
@@ -62,8 +64,11 @@ def instance_sort_key(name: str) -> tuple[str, int]:
 @dataclass(frozen=True)
 class Load:
     """The part of a session an operation reads: the tasks that mention
-    ``triggers`` with their waiting instances and the triggers' latest
-    kwargs, the named ``instances`` with their tasks, or everything."""
+    ``triggers`` with their waiting instances (read without what they
+    received: :attr:`~TaskInstance.partial`), the named ``instances`` whole
+    with their tasks, or everything. A new instance's seed kwargs are asked
+    for through :meth:`SessionData.seed_kwargs` (a backend may read them
+    with the fire's first read when it sees an instance will be created)."""
 
     triggers: tuple[str, ...] = ()
     instances: tuple[str, ...] = ()
@@ -99,9 +104,9 @@ class SessionData(Protocol):
         """Task name -> how many instances it has had."""
         ...
 
-    @property
-    def latest_kwargs(self) -> Mapping[str, Any]:
-        """Trigger name -> kwargs of its latest fire (fired triggers only)."""
+    def seed_kwargs(self, config: TaskConfig) -> Mapping[str, Any]:
+        """Trigger name -> kwargs of its latest fire, for the triggers
+        ``config`` mentions that fired (what a new instance starts with)."""
         ...
 
     def tasks_for(self, trigger: str) -> list[TaskConfig]:
@@ -129,6 +134,9 @@ class Effects:
     first_of: list[str] = field(default_factory=list)
     leases_set: dict[str, tuple[str, int]] = field(default_factory=dict)
     leases_dropped: set[str] = field(default_factory=set)
+    #: instance name -> trigger names it no longer waits on (received, or
+    #: members of a group it has now satisfied).
+    unwaited: dict[str, set[str]] = field(default_factory=dict)
 
     def extend(self, other: Effects) -> Effects:
         self.created += other.created
@@ -136,6 +144,8 @@ class Effects:
         self.ready += other.ready
         self.abandoned += other.abandoned
         self.latest_kwargs.update(other.latest_kwargs)
+        for name, names in other.unwaited.items():
+            self.unwaited.setdefault(name, set()).update(names)
         self.first_of += other.first_of
         for name, lease in other.leases_set.items():
             self.leases_set[name] = lease
@@ -158,6 +168,108 @@ def _new_instance(
     return inst
 
 
+# -- readiness: what an instance has received and whether that is enough ----------
+# An instance read whole holds every kwargs it received, and the rules of its
+# config answer from them (``TaskInstance.can_run``). One read for a fire is
+# ``partial``: it holds only what this operation gave it, and ``progress``
+# counts the requirements still unmet, so applying a trigger costs the same
+# whatever the width of ``after``. These functions keep the two in step.
+
+#: The two sides of a config a trigger can count towards.
+SIDES = ("after", "unless")
+
+
+def _rule(config: TaskConfig, side: str) -> Any:
+    return config.after_rule if side == "after" else config.unless_rule
+
+
+def _received(inst: TaskInstance, side: str) -> dict[str, Any]:
+    return inst.kwargs if side == "after" else inst.abandon_state
+
+
+def progress_of(
+    config: TaskConfig, kwargs: Mapping[str, Any], abandon_state: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Count, from everything an instance received, how many requirements of
+    each side are unmet (``'after'``, ``'unless'``) and how many members of
+    each group fired (``'after_groups'``, ``'unless_groups'``, only when the
+    side has groups)."""
+    progress: dict[str, Any] = {}
+    for side, received in (("after", kwargs), ("unless", abandon_state)):
+        rule = _rule(config, side)
+        counts = [group.count(received) for group in rule.groups]
+        unmet = sum(1 for name in rule.plain if name not in received)
+        unmet += sum(1 for group, n in zip(rule.groups, counts, strict=True) if n < group.need)
+        progress[side] = unmet
+        if counts:
+            progress[f"{side}_groups"] = counts
+    return progress
+
+
+def _initial_progress(config: TaskConfig) -> dict[str, Any]:
+    """The progress of an instance that received nothing."""
+    return progress_of(config, {}, {})
+
+
+def requirements_met(inst: TaskInstance, side: str) -> bool:
+    """Whether a :attr:`~TaskInstance.partial` instance's ``side``
+    (``'after'`` or ``'unless'``) is satisfied, from its counts."""
+    if inst.progress is None:
+        inst.progress = progress_of(inst.config, inst.kwargs, inst.abandon_state)
+    return int(inst.progress.get(side, 0)) <= 0
+
+
+def _receive(inst: TaskInstance, trigger: str, kwargs: Mapping[str, Any]) -> set[str]:
+    """Give ``trigger``'s kwargs to an instance waiting on it; returns the
+    names it no longer waits on (the trigger, and the other members of a
+    group it has just satisfied)."""
+    gone = {trigger}
+    for side in SIDES:
+        rule = _rule(inst.config, side)
+        if trigger not in rule.names:
+            continue
+        received = _received(inst, side)
+        if inst.partial and trigger not in received:
+            _count(inst, side, rule, trigger, gone)
+        received[trigger] = copy.deepcopy(kwargs)
+    return gone
+
+
+def _count(inst: TaskInstance, side: str, rule: Any, trigger: str, gone: set[str]) -> None:
+    progress = inst.progress
+    if progress is None:
+        return
+    if trigger in rule.plain:
+        progress[side] = int(progress.get(side, 0)) - 1
+    counts = progress.get(f"{side}_groups")
+    for i, group in enumerate(rule.groups):
+        if trigger in group.of and counts is not None:
+            counts[i] += 1
+            if counts[i] == group.need:
+                progress[side] = int(progress.get(side, 0)) - 1
+                gone.update(group.of)
+
+
+def _is_abandoned(inst: TaskInstance) -> bool:
+    return inst.can_abandon
+
+
+def _is_ready(inst: TaskInstance) -> bool:
+    return inst.can_run
+
+
+def _create_instance(session: SessionData, config: TaskConfig, number: int) -> TaskInstance:
+    """A new unstarted instance ``<task>#<number>``, seeded with the latest
+    kwargs of the triggers its task mentions that fired before."""
+    seeds = session.seed_kwargs(config)
+    return _new_instance(
+        config,
+        number,
+        kwargs={t: copy.deepcopy(seeds[t]) for t in config.after if t in seeds},
+        abandon_state={t: copy.deepcopy(seeds[t]) for t in config.unless if t in seeds},
+    )
+
+
 # -- firing -------------------------------------------------------------------
 
 
@@ -172,33 +284,24 @@ def apply_trigger(session: SessionData, trigger: str, kwargs: Mapping[str, Any])
     is ready.
     """
     fx = Effects()
-    latest = session.latest_kwargs
     for config in session.tasks_for(trigger):
         number = session.counters.get(config.name, 0)
         candidates = [] if number == 0 else session.waiting(config.name, trigger)
         if number == 0 or (not candidates and trigger == config.and_every):
             if number == 0:
                 fx.first_of.append(config.name)
-            inst = _new_instance(
-                config,
-                number,
-                kwargs={t: copy.deepcopy(latest[t]) for t in config.after if t in latest},
-                abandon_state={t: copy.deepcopy(latest[t]) for t in config.unless if t in latest},
-            )
+            inst = _create_instance(session, config, number)
             fx.created.append(inst)
             candidates = [inst]
         else:
             fx.changed += candidates
         for inst in candidates:
-            if trigger in config.after:
-                inst.kwargs[trigger] = copy.deepcopy(kwargs)
-            if trigger in config.unless:
-                inst.abandon_state[trigger] = copy.deepcopy(kwargs)
+            fx.unwaited.setdefault(inst.name, set()).update(_receive(inst, trigger, kwargs))
             inst.touch()
-            if inst.can_abandon:
+            if _is_abandoned(inst):
                 inst.set_status(TaskInstance.STATUS_ABANDONED)
                 fx.abandoned.append(inst)
-            elif inst.can_run:
+            elif _is_ready(inst):
                 fx.ready.append(inst)
     fx.latest_kwargs[trigger] = kwargs
     return fx
@@ -391,6 +494,9 @@ class MemorySession:
             if i.config.name == task and trigger in i.waiting_on()
         ]
         return sorted(found, key=lambda i: instance_sort_key(i.name))
+
+    def seed_kwargs(self, config: TaskConfig) -> dict[str, Any]:
+        return {t: self.latest_kwargs[t] for t in config.triggers if t in self.latest_kwargs}
 
     def apply(self, effects: Effects) -> Effects:
         """Take ``effects`` in (new instances, counters, latest kwargs)."""

@@ -177,7 +177,17 @@ class TaskInstance:
     # Statuses in which whatever the task logged no longer needs attention.
     LOGS_IRRELEVANT_STATUSES = frozenset({STATUS_ABANDONED, STATUS_REPLAYED, STATUS_SKIPPED})
 
-    __slots__ = ("name", "config", "status", "kwargs", "abandon_state", "metadata", "token")
+    __slots__ = (
+        "name",
+        "config",
+        "status",
+        "kwargs",
+        "abandon_state",
+        "metadata",
+        "token",
+        "progress",
+        "partial",
+    )
 
     def __init__(
         self,
@@ -188,6 +198,8 @@ class TaskInstance:
         abandon_state: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
         token: str | None = None,
+        progress: Mapping[str, Any] | None = None,
+        partial: bool = False,
     ) -> None:
         self.name = name
         self.config = config
@@ -199,6 +211,15 @@ class TaskInstance:
         self.metadata: dict[str, Any] = dict(metadata or {})
         #: Identifies the worker run that currently owns a running instance.
         self.token = token
+        #: Set when the instance was loaded without what it received (a fire
+        #: reads only the record of an instance waiting on its trigger):
+        #: ``kwargs``/``abandon_state`` then hold only what this operation
+        #: gave it, and readiness comes from :attr:`progress`.
+        self.partial = partial
+        #: How far its ``after``/``unless`` requirements are met, as the
+        #: engine counts them (:func:`triggers.engine.progress_of`); kept
+        #: up to date by the engine only while :attr:`partial`.
+        self.progress: dict[str, Any] | None = dict(progress) if progress is not None else None
 
     # -- naming -------------------------------------------------------------
     @property
@@ -216,19 +237,26 @@ class TaskInstance:
 
     @property
     def can_abandon(self) -> bool:
-        return (
-            self.status == self.STATUS_UNSTARTED
-            and bool(self.config.unless)
-            and self.config.unless_rule.met(self.abandon_state)
-        )
+        if self.status != self.STATUS_UNSTARTED or not self.config.unless:
+            return False
+        if self.partial:
+            return self._counted("unless")
+        return self.config.unless_rule.met(self.abandon_state)
 
     @property
     def can_run(self) -> bool:
-        return (
-            self.status == self.STATUS_UNSTARTED
-            and self.config.after_rule.met(self.kwargs)
-            and not self.can_abandon
-        )
+        if self.status != self.STATUS_UNSTARTED:
+            return False
+        if self.partial:
+            met = self._counted("after")
+        else:
+            met = self.config.after_rule.met(self.kwargs)
+        return met and not self.can_abandon
+
+    def _counted(self, side: str) -> bool:
+        from .engine import requirements_met  # the engine imports this module
+
+        return requirements_met(self, side)
 
     @property
     def can_replay(self) -> bool:
@@ -269,27 +297,42 @@ class TaskInstance:
     # -- serialisation -------------------------------------------------------
     def waiting_on(self) -> set[str]:
         """The triggers under which the session's waiting index lists this
-        instance: everything it has not received yet, while unstarted."""
+        instance: everything it has not received yet, while unstarted
+        (known only when it was loaded whole, not :attr:`partial`)."""
         if self.status != self.STATUS_UNSTARTED:
             return set()
+        if self.partial:
+            raise RuntimeError(f"{self.name} was loaded without what it received")
         return self.config.after_rule.missing(self.kwargs) | self.config.unless_rule.missing(
             self.abandon_state
         )
 
-    def to_record(self) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "task": self.config.name,
-            "status": self.status,
-            "kwargs": self.kwargs,
-            "abandon_state": self.abandon_state,
-            "metadata": self.metadata,
-        }
+    def to_record(self, kwargs: bool = True) -> dict[str, Any]:
+        """The stored form. ``kwargs=False`` leaves out what the instance
+        received, for a backend that stores it apart (one entry per trigger,
+        so applying a trigger writes one); ``progress`` says how far its
+        requirements are met either way. A :attr:`partial` instance never
+        includes kwargs (it does not hold them all)."""
+        from .engine import progress_of  # the engine imports this module
+
+        record: dict[str, Any] = {"task": self.config.name, "status": self.status}
+        if kwargs and not self.partial:
+            record["kwargs"] = self.kwargs
+            record["abandon_state"] = self.abandon_state
+        record["metadata"] = self.metadata
         if self.token is not None:
             record["token"] = self.token
+        if self.partial and self.progress is not None:
+            record["progress"] = self.progress
+        else:
+            record["progress"] = progress_of(self.config, self.kwargs, self.abandon_state)
         return record
 
     @classmethod
     def from_record(cls, name: str, record: Mapping[str, Any], config: TaskConfig) -> TaskInstance:
+        """Rebuild an instance from :meth:`to_record`'s form (or an older
+        release's, which always held the kwargs); a record with ``progress``
+        but without ``kwargs`` gives a :attr:`partial` instance."""
         return cls(
             name=name,
             config=config,
@@ -298,6 +341,8 @@ class TaskInstance:
             abandon_state=record.get("abandon_state"),
             metadata=record.get("metadata"),
             token=record.get("token"),
+            progress=record.get("progress"),
+            partial="kwargs" not in record and "progress" in record,
         )
 
     def copy(self) -> TaskInstance:
@@ -309,6 +354,8 @@ class TaskInstance:
             copy.deepcopy(self.abandon_state),
             copy.deepcopy(self.metadata),
             self.token,
+            copy.deepcopy(self.progress),
+            self.partial,
         )
 
     def set_status(self, status: str, when: str | None = None) -> None:

@@ -80,7 +80,7 @@ class BaseTriggerStorage(SessionAPI):
         returned one that is taken lazily."""
         configs, insts, metas = self._loaded_state()
         self._configs, self._instances, self._metas = configs, insts, metas
-        return full_snapshot(configs, insts, metas)
+        return full_snapshot(configs, insts, metas, request)
 
     def commit(self, lock: Any, changes: Changes, release: bool) -> None:
         """Write ``changes`` in one step if ``lock`` is still held (raise
@@ -227,7 +227,8 @@ class BaseTriggerStorage(SessionAPI):
         committed = False
         try:
             yield txn
-            self.commit(lock, txn.build_changes(), release=True)
+            changes = txn.build_changes()
+            self.commit(lock, changes, release=True)
             committed = True
         finally:
             self._local.txn = None
@@ -236,6 +237,12 @@ class BaseTriggerStorage(SessionAPI):
                     lock.release()
                 except Exception:  # the lock may have expired meanwhile
                     pass
+        if changes.timers_add or changes.timers_remove:
+            # The cross-session due index lives outside the session (another
+            # hash slot in a cluster), so it is updated after the commit.
+            from .due_index import after_commit  # what triggers.timers re-exports
+
+            after_commit(self, changes)
         if txn.meta is not None:
             self.seen_state = True
         for callback in txn.after_commit:

@@ -17,6 +17,7 @@ __all__ = [
     "Changes",
     "FetchRequest",
     "Snapshot",
+    "UNLESS",
     "WaitKey",
     "apply_changes",
     "build_index",
@@ -26,6 +27,10 @@ __all__ = [
 
 #: ``(task name, trigger name)``: the instances of a task still waiting on a trigger.
 WaitKey = tuple[str, str]
+#: Marks an ``unless`` trigger among the kwargs an instance received
+#: (:attr:`Changes.received`): ``UNLESS + name`` (names hold no control
+#: characters, so it cannot clash with an ``after`` trigger's name).
+UNLESS = "\x1f"
 
 
 def build_index(configs: dict[str, TaskConfig]) -> dict[str, list[str]]:
@@ -53,6 +58,15 @@ class FetchRequest:
     instances: tuple[str, ...] = ()
     tasks: tuple[str, ...] = ()
     everything: bool = False
+    #: Triggers whose latest kwargs to read besides (a new instance is
+    #: seeded with them; a backend may also read them on its own when it
+    #: sees a fire will create an instance, to save the round trip).
+    kwargs: tuple[str, ...] = ()
+    #: Whether this idempotency key was recorded and has not expired
+    #: (:attr:`Snapshot.idempotency_seen`).
+    idempotency_key: str | None = None
+    #: Load the session's pending timers (:attr:`Snapshot.timers`).
+    timers: bool = False
 
 
 @dataclass
@@ -71,6 +85,11 @@ class Snapshot:
     #: instance name -> milliseconds its worker lease has left (absent: none).
     leases: dict[str, int] = field(default_factory=dict)
     everything: bool = False
+    #: The requested idempotency key was recorded and has not expired.
+    idempotency_seen: bool = False
+    #: timer id -> ``{"trigger", "due" (ISO-8601 UTC), "kwargs", optional
+    #: "instance"}``: filled when requested or with ``everything``.
+    timers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,6 +110,19 @@ class Changes:
     #: instance name -> ``(worker token, lease milliseconds)``.
     leases_set: dict[str, tuple[str, int]] = field(default_factory=dict)
     leases_drop: set[str] = field(default_factory=set)
+    #: What instances received, for a backend that keeps it apart from the
+    #: instance record (``inst.to_record(kwargs=False)``): instance name ->
+    #: ``{trigger: kwargs}`` to set (``UNLESS + trigger`` for ``unless``),
+    #: and the names to drop. A backend that stores whole records
+    #: (``to_record()``) ignores both.
+    received: dict[str, dict[str, Any]] = field(default_factory=dict)
+    received_drop: dict[str, set[str]] = field(default_factory=dict)
+    #: ``(key, expiry as Unix time)``: record an idempotency key atomically
+    #: with the rest (dropping the session's expired keys while at it).
+    idempotency: tuple[str, float] | None = None
+    #: timer id -> timer (see :attr:`Snapshot.timers`) to add; ids to remove.
+    timers_add: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timers_remove: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(
@@ -104,14 +136,28 @@ class Changes:
             or self.meta is not None
             or self.leases_set
             or self.leases_drop
+            or self.received
+            or self.received_drop
+            or self.idempotency is not None
+            or self.timers_add
+            or self.timers_remove
         )
 
 
+#: Keys of a whole session's metadata that hold state, not user metadata.
+STATE_METAS = ("latest_kwargs", "counters", "leases", "timers", "idempotency")
+
+
 def full_snapshot(
-    configs: dict[str, TaskConfig], insts: dict[str, TaskInstance], metas: dict[str, Any]
+    configs: dict[str, TaskConfig],
+    insts: dict[str, TaskInstance],
+    metas: dict[str, Any],
+    request: FetchRequest | None = None,
 ) -> Snapshot:
     """The snapshot of a whole session held as ``(configs, instances,
-    metadata)`` -- the shape a document-tier backend stores."""
+    metadata)`` -- the shape a document-tier backend stores (timers under
+    ``metadata['timers']``, idempotency keys and their expiry under
+    ``metadata['idempotency']``)."""
     waiting: dict[WaitKey, list[str]] = {}
     for name, inst in insts.items():
         for trig in inst.waiting_on():
@@ -128,8 +174,12 @@ def full_snapshot(
         if info["expires"] > now
     }
     latest = dict(metas.get("latest_kwargs") or {})
-    meta = {k: v for k, v in metas.items() if k not in ("latest_kwargs", "counters", "leases")}
+    meta = {k: v for k, v in metas.items() if k not in STATE_METAS}
+    key = request.idempotency_key if request is not None else None
+    seen = key is not None and (metas.get("idempotency") or {}).get(key, 0) > time.time()
     return Snapshot(
+        idempotency_seen=seen,
+        timers={t: dict(v) for t, v in (metas.get("timers") or {}).items()},
         meta=meta or None,
         index=build_index(configs),
         configs=dict(configs),
@@ -163,3 +213,13 @@ def apply_changes(
         leases[name] = {"token": token, "expires": time.time() + ms / 1000}
     for name in changes.leases_drop:
         leases.pop(name, None)
+    if changes.timers_add or changes.timers_remove:
+        timers = metas.setdefault("timers", {})
+        timers.update(changes.timers_add)
+        for timer in changes.timers_remove:
+            timers.pop(timer, None)
+    if changes.idempotency is not None:
+        now = time.time()
+        keys = {k: t for k, t in (metas.get("idempotency") or {}).items() if t > now}
+        keys[changes.idempotency[0]] = changes.idempotency[1]
+        metas["idempotency"] = keys

@@ -92,7 +92,7 @@ class DocumentStorage(BaseTriggerStorage):
             state = lock.loaded[0]
         else:
             state = self._read_state()[0]
-        return full_snapshot(*state)
+        return full_snapshot(*state, request)
 
     def commit(self, lock: Any, changes: Changes, release: bool) -> None:
         try:

@@ -23,7 +23,15 @@ from ..exceptions import (
     WriteConflictError,
 )
 from ..types import TaskConfig, TaskInstance, now_iso
-from .data import Changes, FetchRequest, Snapshot, WaitKey, build_index, instance_sort_key
+from .data import (
+    UNLESS,
+    Changes,
+    FetchRequest,
+    Snapshot,
+    WaitKey,
+    build_index,
+    instance_sort_key,
+)
 
 if TYPE_CHECKING:
     from .base import BaseTriggerStorage
@@ -42,8 +50,11 @@ class Transaction:
         self._kwargs_known: set[str] = set()
         self._waiting: dict[WaitKey, set[str]] = {}
         self.instances: dict[str, TaskInstance] = {}
+        #: What the waiting index listed a whole instance under when loaded.
         self._membership: dict[str, set[str]] = {}
         self._records: dict[str, dict[str, Any]] = {}
+        #: Partial instances: trigger names they stopped waiting on here.
+        self._unwaited: dict[str, set[str]] = {}
         self.leases: dict[str, int] = {}
         self.everything = False
         self._known_tasks: set[str] = set()
@@ -64,22 +75,31 @@ class Transaction:
         instances: Iterable[str] = (),
         tasks: Iterable[str] = (),
         everything: bool = False,
+        kwargs: Iterable[str] = (),
     ) -> None:
-        """Load what is not loaded yet (one backend round trip at most)."""
+        """Load what is not loaded yet (one backend round trip at most);
+        ``kwargs``: triggers whose latest kwargs to read."""
         if self.everything:
             return
+        kwargs = [t for t in dict.fromkeys(kwargs) if t not in self._kwargs_known]
         triggers = [t for t in dict.fromkeys(triggers) if t not in self._known_triggers]
-        instances = [i for i in dict.fromkeys(instances) if i not in self._known_instances]
+        instances = [
+            i
+            for i in dict.fromkeys(instances)
+            if i not in self._known_instances or self._is_partial(i)
+        ]
         tasks = [t for t in dict.fromkeys(tasks) if t not in self._known_tasks]
         # An instance's config comes with it.
         tasks += [
             n.rpartition("#")[0] for n in instances if n.rpartition("#")[0] not in self._known_tasks
         ]
         tasks = list(dict.fromkeys(tasks))
-        if not (triggers or instances or tasks or everything) and self.meta_loaded:
+        if not (triggers or instances or tasks or everything or kwargs) and self.meta_loaded:
             return
         snap = self.storage.fetch(
-            FetchRequest(tuple(triggers), tuple(instances), tuple(tasks), everything)
+            FetchRequest(
+                tuple(triggers), tuple(instances), tuple(tasks), everything, kwargs=tuple(kwargs)
+            )
         )
         self._absorb(snap, triggers, instances, tasks)
 
@@ -106,14 +126,16 @@ class Transaction:
         for key, names in snap.waiting.items():
             self._waiting.setdefault(key, set()).update(names)
         for name, record in snap.records.items():
-            if name in self.instances:
-                continue
             config = self.configs.get(record["task"])
             if config is None:
                 continue
+            if name in self.instances:
+                self._complete(self.instances[name], record)
+                continue
             inst = TaskInstance.from_record(name, record, config)
             self.instances[name] = inst
-            self._membership[name] = inst.waiting_on()
+            if not inst.partial:
+                self._membership[name] = inst.waiting_on()
             self._records[name] = record
         self._known_instances.update(instances)
         self._known_instances.update(snap.records)
@@ -129,6 +151,23 @@ class Transaction:
             self.index = build_index(self.configs)
             self._kwargs_known = set(self.latest_kwargs) | {"*"}
 
+    def _is_partial(self, name: str) -> bool:
+        inst = self.instances.get(name)
+        return inst is not None and inst.partial
+
+    def _complete(self, inst: TaskInstance, record: dict[str, Any]) -> None:
+        """A later read brought the whole record of an instance first read
+        without what it received: merge what this operation gave it."""
+        if not inst.partial or "kwargs" not in record:
+            return
+        stored = TaskInstance.from_record(inst.name, record, inst.config)
+        self._membership[inst.name] = stored.waiting_on()
+        self._records[inst.name] = record
+        inst.kwargs = {**stored.kwargs, **inst.kwargs}
+        inst.abandon_state = {**stored.abandon_state, **inst.abandon_state}
+        inst.partial = False
+        self._unwaited.pop(inst.name, None)
+
     # -- queries -------------------------------------------------------------
     def tasks_for(self, trigger: str) -> list[TaskConfig]:
         if self.everything:
@@ -138,15 +177,27 @@ class Transaction:
         return [self.configs[n] for n in sorted(names) if n in self.configs]
 
     def waiting(self, task: str, trigger: str) -> list[TaskInstance]:
-        """Unstarted instances of ``task`` that have not received ``trigger``."""
-        names = set(self._waiting.get((task, trigger), ()))
-        names.update(n for n, i in self.instances.items() if i.config.name == task)
-        found = [
-            self.instances[n]
-            for n in names
-            if n in self.instances and trigger in self.instances[n].waiting_on()
-        ]
+        """Unstarted instances of ``task`` that have not received ``trigger``
+        (a partial instance only if the index lists it under ``trigger``)."""
+        listed = self._waiting.get((task, trigger), set())
+        found = []
+        for name, inst in self.instances.items():
+            if inst.config.name != task or inst.status != TaskInstance.STATUS_UNSTARTED:
+                continue
+            if inst.partial:
+                if name in listed and trigger not in self._unwaited.get(name, ()):
+                    found.append(inst)
+            elif trigger in inst.waiting_on():
+                found.append(inst)
         return sorted(found, key=lambda i: instance_sort_key(i.name))
+
+    def seed_kwargs(self, config: TaskConfig) -> dict[str, Any]:
+        """Latest kwargs of the triggers ``config`` mentions that fired
+        (read now if the fetch did not bring them)."""
+        if not self.everything:
+            self.fetch(kwargs=sorted(config.triggers))
+        latest = self.latest_kwargs
+        return {t: latest[t] for t in config.triggers if t in latest}
 
     def waiting_names(self, task: str, trigger: str) -> set[str]:
         """Names the waiting index lists under ``(task, trigger)``."""
@@ -199,11 +250,19 @@ class Transaction:
         self._dirty.add(inst.name)
 
     def apply(self, effects: Effects) -> Effects:
-        """Take in what an engine operation changed, to write at commit."""
+        """Take in what an engine operation changed, to write at commit. An
+        instance that became ready is read whole first (it is dispatched
+        and returned to the caller with every kwargs it received)."""
+        partial = [inst.name for inst in effects.ready if inst.partial]
+        if partial:
+            self.fetch(instances=partial)
         for inst in effects.created:
             self.adopt(inst)
         for inst in effects.changed:
             self.save(inst)
+        for name, names in effects.unwaited.items():
+            if name in self.instances and self.instances[name].partial:
+                self._unwaited.setdefault(name, set()).update(names)
         for trigger, kwargs in effects.latest_kwargs.items():
             self.set_latest_kwargs(trigger, kwargs)
         for name, (token, ms) in effects.leases_set.items():
@@ -279,22 +338,11 @@ class Transaction:
         for name in sorted(self._dirty):
             inst = self.instances[name]
             ch.instances[name] = inst
-            task = inst.config.name
-            old = self._membership.get(name, set())
-            if self.everything and name in self._records:
-                # Configs may have changed: recompute the old membership from
-                # the stored record under the old task's triggers too.
-                old = old | self._stale_membership(name)
-            new = inst.waiting_on()
-            for trig in old - new:
-                ch.waiting_remove.add((task, trig, name))
-            for trig in new - old:
-                ch.waiting_add.add((task, trig, name))
-            # Re-adding members that exist is harmless and heals an index
-            # written before a config change.
-            if self.everything:
-                for trig in new:
-                    ch.waiting_add.add((task, trig, name))
+            self._received_changes(inst, ch)
+            if inst.partial:
+                self._partial_waiting(inst, ch)
+            else:
+                self._whole_waiting(inst, ch)
         if ch:
             # What the session holds from now on, so a later operation can
             # tell a part that vanished from one that never existed.
@@ -307,6 +355,58 @@ class Transaction:
             if ch.meta is None or flags:
                 self.touch_meta(updated=now_iso(), **flags)
         return ch
+
+    def _received_changes(self, inst: TaskInstance, ch: Changes) -> None:
+        """What ``inst`` received that its stored entries lack (for a backend
+        that keeps them apart from the record): one entry per trigger given
+        to it in this operation, all of them for a new instance or one
+        whose stored record still held them (an older release's)."""
+        new = {**inst.kwargs, **{UNLESS + t: v for t, v in inst.abandon_state.items()}}
+        record = self._records.get(inst.name)
+        if inst.partial or record is None or "progress" not in record:
+            old: dict[str, Any] = {}
+        else:
+            old = {
+                **(record.get("kwargs") or {}),
+                **{UNLESS + t: v for t, v in (record.get("abandon_state") or {}).items()},
+            }
+        written = {k: v for k, v in new.items() if k not in old or old[k] != v}
+        dropped = set(old) - set(new)
+        if written:
+            ch.received[inst.name] = written
+        if dropped:
+            ch.received_drop[inst.name] = dropped
+
+    def _partial_waiting(self, inst: TaskInstance, ch: Changes) -> None:
+        """Waiting-index changes of an instance read without what it
+        received: the names it stopped waiting on here, and every name of
+        its task once it is no longer unstarted (once in its life)."""
+        task, name = inst.config.name, inst.name
+        record = self._records.get(name) or {}
+        if inst.status != TaskInstance.STATUS_UNSTARTED:
+            if record.get("status") == TaskInstance.STATUS_UNSTARTED:
+                for trig in inst.config.triggers:
+                    ch.waiting_remove.add((task, trig, name))
+        for trig in self._unwaited.get(name, ()):
+            ch.waiting_remove.add((task, trig, name))
+
+    def _whole_waiting(self, inst: TaskInstance, ch: Changes) -> None:
+        task, name = inst.config.name, inst.name
+        old = self._membership.get(name, set())
+        if self.everything and name in self._records:
+            # Configs may have changed: recompute the old membership from
+            # the stored record under the old task's triggers too.
+            old = old | self._stale_membership(name)
+        new = inst.waiting_on()
+        for trig in old - new:
+            ch.waiting_remove.add((task, trig, name))
+        for trig in new - old:
+            ch.waiting_add.add((task, trig, name))
+        # Re-adding members that exist is harmless and heals an index
+        # written before a config change.
+        if self.everything:
+            for trig in new:
+                ch.waiting_add.add((task, trig, name))
 
     def _stale_membership(self, name: str) -> set[str]:
         # With a full load the storage returned the raw waiting index too.

@@ -1,27 +1,31 @@
 -- Write one transaction's changes, but only while the caller still holds the
 -- session lock; then (optionally) release the lock the way python-redis-lock
--- does, waking one waiter.
+-- does, waking one waiter. Every key it touches is in KEYS and shares the
+-- session's hash slot (the session index, in another slot, is updated by
+-- the client in the same round trip, outside this script).
 -- KEYS: 1 config, 2 index, 3 instances, 4 waiting, 5 counters, 6 kwargs, 7 meta,
---       8 lock key, 9 lock signal key, 10 recent commits (optional: the
---       lock tokens of the last commits, " tok1 tok2 ... ", at most 1 KB)
+--       8 received, 9 timers, 10 idempotency, 11 recent commits (the lock
+--       tokens of the last commits, " tok1 tok2 ... ", at most 1 KB), 12 lock,
+--       13 lock signal, then the lease keys the operations name by position
 -- ARGV: token, signal expire ms, ttl ms (-1 persist, 0 leave), release (1/0),
---       lease key prefix, then the operations as one JSON array of strings
---       (one argument packs and sends much faster than hundreds):
+--       the operations as one JSON array of strings (one argument packs and
+--       sends much faster than hundreds), now (Unix seconds):
 --   H <key#> <field> <value>   HSET        D <key#> <field>   HDEL
 --   Z <member>  ZADD waiting   R <member>  ZREM waiting
 --   S <value>   SET meta       X <key#>    DEL
---   L <name> <token> <ms>      set a lease  U <name>  drop a lease
+--   L <key#> <token> <ms>      set a lease  U <key#>  drop a lease
+--   I <key> <expiry>           record an idempotency key (and drop expired ones)
 -- Returns 0, or 1 when the lock is no longer ours (nothing written).
 -- A client that lost the reply and sends the script again finds its token
 -- among the recent commits and gets 0 without writing twice.
-local recent = KEYS[10] and redis.call('GET', KEYS[10])
+local recent = redis.call('GET', KEYS[11])
 if ARGV[1] ~= '' and recent and string.find(recent, ' ' .. ARGV[1] .. ' ', 1, true) then
   return 0
 end
-if ARGV[1] ~= '' and redis.call('GET', KEYS[8]) ~= ARGV[1] then
+if ARGV[1] ~= '' and redis.call('GET', KEYS[12]) ~= ARGV[1] then
   return 1
 end
-local ops = cjson.decode(ARGV[6] or '[]')
+local ops = cjson.decode(ARGV[5] or '[]')
 local i = 1
 local n = #ops
 local waiting_changed = false
@@ -40,9 +44,12 @@ while i <= n do
   elseif op == 'X' then
     redis.call('DEL', KEYS[tonumber(ops[i + 1])]); i = i + 2
   elseif op == 'L' then
-    redis.call('SET', ARGV[5] .. ops[i + 1], ops[i + 2], 'PX', ops[i + 3]); i = i + 4
+    redis.call('SET', KEYS[tonumber(ops[i + 1])], ops[i + 2], 'PX', ops[i + 3]); i = i + 4
   elseif op == 'U' then
-    redis.call('DEL', ARGV[5] .. ops[i + 1]); i = i + 2
+    redis.call('DEL', KEYS[tonumber(ops[i + 1])]); i = i + 2
+  elseif op == 'I' then
+    redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', ARGV[6])
+    redis.call('ZADD', KEYS[10], ops[i + 2], ops[i + 1]); i = i + 3
   else
     return redis.error_reply('triggers commit: unknown operation ' .. tostring(op))
   end
@@ -52,7 +59,7 @@ if waiting_changed then
   -- beside the counters: a fire can then tell "empty" from "evicted".
   redis.call('HSET', KEYS[5], '\31w', redis.call('EXISTS', KEYS[4]))
 end
-if ARGV[1] ~= '' and KEYS[10] then
+if ARGV[1] ~= '' then
   local kept = ' ' .. ARGV[1] .. (recent or ' ')
   if #kept > 1024 then
     -- Cut after the last separator within the first 1 KB (tokens are far
@@ -66,37 +73,22 @@ if ARGV[1] ~= '' and KEYS[10] then
     end
     kept = string.sub(kept, 1, last or string.find(kept, ' ', 2, true))
   end
-  redis.call('SET', KEYS[10], kept)
+  redis.call('SET', KEYS[11], kept)
 end
 local ttl = tonumber(ARGV[3])
-local function expire(key)
-  if ttl > 0 then
-    redis.call('PEXPIRE', key, ttl)
-  elseif ttl < 0 then
-    redis.call('PERSIST', key)
+if ttl ~= 0 then
+  for k = 1, 11 do
+    if ttl > 0 then
+      redis.call('PEXPIRE', KEYS[k], ttl)
+    else
+      redis.call('PERSIST', KEYS[k])
+    end
   end
 end
-for k = 1, 7 do expire(KEYS[k]) end
-if KEYS[10] then expire(KEYS[10]) end
--- [session index, see triggers/storages/session_index.py] Optional
--- KEYS[11..13] activity, names, expires; ARGV[7] uid, ARGV[8] now (Unix s),
--- ARGV[9] expiry time or '' (never expires). Only a commit that writes counts
--- as activity. Another hash slot in a cluster: a cluster port sends these
--- (idempotent) commands after this script instead.
-if KEYS[13] and ttl ~= 0 then
-  redis.call('ZADD', KEYS[11], ARGV[8], ARGV[7])
-  redis.call('ZADD', KEYS[12], 0, ARGV[7])
-  if ARGV[9] ~= '' then
-    redis.call('ZADD', KEYS[13], ARGV[9], ARGV[7])
-  else
-    redis.call('ZREM', KEYS[13], ARGV[7])
-  end
-end
--- [end session index]
 if ARGV[4] == '1' then
-  redis.call('DEL', KEYS[9])
-  redis.call('LPUSH', KEYS[9], 1)
-  redis.call('PEXPIRE', KEYS[9], ARGV[2])
-  redis.call('DEL', KEYS[8])
+  redis.call('DEL', KEYS[13])
+  redis.call('LPUSH', KEYS[13], 1)
+  redis.call('PEXPIRE', KEYS[13], ARGV[2])
+  redis.call('DEL', KEYS[12])
 end
 return 0

@@ -1,23 +1,32 @@
 -- Read what one operation on a session needs, in one round trip; the first
 -- read of an operation also takes the session lock.
 -- KEYS: 1 config, 2 index, 3 instances, 4 waiting, 5 counters, 6 kwargs, 7 meta,
---       8 lock key (only when taking the lock)
--- ARGV: lock token ('' reads without taking the lock), lock expiry ms,
---       lease key prefix, JSON [[trigger names], [task names], [instance names]]
+--       8 received, 9 timers, 10 idempotency, 11 recent commits, 12 lock,
+--       13 lock signal, then the lease key of each requested instance
+-- ARGV: 1 lock token ('' reads without taking the lock), 2 lock expiry ms,
+--       3 JSON [[trigger names], [task names], [instance names], [kwargs names]],
+--       4 idempotency key ('' none), 5 now (Unix seconds), 6 '1' to read timers
 -- Returns nil when the lock is held by someone else (nothing read), else
--- JSON [meta, index, tasks, waiting, instances, kwargs, leases, parts] where
--- each part after meta is a flat array ('' stands for a missing value; an empty
--- array may come back as {}). One JSON string is much cheaper for the client
--- to parse than nested multi-bulk replies.
-if ARGV[1] ~= '' and not redis.call('SET', KEYS[8], ARGV[1], 'NX', 'PX', ARGV[2])
-    and redis.call('GET', KEYS[8]) ~= ARGV[1] then
+-- JSON [meta, index, tasks, waiting, instances, kwargs, leases, parts,
+-- received, idempotency seen (0/1), timers] where each part after meta is a
+-- flat array ('' stands for a missing value; an empty array may come back as
+-- {}). One JSON string is much cheaper for the client to parse than nested
+-- multi-bulk replies.
+--
+-- What a fire reads depends on its trigger, not on how many triggers its
+-- tasks wait for: the records of the instances waiting on it come without
+-- what they received (read only for the instances named in the request),
+-- and the latest kwargs of a task's triggers are read only when this fire
+-- will create an instance of it (the seed).
+if ARGV[1] ~= '' and not redis.call('SET', KEYS[12], ARGV[1], 'NX', 'PX', ARGV[2])
+    and redis.call('GET', KEYS[12]) ~= ARGV[1] then
   -- (Already ours only when a lost reply made the client send this again.)
   return false
 end
 local SEP = '\31'
 local meta_raw = redis.call('GET', KEYS[7])
-local wanted = cjson.decode(ARGV[4])
-local trigs, req_tasks, req_insts = wanted[1], wanted[2], wanted[3]
+local wanted = cjson.decode(ARGV[3])
+local trigs, req_tasks, req_insts, req_kwargs = wanted[1], wanted[2], wanted[3], wanted[4]
 
 local task_seen, task_order = {}, {}
 local function add_task(t)
@@ -43,31 +52,34 @@ for _, trig in ipairs(trigs) do
 end
 for _, t in ipairs(req_tasks) do add_task(t) end
 
-local tasks_out = {}
 local kw_seen, kw_order = {}, {}
 local function add_kw(t)
   if not kw_seen[t] then kw_seen[t] = true; kw_order[#kw_order + 1] = t end
 end
 for _, trig in ipairs(trigs) do add_kw(trig) end
+for _, trig in ipairs(req_kwargs) do add_kw(trig) end
+
+-- Every trigger name an after/unless list mentions (names and groups).
+local function names_of(list, out)
+  for _, item in ipairs(list or {}) do
+    if type(item) == 'string' then
+      out[#out + 1] = item
+    else
+      for _, n in ipairs(item['anyOf'] or item['of'] or {}) do out[#out + 1] = n end
+    end
+  end
+  return out
+end
+
+local tasks_out, configs, counters = {}, {}, {}
 for _, t in ipairs(task_order) do
   local cfg = found(1, redis.call('HGET', KEYS[1], t)) or ''
   local ctr = found(5, redis.call('HGET', KEYS[5], t)) or '0'
   tasks_out[#tasks_out + 1] = t
   tasks_out[#tasks_out + 1] = cfg
   tasks_out[#tasks_out + 1] = ctr
-  if cfg ~= '' then
-    local c = cjson.decode(cfg)
-    -- An entry is a name or a group ({anyOf = names} or {atLeast = k, of = names}).
-    for _, side in ipairs({'after', 'unless'}) do
-      for _, x in ipairs(c[side] or {}) do
-        if type(x) == 'table' then
-          for _, m in ipairs(x['anyOf'] or x['of'] or {}) do add_kw(m) end
-        else
-          add_kw(x)
-        end
-      end
-    end
-  end
+  counters[t] = ctr
+  if cfg ~= '' then configs[t] = cjson.decode(cfg) end
 end
 
 local inst_seen, inst_order = {}, {}
@@ -88,14 +100,58 @@ for _, trig in ipairs(trigs) do
     waiting_out[#waiting_out + 1] = t
     waiting_out[#waiting_out + 1] = trig
     waiting_out[#waiting_out + 1] = names
+    -- The engine creates an instance when the task has none yet, or when
+    -- this is its andEvery trigger and no instance waits on it: seed it.
+    local c = configs[t]
+    if c and (counters[t] == '0' or (c['andEvery'] == trig and not members[1])) then
+      for _, n in ipairs(names_of(c['unless'], names_of(c['after'], {}))) do add_kw(n) end
+    end
   end
 end
-for _, n in ipairs(req_insts) do add_inst(n) end
+local named = {}
+for _, n in ipairs(req_insts) do add_inst(n); named[n] = true end
 
-local inst_out = {}
+local inst_out, received_out = {}, {}
 for _, n in ipairs(inst_order) do
+  local record = found(3, redis.call('HGET', KEYS[3], n)) or ''
   inst_out[#inst_out + 1] = n
-  inst_out[#inst_out + 1] = found(3, redis.call('HGET', KEYS[3], n)) or ''
+  inst_out[#inst_out + 1] = record
+  if record ~= '' and not named[n] then
+    -- An instance one requirement away from ready may become ready now: the
+    -- caller then needs it whole (it is dispatched and returned).
+    local ok, r = pcall(cjson.decode, record)
+    local p = ok and type(r) == 'table' and r['progress']
+    if type(p) ~= 'table' or (tonumber(p['after']) or 0) <= 1 then named[n] = true end
+  end
+  if named[n] and record ~= '' then
+    -- A named instance is read whole: what it received, one field per trigger.
+    local tname = string.match(n, '^(.*)#[^#]*$') or ''
+    local c = configs[tname]
+    if not c then
+      local raw = redis.call('HGET', KEYS[1], tname)
+      if raw then c = cjson.decode(raw); configs[tname] = c end
+    end
+    if c then
+      local fields, asked = {}, {}
+      for _, t in ipairs(names_of(c['after'], {})) do
+        fields[#fields + 1] = n .. SEP .. t; asked[#asked + 1] = t
+      end
+      for _, t in ipairs(names_of(c['unless'], {})) do
+        fields[#fields + 1] = n .. SEP .. SEP .. t; asked[#asked + 1] = SEP .. t
+      end
+      local got = {}
+      for from = 1, #fields, 1000 do
+        local upto = math.min(from + 999, #fields)
+        local values = redis.call('HMGET', KEYS[8], unpack(fields, from, upto))
+        for i = from, upto do
+          local v = values[i - from + 1]
+          if v then got[#got + 1] = asked[i]; got[#got + 1] = v end
+        end
+      end
+      received_out[#received_out + 1] = n
+      received_out[#received_out + 1] = got
+    end
+  end
 end
 
 local kw_out = {}
@@ -105,10 +161,18 @@ for _, t in ipairs(kw_order) do
 end
 
 local lease_out = {}
-for _, n in ipairs(req_insts) do
+for i, n in ipairs(req_insts) do
   lease_out[#lease_out + 1] = n
-  lease_out[#lease_out + 1] = redis.call('PTTL', ARGV[3] .. n)
+  lease_out[#lease_out + 1] = redis.call('PTTL', KEYS[13 + i])
 end
+
+local seen = 0
+if ARGV[4] ~= '' then
+  local expiry = redis.call('ZSCORE', KEYS[10], ARGV[4])
+  if expiry and tonumber(expiry) > tonumber(ARGV[5]) then seen = 1 end
+end
+local timers_out = {}
+if ARGV[6] == '1' then timers_out = redis.call('HGETALL', KEYS[9]) end
 
 -- Which state keys exist (config, index, instances, counters, kwargs,
 -- waiting), so a fire can tell a partly vanished session without another
@@ -144,5 +208,6 @@ else
 end
 
 return cjson.encode({
-  meta_raw or '', index_out, tasks_out, waiting_out, inst_out, kw_out, lease_out, parts
+  meta_raw or '', index_out, tasks_out, waiting_out, inst_out, kw_out, lease_out, parts,
+  received_out, seen, timers_out
 })

@@ -1,0 +1,116 @@
+"""Sending a session operation's commands to Redis: the Lua scripts of
+:mod:`triggers.storages.redis` and the commands queued beside them, in one
+round trip.
+
+On a plain ``redis.Redis`` client the commands go straight to one
+connection checked out of the client's pool (redis-py's public
+``ConnectionPool.get_connection``/``release`` and ``Connection.pack_commands``
+/ ``send_packed_command`` / ``read_response``), retried with the
+connection's own retry policy, as the client itself would: a client-level
+call costs several times more CPU than the bytes it sends. Any other client
+(a cluster client, a project's own class) gets a redis-py pipeline without
+MULTI. Either way a script missing from the server's cache (``NOSCRIPT``) is
+loaded and sent again: both scripts are safe to send twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.exceptions import NoScriptError, ResponseError
+
+__all__ = ["Batch", "Script", "run"]
+
+
+class Script:
+    """A Lua script shipped in ``triggers/storages/lua``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = resources.files("triggers.storages").joinpath(f"lua/{name}.lua").read_text()
+        self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
+
+    def call(self, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
+        """The ``EVALSHA`` command that runs it."""
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+class Batch:
+    """Commands queued instead of sent, with the pipeline methods a
+    session operation's companion updates use (``zadd``, ``zrem``, the
+    subset ``RedisSessionIndex.queue_touch`` calls, same signatures as
+    redis-py's), so they go out in the same round trip as a script."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any) -> Batch:
+        self.commands.append(args)
+        return self
+
+    def zadd(self, name: str, mapping: Mapping[Any, float]) -> Batch:
+        pairs = [part for member, score in mapping.items() for part in (score, member)]
+        return self.execute_command("ZADD", name, *pairs)
+
+    def zrem(self, name: str, *values: Any) -> Batch:
+        return self.execute_command("ZREM", name, *values)
+
+
+def _direct(client: Any) -> bool:
+    return type(client) in (redis.Redis, redis.StrictRedis) and isinstance(
+        getattr(client, "connection_pool", None), redis.ConnectionPool
+    )
+
+
+def run(client: Any, commands: list[tuple[Any, ...]], scripts: dict[str, Script]) -> list[Any]:
+    """Send ``commands`` in one round trip and return their replies (an
+    error reply is raised); ``scripts`` maps the SHA1 of each script the
+    commands run to the script, to load it if the server lacks it."""
+    replies = _direct_run(client, commands) if _direct(client) else _pipelined(client, commands)
+    missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+    if missing:
+        for sha in {commands[i][1] for i in missing}:
+            client.script_load(scripts[sha].source)
+        again = [commands[i] for i in missing]
+        resent = _direct_run(client, again) if _direct(client) else _pipelined(client, again)
+        for i, reply in zip(missing, resent, strict=True):
+            replies[i] = reply
+    for reply in replies:
+        if isinstance(reply, ResponseError) and not isinstance(reply, NoScriptError):
+            raise reply
+    return replies
+
+
+def _direct_run(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        return list(
+            conn.retry.call_with_retry(
+                lambda: _exchange(conn, commands), lambda _error: conn.disconnect()
+            )
+        )
+    finally:
+        pool.release(conn)
+
+
+def _exchange(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    conn.send_packed_command(conn.pack_commands(commands))
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(conn.read_response())
+        except ResponseError as exc:  # an error reply: the next replies still follow
+            replies.append(exc)
+    return replies
+
+
+def _pipelined(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return list(pipe.execute(raise_on_error=False))
