@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from .exceptions import InstanceStateError
+from .readiness import is_abandoned, is_ready, progress_of, receive, requirements_met
 from .types import TaskConfig, TaskInstance, now_iso
 
 __all__ = [
@@ -168,96 +169,6 @@ def _new_instance(
     return inst
 
 
-# -- readiness: what an instance has received and whether that is enough ----------
-# An instance read whole holds every kwargs it received, and the rules of its
-# config answer from them (``TaskInstance.can_run``). One read for a fire is
-# ``partial``: it holds only what this operation gave it, and ``progress``
-# counts the requirements still unmet, so applying a trigger costs the same
-# whatever the width of ``after``. These functions keep the two in step.
-
-#: The two sides of a config a trigger can count towards.
-SIDES = ("after", "unless")
-
-
-def _rule(config: TaskConfig, side: str) -> Any:
-    return config.after_rule if side == "after" else config.unless_rule
-
-
-def _received(inst: TaskInstance, side: str) -> dict[str, Any]:
-    return inst.kwargs if side == "after" else inst.abandon_state
-
-
-def progress_of(
-    config: TaskConfig, kwargs: Mapping[str, Any], abandon_state: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Count, from everything an instance received, how many requirements of
-    each side are unmet (``'after'``, ``'unless'``) and how many members of
-    each group fired (``'after_groups'``, ``'unless_groups'``, only when the
-    side has groups)."""
-    progress: dict[str, Any] = {}
-    for side, received in (("after", kwargs), ("unless", abandon_state)):
-        rule = _rule(config, side)
-        counts = [group.count(received) for group in rule.groups]
-        unmet = sum(1 for name in rule.plain if name not in received)
-        unmet += sum(1 for group, n in zip(rule.groups, counts, strict=True) if n < group.need)
-        progress[side] = unmet
-        if counts:
-            progress[f"{side}_groups"] = counts
-    return progress
-
-
-def _initial_progress(config: TaskConfig) -> dict[str, Any]:
-    """The progress of an instance that received nothing."""
-    return progress_of(config, {}, {})
-
-
-def requirements_met(inst: TaskInstance, side: str) -> bool:
-    """Whether a :attr:`~TaskInstance.partial` instance's ``side``
-    (``'after'`` or ``'unless'``) is satisfied, from its counts."""
-    if inst.progress is None:
-        inst.progress = progress_of(inst.config, inst.kwargs, inst.abandon_state)
-    return int(inst.progress.get(side, 0)) <= 0
-
-
-def _receive(inst: TaskInstance, trigger: str, kwargs: Mapping[str, Any]) -> set[str]:
-    """Give ``trigger``'s kwargs to an instance waiting on it; returns the
-    names it no longer waits on (the trigger, and the other members of a
-    group it has just satisfied)."""
-    gone = {trigger}
-    for side in SIDES:
-        rule = _rule(inst.config, side)
-        if trigger not in rule.names:
-            continue
-        received = _received(inst, side)
-        if inst.partial and trigger not in received:
-            _count(inst, side, rule, trigger, gone)
-        received[trigger] = copy.deepcopy(kwargs)
-    return gone
-
-
-def _count(inst: TaskInstance, side: str, rule: Any, trigger: str, gone: set[str]) -> None:
-    progress = inst.progress
-    if progress is None:
-        return
-    if trigger in rule.plain:
-        progress[side] = int(progress.get(side, 0)) - 1
-    counts = progress.get(f"{side}_groups")
-    for i, group in enumerate(rule.groups):
-        if trigger in group.of and counts is not None:
-            counts[i] += 1
-            if counts[i] == group.need:
-                progress[side] = int(progress.get(side, 0)) - 1
-                gone.update(group.of)
-
-
-def _is_abandoned(inst: TaskInstance) -> bool:
-    return inst.can_abandon
-
-
-def _is_ready(inst: TaskInstance) -> bool:
-    return inst.can_run
-
-
 def _create_instance(session: SessionData, config: TaskConfig, number: int) -> TaskInstance:
     """A new unstarted instance ``<task>#<number>``, seeded with the latest
     kwargs of the triggers its task mentions that fired before."""
@@ -296,12 +207,12 @@ def apply_trigger(session: SessionData, trigger: str, kwargs: Mapping[str, Any])
         else:
             fx.changed += candidates
         for inst in candidates:
-            fx.unwaited.setdefault(inst.name, set()).update(_receive(inst, trigger, kwargs))
+            fx.unwaited.setdefault(inst.name, set()).update(receive(inst, trigger, kwargs))
             inst.touch()
-            if _is_abandoned(inst):
+            if is_abandoned(inst):
                 inst.set_status(TaskInstance.STATUS_ABANDONED)
                 fx.abandoned.append(inst)
-            elif _is_ready(inst):
+            elif is_ready(inst):
                 fx.ready.append(inst)
     fx.latest_kwargs[trigger] = kwargs
     return fx

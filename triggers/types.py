@@ -254,7 +254,7 @@ class TaskInstance:
         return met and not self.can_abandon
 
     def _counted(self, side: str) -> bool:
-        from .engine import requirements_met  # the engine imports this module
+        from .readiness import requirements_met  # it imports this module
 
         return requirements_met(self, side)
 
@@ -313,7 +313,7 @@ class TaskInstance:
         so applying a trigger writes one); ``progress`` says how far its
         requirements are met either way. A :attr:`partial` instance never
         includes kwargs (it does not hold them all)."""
-        from .engine import progress_of  # the engine imports this module
+        from .readiness import progress_of  # it imports this module
 
         record: dict[str, Any] = {"task": self.config.name, "status": self.status}
         if kwargs and not self.partial:

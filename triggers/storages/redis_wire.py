@@ -98,8 +98,29 @@ def _direct_run(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
         pool.release(conn)
 
 
+def pack(commands: list[tuple[Any, ...]]) -> bytes:
+    """``commands`` in the Redis protocol (RESP): what
+    ``Connection.pack_commands`` makes, for the plain ``str``/``int``/
+    ``float``/``bytes`` arguments these commands have, several times faster
+    (redis-py's packer checks and encodes each argument on its own)."""
+    out: list[bytes] = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            if isinstance(arg, str):
+                data = arg.encode("utf-8")
+            elif isinstance(arg, bytes):
+                data = arg
+            elif isinstance(arg, int | float) and not isinstance(arg, bool):
+                data = repr(arg).encode("ascii")
+            else:
+                raise TypeError(f"cannot send {type(arg).__name__} {arg!r} to Redis")
+            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(out)
+
+
 def _exchange(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-    conn.send_packed_command(conn.pack_commands(commands))
+    conn.send_packed_command([pack(commands)])
     replies: list[Any] = []
     for _ in commands:
         try:
