@@ -88,7 +88,11 @@ class Registry(Generic[T]):
         return sorted(set(self._entries) | set(self._classes))
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key in self.keys()
+        # Asked on every publish (key_for): no sorted list of keys.
+        if not isinstance(key, str):
+            return False
+        self._load()
+        return key in self._classes or key in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
