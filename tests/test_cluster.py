@@ -103,6 +103,34 @@ def test_state_and_locks_go_on_the_cluster_whatever_the_cache_alias(alias: str) 
     assert sum(len(keys) for keys in found.values()) >= 3
 
 
+def own_cluster_client() -> RedisCluster:
+    """A project's own client factory (``REDIS_CLIENT`` as a dotted path)."""
+    url = os.environ[CLIENT_ENV].replace("redis+cluster://", "redis://")
+    return RedisCluster.from_url(url, socket_timeout=3)
+
+
+def test_a_client_factory_of_the_project_is_used_as_built(settings: Any) -> None:
+    settings.TRIGGERS = {**settings.TRIGGERS, "REDIS_CLIENT": f"{__name__}.own_cluster_client"}
+    storage = cluster_storage(f"factory-{uuid.uuid4().hex}", cache="locmem")
+    client = storage.redis_client
+    assert client.get_connection_kwargs()["socket_timeout"] == 3
+    assert cluster_storage(storage.uid).redis_client is client
+    TriggerManager(storage).update_configuration({"t_a": {"after": ["a"], "run": DEV}})
+    assert list(cluster_storage(storage.uid).tasks) == ["t_a"]
+
+
+def test_deploy_checks_inspect_every_master(settings: Any) -> None:
+    from triggers.checks_storage import check_deployment
+
+    settings.TRIGGERS = {**settings.TRIGGERS, "TIMEOUT": None, "ON_UNCONFIGURED": "raise"}
+    client = cluster_storage("checks").redis_client
+    # The test cluster persists nothing: each master says so, by name
+    found = [m for m in check_deployment() if m.id == "triggers.W111"]
+    masters = {node.name for node in client.get_primaries()}
+    assert len(found) == 3
+    assert {m.msg.split("master ")[1].split(")")[0] for m in found} == masters
+
+
 # -- keys and slots ---------------------------------------------------------------
 
 

@@ -281,3 +281,66 @@ def test_database_isolation_from_the_server(settings, postgres_alias):
     connections[ALIAS].close()
     del postgres_alias["OPTIONS"]["options"]
     assert check_deployment(databases=[ALIAS]) == []
+
+
+# -- TRIGGERS['REDIS_CLIENT'] -------------------------------------------------------
+
+
+def not_a_client() -> object:
+    return object()
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("memcached://127.0.0.1:11211", "unknown scheme 'memcached'"),
+        ("tests.test_deploy_checks.no_such_factory", "cannot be imported"),
+        ("tests.test_deploy_checks.WEEK", "must be a redis:// URL or the dotted path"),
+        (42, "must be a redis:// URL or the dotted path"),
+    ],
+)
+def test_a_redis_client_setting_that_names_no_client_is_refused(settings, value, why):
+    from triggers.checks_storage import check_redis_client
+    from triggers.exceptions import ConfigurationError
+    from triggers.storages.cache import CacheStorageBackend
+
+    settings.TRIGGERS = {"CACHE": "default", "REDIS_CLIENT": value}
+    # manage.py check says so, naming the setting
+    [error] = check_redis_client()
+    assert error.id == "triggers.E101" and "TRIGGERS['REDIS_CLIENT']" in error.msg
+    assert why in error.msg and "redis+cluster://" in error.hint
+    # ... and so does building a storage
+    with pytest.raises(ConfigurationError, match=r"REDIS_CLIENT") as caught:
+        CacheStorageBackend("bad-client")
+    assert caught.value.directive == "REDIS_CLIENT"
+
+
+def test_a_factory_must_return_a_redis_client(settings):
+    from triggers.exceptions import ConfigurationError
+    from triggers.storages.cache import CacheStorageBackend
+
+    settings.TRIGGERS = {"REDIS_CLIENT": "tests.test_deploy_checks.not_a_client"}
+    with pytest.raises(ConfigurationError, match="returned object, not a redis-py client"):
+        CacheStorageBackend("bad-factory")
+
+
+def test_a_brace_in_the_key_prefix_is_reported_for_a_cluster(settings):
+    from triggers.checks_storage import check_redis_client
+
+    caches = {alias: dict(config) for alias, config in django_settings.CACHES.items()}
+    caches["default"]["KEY_PREFIX"] = "{shop}"
+    settings.CACHES = caches
+    # (the check connects to nothing: no cluster listens on port 1)
+    settings.TRIGGERS = {"CACHE": "default", "REDIS_CLIENT": "redis+cluster://127.0.0.1:1"}
+    [warning] = check_redis_client()
+    assert warning.id == "triggers.W116" and "one hash slot" in warning.msg
+    # ... a single Redis does not care
+    settings.TRIGGERS = {"CACHE": "default", "REDIS_CLIENT": "redis://127.0.0.1:1"}
+    assert check_redis_client() == []
+
+
+def test_an_unreachable_cluster_is_reported_not_raised(settings):
+    settings.TRIGGERS = {"CACHE": "default", "REDIS_CLIENT": "redis+cluster://127.0.0.1:1"}
+    found = warnings_of(check_deployment())
+    assert "could not inspect" in found["triggers.W113"].msg
+    assert check_session_timeout() == []

@@ -71,18 +71,19 @@ def check_redis_client_setting(value: Any) -> Any:
                 "server, redis+cluster:// or rediss+cluster:// for a Redis Cluster",
             )
         return None
+    factory = value
     if isinstance(value, str):
         from django.utils.module_loading import import_string
 
         try:
-            value = import_string(value)
+            factory = import_string(value)
         except ImportError as exc:
             raise _bad_client(value, f"cannot be imported ({exc})") from None
-    if not callable(value):
+    if not callable(factory):
         raise _bad_client(
             value, "must be a redis:// URL or the dotted path of a callable returning a client"
         )
-    return value
+    return factory
 
 
 def redis_client(value: Any) -> Any:
