@@ -22,8 +22,9 @@ DEFAULTS: dict[str, Any] = {
     "LOCK_TIMEOUT": 30,
     # Seconds a worker's claim on a running instance lasts without renewal.
     "LEASE_EXPIRE": 10,
-    # Redis client for locks when the cache alias is not a Redis cache:
-    # a redis:// URL or the dotted path of a callable returning a client.
+    # Redis client for session state and locks, whatever the cache alias: a
+    # redis:// URL, redis+cluster://host:port for a Redis Cluster, or the
+    # dotted path of a callable returning a client. None: the cache's own.
     "REDIS_CLIENT": None,
     # Registry keys used by triggers.shortcuts.get_trigger_manager(): a
     # registered name or the dotted path of a class.
