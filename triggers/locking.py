@@ -155,6 +155,10 @@ class SessionLock:
         )
         self._held = False
         self._pending = False
+        #: The pool connection this operation's commands go through (see
+        #: :meth:`connection`), and the pool it goes back to.
+        self._conn: Any = None
+        self._pool: Any = None
         self._deadline = 0.0
         self._timeout = 0.0
         #: When the operation holding this lock started (see OPERATION_TIMEOUT).
@@ -218,16 +222,33 @@ class SessionLock:
         if self._held:
             self._lock.extend()
 
+    def connection(self, pool: Any) -> Any:
+        """One connection of ``pool`` (a redis-py ``ConnectionPool``) for
+        every command of this operation, checked out at the first and
+        returned when the lock is released or forgotten: a checkout per
+        command costs a poll of the socket and the pool's bookkeeping."""
+        if self._conn is None:
+            self._conn = pool.get_connection()
+            self._pool = pool
+        return self._conn
+
+    def _return_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool.release(conn)
+
     def forget(self) -> None:
         """Stop renewing after the lock was released by a commit script."""
         renewer.remove(self)
         self._held = False
         self._pending = False
+        self._return_connection()
 
     def release(self) -> None:
         if not self._held:
             # A deferred lock that was never taken: nothing to release.
             self._pending = False
+            self._return_connection()
             return
         self.forget()
         self._lock.release()

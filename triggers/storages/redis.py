@@ -152,6 +152,13 @@ def _bounded(method: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+@functools.lru_cache(maxsize=512)
+def _config(name: str, raw: str) -> Any:
+    """A stored config, parsed once per process and stored form (a wide
+    task's directives are large; configs are never changed in place)."""
+    return config_from_stored(name, json.loads(raw))
+
+
 def _merge_received(record: dict[str, Any], fields: Any) -> None:
     """Put what a named instance received (``[trigger, kwargs JSON, ...]``,
     ``UNLESS + trigger`` for ``unless``) into its record, making it whole."""
@@ -231,7 +238,8 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
                 raise SessionTimeoutError(
                     self.uid, waited, "TRIGGERS['OPERATION_TIMEOUT'] passed; nothing written"
                 )
-        return run(self._redis, commands, _SCRIPTS)
+        holder = lock if isinstance(lock, SessionLock) else None
+        return run(self._redis, commands, _SCRIPTS, holder)
 
     def _lock_to_take(self) -> SessionLock | None:
         """The current operation's lock if it is deferred and not taken yet."""
@@ -287,7 +295,7 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         for i in range(0, len(tasks_raw), 3):
             name = tasks_raw[i]
             if tasks_raw[i + 1]:
-                snap.configs[name] = config_from_stored(name, json.loads(tasks_raw[i + 1]))
+                snap.configs[name] = _config(name, tasks_raw[i + 1])
             snap.counters[name] = int(tasks_raw[i + 2])
         for i in range(0, len(waiting_raw), 3):
             snap.waiting[(waiting_raw[i], waiting_raw[i + 1])] = waiting_raw[i + 2] or []

@@ -66,17 +66,28 @@ def _direct(client: Any) -> bool:
     )
 
 
-def run(client: Any, commands: list[tuple[Any, ...]], scripts: dict[str, Script]) -> list[Any]:
+def run(
+    client: Any,
+    commands: list[tuple[Any, ...]],
+    scripts: dict[str, Script],
+    holder: Any = None,
+) -> list[Any]:
     """Send ``commands`` in one round trip and return their replies (an
     error reply is raised); ``scripts`` maps the SHA1 of each script the
-    commands run to the script, to load it if the server lacks it."""
-    replies = _direct_run(client, commands) if _direct(client) else _pipelined(client, commands)
+    commands run to the script, to load it if the server lacks it.
+    ``holder`` (a :class:`~triggers.locking.SessionLock`) keeps one pool
+    connection for the whole operation."""
+    direct = _direct(client)
+
+    def send(batch: list[tuple[Any, ...]]) -> list[Any]:
+        return _direct_run(client, batch, holder) if direct else _pipelined(client, batch)
+
+    replies = send(commands)
     missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if missing:
         for sha in {commands[i][1] for i in missing}:
             client.script_load(scripts[sha].source)
-        again = [commands[i] for i in missing]
-        resent = _direct_run(client, again) if _direct(client) else _pipelined(client, again)
+        resent = send([commands[i] for i in missing])
         for i, reply in zip(missing, resent, strict=True):
             replies[i] = reply
     for reply in replies:
@@ -85,17 +96,26 @@ def run(client: Any, commands: list[tuple[Any, ...]], scripts: dict[str, Script]
     return replies
 
 
-def _direct_run(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+def _direct_run(client: Any, commands: list[tuple[Any, ...]], holder: Any) -> list[Any]:
     pool = client.connection_pool
+    if holder is not None:
+        conn = holder.connection(pool)
+        return _retried(conn, commands)
     conn = pool.get_connection()
     try:
-        return list(
-            conn.retry.call_with_retry(
-                lambda: _exchange(conn, commands), lambda _error: conn.disconnect()
-            )
-        )
+        return _retried(conn, commands)
     finally:
         pool.release(conn)
+
+
+def _retried(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    # As the client does: the connection's retry policy, reconnecting after
+    # a failure (both scripts are safe to send again).
+    return list(
+        conn.retry.call_with_retry(
+            lambda: _exchange(conn, commands), lambda _error: conn.disconnect()
+        )
+    )
 
 
 def pack(commands: list[tuple[Any, ...]]) -> bytes:

@@ -71,7 +71,7 @@ local function names_of(list, out)
   return out
 end
 
-local tasks_out, configs, counters = {}, {}, {}
+local tasks_out, configs, raw_configs, counters = {}, {}, {}, {}
 for _, t in ipairs(task_order) do
   local cfg = found(1, redis.call('HGET', KEYS[1], t)) or ''
   local ctr = found(5, redis.call('HGET', KEYS[5], t)) or '0'
@@ -79,7 +79,16 @@ for _, t in ipairs(task_order) do
   tasks_out[#tasks_out + 1] = cfg
   tasks_out[#tasks_out + 1] = ctr
   counters[t] = ctr
-  if cfg ~= '' then configs[t] = cjson.decode(cfg) end
+  raw_configs[t] = cfg
+end
+-- A config is decoded only when needed (a wide task's is large).
+local function config_of(t)
+  if configs[t] == nil then
+    local raw = raw_configs[t]
+    if raw == nil then raw = redis.call('HGET', KEYS[1], t) or '' end
+    configs[t] = raw ~= '' and cjson.decode(raw) or false
+  end
+  return configs[t]
 end
 
 local inst_seen, inst_order = {}, {}
@@ -102,9 +111,11 @@ for _, trig in ipairs(trigs) do
     waiting_out[#waiting_out + 1] = names
     -- The engine creates an instance when the task has none yet, or when
     -- this is its andEvery trigger and no instance waits on it: seed it.
-    local c = configs[t]
-    if c and (counters[t] == '0' or (c['andEvery'] == trig and not members[1])) then
-      for _, n in ipairs(names_of(c['unless'], names_of(c['after'], {}))) do add_kw(n) end
+    if counters[t] == '0' or not members[1] then
+      local c = config_of(t)
+      if c and (counters[t] == '0' or c['andEvery'] == trig) then
+        for _, n in ipairs(names_of(c['unless'], names_of(c['after'], {}))) do add_kw(n) end
+      end
     end
   end
 end
@@ -125,12 +136,7 @@ for _, n in ipairs(inst_order) do
   end
   if named[n] and record ~= '' then
     -- A named instance is read whole: what it received, one field per trigger.
-    local tname = string.match(n, '^(.*)#[^#]*$') or ''
-    local c = configs[tname]
-    if not c then
-      local raw = redis.call('HGET', KEYS[1], tname)
-      if raw then c = cjson.decode(raw); configs[tname] = c end
-    end
+    local c = config_of(string.match(n, '^(.*)#[^#]*$') or '')
     if c then
       local fields, asked = {}, {}
       for _, t in ipairs(names_of(c['after'], {})) do
