@@ -291,5 +291,7 @@ def case_bytes(pages: int, run_id: str) -> tuple[int, int]:
         raise SystemExit(f"bytes case: instances not finished: {unfinished[:5]}")
     client = redis_client()
     keys = session_keys(client, uid)
+    if not keys:
+        raise SystemExit(f"bytes case: no Redis keys found for session {uid!r}")
     total = sum(int(client.memory_usage(key) or 0) for key in keys)
     return total, len(manager.storage.instances)

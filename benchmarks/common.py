@@ -138,8 +138,11 @@ def make_celery_app() -> Any:
 
 
 def session_keys(client: Any, uid: str) -> list[bytes]:
-    """Every Redis key of one session (they all contain its uid)."""
-    return list(client.scan_iter(match=f"*:{uid}:*", count=1000))
+    """Every Redis key of one session: ``...:<uid>:...``, or with the uid in
+    a hash tag, ``...{<length>:<uid>}:...``."""
+    marks = (f":{uid}:".encode(), f":{uid}}}:".encode())
+    found = client.scan_iter(match=f"*{uid}*", count=1000)
+    return [key for key in found if any(mark in key for mark in marks)]
 
 
 def cleanup(app: Any | None) -> None:
