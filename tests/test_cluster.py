@@ -302,6 +302,41 @@ def test_the_worker_state_is_on_the_cluster(cluster_worker: CeleryWorker) -> Non
     ThreadingTaskRunner.join_all()
 
 
+def move_slot(client: RedisCluster, key: str, port: int) -> None:
+    """Move the slot of ``key``, with its keys, to the master on ``port``
+    (what ``redis-cli --cluster reshard`` does, for one slot)."""
+    number = client.keyslot(key)
+    source = client.get_node_from_key(key).redis_connection
+    target = next(n for n in client.get_primaries() if n.port == port).redis_connection
+    target_id = target.execute_command("CLUSTER MYID")
+    source_id = source.execute_command("CLUSTER MYID")
+    target.execute_command("CLUSTER SETSLOT", number, "IMPORTING", source_id)
+    source.execute_command("CLUSTER SETSLOT", number, "MIGRATING", target_id)
+    while keys := source.execute_command("CLUSTER GETKEYSINSLOT", number, 100):
+        source.execute_command("MIGRATE", "127.0.0.1", port, "", 0, 5000, "KEYS", *keys)
+    for node in client.get_primaries():
+        node.redis_connection.execute_command("CLUSTER SETSLOT", number, "NODE", target_id)
+
+
+def test_a_session_whose_slot_moved_is_followed_to_its_new_master() -> None:
+    # Given a session, and its slot moved to another master behind the
+    # client's back (resharding)
+    storage = cluster_storage(f"moved-{uuid.uuid4().hex}")
+    manager = TriggerManager(storage)
+    manager.update_configuration({"t_a": {"after": ["a", "b"], "run": DEV}})
+    key = keys_of(storage)[0]
+    client = storage.redis_client
+    old = client.get_node_from_key(key).port
+    move_slot(client, key, next(n.port for n in client.get_primaries() if n.port != old))
+    # When the same client fires into it (its map of slots is stale)
+    with properties.using_runner("threading"):
+        manager.fire("a")
+        manager.fire("b")
+    # Then the commands followed the slot: the task ran, nothing was lost
+    assert cluster_storage(storage.uid)["t_a#0"].status == "finished"
+    assert client.get_node_from_key(key).port != old
+
+
 # -- a master dies (no replicas: failover is out of scope) ---------------------------
 
 

@@ -1,0 +1,86 @@
+"""Sending a session operation's commands on a Redis Cluster client.
+
+redis-py's cluster pipeline asks a server ``COMMAND GETKEYS`` for every
+``EVALSHA`` it routes (a round trip more per script, measured on redis-py
+8.1), and its routing costs more client time than the commands. Here each
+command goes to the master of its key's slot (``RedisCluster.get_node_from_key``)
+on a connection of that master's own pool: the commands for every master
+are written first and the replies read after, so a commit and its session
+index update, in two slots, still take one round trip.
+
+When the cluster answers ``MOVED``/``ASK`` (slots being moved) or a master
+refuses the connection (a failover), the whole batch goes again through
+redis-py's cluster pipeline, which follows the redirection and refreshes
+its map of the slots: every command :mod:`triggers.storages.redis` sends is
+safe to send twice (a fetch finds the lock already its own, a commit finds
+its token among the recent commits, the index update is a ``ZADD``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.exceptions import AskError, MovedError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+__all__ = ["is_cluster", "routed"]
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` is a Redis Cluster client (routes by key slot)."""
+    return callable(getattr(client, "get_node_from_key", None))
+
+
+def _key(command: tuple[Any, ...]) -> Any:
+    """The key a command is routed by (``None``: it names none)."""
+    name = str(command[0]).upper()
+    if name in ("EVALSHA", "EVAL"):
+        return command[3] if int(command[2]) > 0 else None
+    return command[1] if len(command) > 1 else None
+
+
+def pipelined(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """``commands`` through redis-py's pipeline (error replies returned)."""
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return list(pipe.execute(raise_on_error=False))
+
+
+def routed(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` on cluster ``client``, each to its slot's master, in
+    one round trip; error replies come back as exceptions in the list."""
+    groups: dict[str, tuple[Any, list[int]]] = {}
+    for position, command in enumerate(commands):
+        key = _key(command)
+        if key is None:
+            return pipelined(client, commands)
+        node = client.get_node_from_key(key)
+        groups.setdefault(node.name, (node, []))[1].append(position)
+    replies: list[Any] = [None] * len(commands)
+    taken: list[tuple[Any, Any]] = []
+    try:
+        try:
+            for node, positions in groups.values():
+                pool = node.redis_connection.connection_pool
+                conn = pool.get_connection()
+                taken.append((pool, conn))
+                conn.send_packed_command(conn.pack_commands([commands[i] for i in positions]))
+            for (_, conn), (_, positions) in zip(taken, groups.values(), strict=True):
+                for i in positions:
+                    try:
+                        replies[i] = conn.read_response()
+                    except ResponseError as exc:  # an error reply: the next ones follow
+                        replies[i] = exc
+        except RedisConnectionError:
+            # A master went away (its connection is dropped, not reused):
+            # let the cluster client find where the slots are now.
+            for _, conn in taken:
+                conn.disconnect()
+            return pipelined(client, commands)
+    finally:
+        for pool, conn in taken:
+            pool.release(conn)
+    if any(isinstance(reply, (MovedError, AskError)) for reply in replies):
+        return pipelined(client, commands)
+    return replies
