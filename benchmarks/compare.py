@@ -30,6 +30,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+#: A change smaller than this (either way) is reported as "same".
+NOISE = 0.05
+
+
 def run_once(tree: str | None, quick: bool) -> dict[str, Any]:
     """One ``run.py`` process timing ``tree`` (this checkout if None)."""
     env = dict(os.environ)
@@ -94,13 +98,18 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             print("exactly-once scheduling VIOLATED:\n  " + "\n  ".join(problems))
 
-    print(f"\nside by side ({other} -> {ROOT}):\n")
+    print(
+        f"\nside by side ({other} -> {ROOT}); a change beyond {NOISE:.0%} either way "
+        "is called slower/faster, and the target verdict is this tree's:\n"
+    )
     width = max(len(r.case) for r in merged["this"][0])
     for now, then in zip(merged["this"][0], merged["other"][0], strict=True):
-        change = f"{now.ratio / then.ratio - 1:+.0%}" if then.ratio else ""
+        change = now.ratio / then.ratio - 1 if then.ratio else 0.0
+        verdict = "slower" if change > NOISE else "faster" if change < -NOISE else "same"
+        target = "" if now.target is None else "PASS" if now.passed else "FAIL"
         print(
             f"{now.case.ljust(width)}  {then._fmt(then.ratio):>12} -> "
-            f"{now._fmt(now.ratio):>12}  {change:>6}  {'' if now.passed else 'FAIL'}"
+            f"{now._fmt(now.ratio):>12}  {change:+6.0%}  {verdict:>6}  {target}"
         )
     failed = [r.case for r in merged["this"][0] if not r.passed] + merged["this"][1]
     return 1 if failed else 0
