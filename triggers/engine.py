@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 
 from .exceptions import InstanceStateError
 from .readiness import is_abandoned, is_ready, progress_of, receive, requirements_met
+from .schedule import deadline_timer
 from .types import TaskConfig, TaskInstance, now_iso
 
 __all__ = [
@@ -138,6 +139,9 @@ class Effects:
     #: instance name -> trigger names it no longer waits on (received, or
     #: members of a group it has now satisfied).
     unwaited: dict[str, set[str]] = field(default_factory=dict)
+    #: timer id -> timer to store with this commit: the deadlines of the
+    #: instances created (the ``deadline`` directive, SPEC §14).
+    timers_add: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def extend(self, other: Effects) -> Effects:
         self.created += other.created
@@ -148,6 +152,7 @@ class Effects:
         for name, names in other.unwaited.items():
             self.unwaited.setdefault(name, set()).update(names)
         self.first_of += other.first_of
+        self.timers_add.update(other.timers_add)
         for name, lease in other.leases_set.items():
             self.leases_set[name] = lease
             self.leases_dropped.discard(name)
@@ -181,6 +186,14 @@ def _create_instance(session: SessionData, config: TaskConfig, number: int) -> T
     )
 
 
+def _deadline(inst: TaskInstance) -> dict[str, dict[str, Any]]:
+    """The timer a new instance sets if its task has a ``deadline``: it fires
+    the directive's trigger when due if the instance is still unstarted then
+    (one id per instance, so setting it again changes nothing)."""
+    timer = deadline_timer(inst.config, inst.name)
+    return {} if timer is None else {f"deadline:{inst.name}": timer}
+
+
 # -- firing -------------------------------------------------------------------
 
 
@@ -203,6 +216,7 @@ def apply_trigger(session: SessionData, trigger: str, kwargs: Mapping[str, Any])
                 fx.first_of.append(config.name)
             inst = _create_instance(session, config, number)
             fx.created.append(inst)
+            fx.timers_add.update(_deadline(inst))
             candidates = [inst]
         else:
             fx.changed += candidates

@@ -269,7 +269,19 @@ class Transaction:
             self.set_lease(name, token, ms)
         for name in effects.leases_dropped:
             self.drop_lease(name)
+        if effects.timers_add:
+            self.add_timers(effects.timers_add)
         return effects
+
+    def add_timers(self, timers: dict[str, dict[str, Any]]) -> None:
+        """Store ``timers`` (id -> timer) with this commit. Their due-index
+        entries are written first: a process dying before the commit leaves
+        entries that point at nothing (the next sweep drops them), never a
+        stored timer that no sweep would find."""
+        from .due_index import entry_for, index_for
+
+        index_for(self.storage).add(entry_for(self.storage, t, v) for t, v in timers.items())
+        self.changes.timers_add.update(timers)
 
     def save(self, inst: TaskInstance) -> None:
         """Mark an instance from this transaction as changed."""
