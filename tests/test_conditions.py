@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -13,11 +14,14 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 
-from tests.contract_backends import DEV
-from triggers import conditions
+from tests.contract_backends import DEV, settle, statuses
+from triggers import conditions, engine
 from triggers.checks import check_workflows
 from triggers.config import check_configuration, validate_configuration
 from triggers.exceptions import ConfigurationError
+from triggers.graph import build_graph, to_dot, to_mermaid
+from triggers.inspection import describe_waiting, inspect_session
+from triggers.manager import TriggerManager
 from triggers.types import TaskConfig
 
 BIG_PAYMENT = {
@@ -157,3 +161,125 @@ def test_check_and_triggers_validate_report_bad_groups_and_conditions(tmp_path: 
         call_command("triggers_validate", str(path), stdout=out)
     assert caught.value.returncode == 1
     assert "[triggers.E006]" in out.getvalue() and "not a valid CEL expression" in out.getvalue()
+
+
+# -- the rules, in memory ----------------------------------------------------------
+
+
+def memory(configuration: dict[str, Any]) -> engine.MemorySession:
+    return engine.MemorySession(validate_configuration(configuration))
+
+
+def fire(s: engine.MemorySession, trigger: str, **kwargs: Any) -> engine.Effects:
+    return s.apply(engine.apply_trigger(s, trigger, kwargs))
+
+
+def test_a_fire_whose_condition_is_false_applies_to_no_instance_of_the_task() -> None:
+    # Given reviews of payments over 1000, one per payment
+    s = memory(BIG_PAYMENT)
+    # When a small payment arrives: nothing is created, but it is recorded
+    fx = fire(s, "paymentReceived", amount=80)
+    assert fx.created == [] and fx.first_of == [] and s.instances == {}
+    assert s.latest_kwargs["paymentReceived"] == {"amount": 80}
+    # When large ones arrive: one review each
+    assert [i.name for i in fire(s, "paymentReceived", amount=4200).ready] == ["t_review#0"]
+    assert [i.name for i in fire(s, "paymentReceived", amount=1001).ready] == ["t_review#1"]
+    assert fire(s, "paymentReceived", amount=5).created == []
+
+
+def test_a_condition_belongs_to_its_task_only() -> None:
+    s = memory({**BIG_PAYMENT, "t_ledger": {"after": ["paymentReceived"], "run": DEV}})
+    fx = fire(s, "paymentReceived", amount=80)
+    assert [i.name for i in fx.ready] == ["t_ledger#0"]
+
+
+def test_a_new_instance_is_seeded_only_with_kwargs_that_pass() -> None:
+    # Given a task after a and b, counting a only with n > 1
+    s = memory(
+        {"t": {"after": ["a", "b"], "andEvery": "b", "if": {"a": "kwargs.n > 1"}, "run": DEV}}
+    )
+    fire(s, "a", n=5)
+    fire(s, "b")  # t#0: a (seeded) and b: ready
+    fire(s, "a", n=0)  # does not count: latest a is now n=0
+    # When b fires again, the new instance does not start with a
+    fx = fire(s, "b")
+    assert [i.name for i in fx.created] == ["t#1"] and fx.ready == []
+    assert set(s.instances["t#1"].kwargs) == {"b"}
+
+
+def test_a_condition_on_unless_abandons_only_on_matching_fires() -> None:
+    s = memory(
+        {
+            "t": {
+                "after": ["a", "b"],
+                "unless": ["cancel"],
+                "if": {"cancel": "kwargs.hard"},
+                "run": DEV,
+            }
+        }
+    )
+    fire(s, "a")
+    fire(s, "cancel", hard=False)
+    assert s.instances["t#0"].status == "unstarted"
+    assert [i.name for i in fire(s, "cancel", hard=True).abandoned] == ["t#0"]
+
+
+def test_an_evaluation_error_is_reported_in_the_effects() -> None:
+    s = memory(BIG_PAYMENT)
+    fx = fire(s, "paymentReceived", total=99)
+    assert fx.created == []
+    assert fx.condition_errors == [("t_review", "paymentReceived", "no key 'amount' in the kwargs")]
+
+
+# -- a real session (Redis) --------------------------------------------------------
+
+
+@pytest.mark.usefixtures("threaded")
+def test_payment_over_a_threshold_on_redis(
+    manager: TriggerManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given the review workflow stored in Redis, with another condition
+    # that cannot be evaluated on the fires below
+    manager.update_configuration(
+        {
+            **BIG_PAYMENT,
+            "t_eur": {
+                "after": ["paymentReceived"],
+                "if": {"paymentReceived": 'kwargs.currency == "EUR"'},
+                "run": DEV,
+            },
+        }
+    )
+    assert manager.storage.tasks["t_review"].conditions == BIG_PAYMENT["t_review"]["if"]
+    # When a small and a large payment arrive
+    with caplog.at_level(logging.WARNING, logger="triggers.manager"):
+        manager.fire("paymentReceived", {"amount": 80})
+        manager.fire("paymentReceived", {"amount": 4200})
+    settle()
+    # Then only the large one was reviewed, and each failed evaluation was
+    # logged once, naming session, task, trigger and reason
+    assert statuses(manager.storage) == {"t_review#0": "finished"}
+    assert manager.storage["t_review#0"].kwargs == {"paymentReceived": {"amount": 4200}}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    uid = manager.storage.uid
+    assert all(
+        f"session {uid!r}" in w
+        and "task 't_eur'" in w
+        and "trigger 'paymentReceived'" in w
+        and "no key 'currency'" in w
+        for w in warnings
+    )
+
+
+def test_inspection_and_graphs_show_conditions(manager: TriggerManager) -> None:
+    manager.update_configuration(
+        {"t_ship": {"after": ["order", "paid"], "if": {"paid": "kwargs.ok"}, "run": DEV}}
+    )
+    manager.fire("order")
+    assert describe_waiting(manager.storage["t_ship#0"]) == "waiting on 1 of 2: paid [if kwargs.ok]"
+    assert inspect_session(manager)["tasks"]["t_ship"]["if"] == {"paid": "kwargs.ok"}
+    graph = build_graph(manager.storage.tasks)
+    assert graph.conditions == {("paid", "t_ship"): "kwargs.ok"}
+    assert '-->|"if kwargs.ok"|' in to_mermaid(graph)
+    assert 'label="if kwargs.ok"' in to_dot(graph)

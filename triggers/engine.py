@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from .conditions import counts_for, passing
 from .exceptions import InstanceStateError
 from .readiness import is_abandoned, is_ready, progress_of, receive, requirements_met
 from .schedule import deadline_timer
@@ -139,6 +140,9 @@ class Effects:
     #: instance name -> trigger names it no longer waits on (received, or
     #: members of a group it has now satisfied).
     unwaited: dict[str, set[str]] = field(default_factory=dict)
+    #: ``(task, trigger, reason)``: ``if`` conditions that could not be
+    #: evaluated on a fire (they counted as false); the caller logs them.
+    condition_errors: list[tuple[str, str, str]] = field(default_factory=list)
     #: timer id -> timer to store with this commit: the deadlines of the
     #: instances created (the ``deadline`` directive, SPEC §14).
     timers_add: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -152,6 +156,7 @@ class Effects:
         for name, names in other.unwaited.items():
             self.unwaited.setdefault(name, set()).update(names)
         self.first_of += other.first_of
+        self.condition_errors += other.condition_errors
         self.timers_add.update(other.timers_add)
         for name, lease in other.leases_set.items():
             self.leases_set[name] = lease
@@ -176,8 +181,9 @@ def _new_instance(
 
 def _create_instance(session: SessionData, config: TaskConfig, number: int) -> TaskInstance:
     """A new unstarted instance ``<task>#<number>``, seeded with the latest
-    kwargs of the triggers its task mentions that fired before."""
-    seeds = session.seed_kwargs(config)
+    kwargs of the triggers its task mentions that fired before (those whose
+    ``if`` condition holds on them)."""
+    seeds = passing(config.conditions, session.seed_kwargs(config))
     return _new_instance(
         config,
         number,
@@ -205,10 +211,16 @@ def apply_trigger(session: SessionData, trigger: str, kwargs: Mapping[str, Any])
     none of whose instances waits, gets a new instance seeded with the
     latest kwargs of its triggers that fired before. An instance that has
     every ``unless`` trigger is abandoned; one with every ``after`` trigger
-    is ready.
+    is ready. A task whose ``if`` condition on the trigger is false for
+    ``kwargs`` is left alone.
     """
     fx = Effects()
     for config in session.tasks_for(trigger):
+        counts, error = counts_for(config.conditions, trigger, kwargs)
+        if not counts:
+            if error is not None:
+                fx.condition_errors.append((config.name, trigger, error))
+            continue
         number = session.counters.get(config.name, 0)
         candidates = [] if number == 0 else session.waiting(config.name, trigger)
         if number == 0 or (not candidates and trigger == config.and_every):

@@ -27,6 +27,20 @@ from .worker import WorkerProtocol
 __all__ = ["TriggerManager", "trigger_managers"]
 
 logger = logging.getLogger(__name__)
+
+
+def _log_condition_errors(uid: str, errors: list[tuple[str, str, str]]) -> None:
+    for task, trigger, reason in errors:
+        logger.warning(
+            "session %r: the condition of task %r on trigger %r could not be evaluated (%s); "
+            "the fire does not count for the task",
+            uid,
+            task,
+            trigger,
+            reason,
+        )
+
+
 R = TypeVar("R")
 
 
@@ -174,6 +188,10 @@ class TriggerManager:
         the trigger ``fired``, ``_post_replay`` for the clone ``replayed``).
         Returns the instances scheduled."""
         txn.apply(effects)
+        if effects.condition_errors:
+            # After the commit, so a retried operation logs them once.
+            errors, uid = list(effects.condition_errors), self.storage.uid
+            txn.after_commit.append(lambda: _log_condition_errors(uid, errors))
         if effects.first_of:
             check_first_instances(self.storage, txn)
         scheduled = [inst for inst in effects.ready if self._dispatch(txn, inst)]
