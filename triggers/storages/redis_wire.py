@@ -23,6 +23,8 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from .cluster_wire import is_cluster, routed
+
 __all__ = ["Batch", "Script", "run"]
 
 
@@ -151,6 +153,8 @@ def _exchange(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
 
 
 def _pipelined(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    if is_cluster(client):
+        return routed(client, commands)  # see cluster_wire: the pipeline's routing is slow
     pipe = client.pipeline(transaction=False)
     for command in commands:
         pipe.execute_command(*command)
