@@ -18,6 +18,14 @@ table                       one row per
 ``triggers_waiting``        (task, trigger, instance) for every unstarted
                             instance still missing that trigger
 ``triggers_latest_kwargs``  trigger that fired: the kwargs it last fired with
+``triggers_received``       (instance, trigger) an instance received: the
+                            kwargs (``field`` is the trigger name, ``\x1f`` +
+                            name for ``unless``), so a fire writes one row
+                            whatever the width of ``after``
+``triggers_timer``          pending timer of the session (delayed fire,
+                            deadline): its JSON
+``triggers_idempotency``    idempotency key recorded by a fire, until it
+                            expires (Unix time)
 ==========================  =================================================
 
 Sessions are created by the backend only; these models are not meant to be
@@ -120,5 +128,49 @@ class LatestKwargs(models.Model):
                 fields=["session", "trigger"], name="triggers_latest_kwargs_unique"
             )
         ]
+
+
+class ReceivedKwargs(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="received_rows")
+    instance = models.CharField(max_length=221)
+    field = models.CharField(max_length=201)
+    kwargs = models.JSONField(null=True)
+
+    class Meta:
+        db_table = "triggers_received"
+        verbose_name_plural = "received kwargs"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["session", "instance", "field"], name="triggers_received_unique"
+            )
+        ]
+
+
+class SessionTimer(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="timer_rows")
+    timer_id = models.CharField(max_length=250)
+    timer = models.JSONField()
+
+    class Meta:
+        db_table = "triggers_timer"
+        constraints = [
+            models.UniqueConstraint(fields=["session", "timer_id"], name="triggers_timer_unique")
+        ]
+
+
+class IdempotencyKey(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="idempotency_rows")
+    key = models.CharField(max_length=250)
+    expires = models.FloatField()
+
+    class Meta:
+        db_table = "triggers_idempotency"
+        constraints = [
+            models.UniqueConstraint(fields=["session", "key"], name="triggers_idempotency_unique")
+        ]
+
 
 from .timer_models import DueTimer  # noqa: E402,F401  (the timers' due index, in its own module)

@@ -37,8 +37,11 @@ CREATE TABLE IF NOT EXISTS s_waiting (uid TEXT, task TEXT, trigger TEXT, instanc
                                       PRIMARY KEY (uid, task, trigger, instance));
 CREATE TABLE IF NOT EXISTS s_kwargs (uid TEXT, trigger TEXT, kwargs TEXT,
                                      PRIMARY KEY (uid, trigger));
+CREATE TABLE IF NOT EXISTS s_timer (uid TEXT, id TEXT, timer TEXT, PRIMARY KEY (uid, id));
+CREATE TABLE IF NOT EXISTS s_idem (uid TEXT, key TEXT, expires REAL, PRIMARY KEY (uid, key));
 """
-TABLES = ("s_session", "s_task", "s_index", "s_instance", "s_waiting", "s_kwargs")
+TABLES = ("s_session", "s_task", "s_index", "s_instance", "s_waiting", "s_kwargs", "s_timer",
+          "s_idem")  # fmt: skip
 
 
 def connect(path: str, timeout: float = 30) -> sqlite3.Connection:
@@ -154,6 +157,14 @@ class SQLiteIndexedStorage(IndexedStorage):
                 snap.kwargs_known.add(trig)
                 snap.latest_kwargs[trig] = json.loads(kwargs)
             snap.everything = True
+        if request.timers or request.everything:
+            for timer_id, timer in self._rows(db, "SELECT id, timer FROM s_timer WHERE uid = ?"):
+                snap.timers[timer_id] = json.loads(timer)
+        if request.idempotency_key is not None:
+            snap.idempotency_seen = bool(self._rows(
+                db, "SELECT 1 FROM s_idem WHERE uid = ? AND key = ? AND expires > ?",
+                request.idempotency_key, time.time(),
+            ))  # fmt: skip
         return snap
 
     # -- writes -----------------------------------------------------------------
@@ -205,6 +216,14 @@ class SQLiteIndexedStorage(IndexedStorage):
         for name in ch.leases_drop:
             run("UPDATE s_instance SET lease_token = NULL, lease_expires = NULL"
                 " WHERE uid = ? AND name = ?", (uid, name))  # fmt: skip
+        for timer_id, timer in ch.timers_add.items():
+            value = json.dumps(timer)
+            run("INSERT OR REPLACE INTO s_timer VALUES (?, ?, ?)", (uid, timer_id, value))
+        for timer_id in ch.timers_remove:
+            run("DELETE FROM s_timer WHERE uid = ? AND id = ?", (uid, timer_id))
+        if ch.idempotency is not None:  # drop expired keys as new ones come
+            run("DELETE FROM s_idem WHERE uid = ? AND expires <= ?", (uid, time.time()))
+            run("INSERT OR REPLACE INTO s_idem VALUES (?, ?, ?)", (uid, *ch.idempotency))
 
     def renew_lease(self, name: str, token: str, ms: int) -> bool:
         # One statement, no session lock: it only extends a lease still ours.

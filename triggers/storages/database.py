@@ -8,10 +8,13 @@ error, rolls back) when the operation ends, so nothing half-written is ever
 visible. A process that dies while holding the lock drops its connection and
 PostgreSQL rolls its transaction back and releases the row at once.
 
-A fire reads the index row of its trigger, the task rows named there, the
-waiting rows of those (task, trigger) pairs with the instances they name,
-and the latest kwargs of the triggers those tasks mention: what it costs
-does not grow with the session (see :mod:`triggers.models` for the tables).
+A fire reads the index row of its trigger, the task rows named there and
+the waiting rows of those (task, trigger) pairs with the records of the
+instances they name (without what those received: one row per received
+trigger, read only for an instance asked for by name or about to be ready),
+plus the latest kwargs of a task's triggers only when the fire creates an
+instance of it. What it costs does not grow with the session nor with the
+width of a task's ``after`` (see :mod:`triggers.models` for the tables).
 
 It implements the indexed tier (:class:`~triggers.storages.base.IndexedStorage`:
 ``fetch``, ``commit``, ``make_lock``, ``renew_lease``, ``existing_parts``,
@@ -196,13 +199,11 @@ class DatabaseStorageBackend(IndexedStorage):
 
     # -- reads ----------------------------------------------------------------
     def fetch(self, request: FetchRequest) -> Snapshot:
-        triggers, instances, tasks = request.triggers, request.instances, request.tasks
-        everything = request.everything
         lock = self._operation_lock()
         if lock is not None:
             lock.ensure()
             session = (lock.session_id, lock.meta, lock.counters)
-            return read_rows(self.database, session, triggers, instances, tasks, everything)
+            return read_rows(self.database, session, request)
         # Outside an operation: one read-only snapshot, so every part comes
         # from the same moment (no lock: writers are not held up).
         connection = connections[self.database]
@@ -218,8 +219,8 @@ class DatabaseStorageBackend(IndexedStorage):
                 .values_list("id", "meta", "counters")
             )
             if not row:
-                return Snapshot(everything=everything)
-            return read_rows(self.database, row[0], triggers, instances, tasks, everything)
+                return Snapshot(everything=request.everything)
+            return read_rows(self.database, row[0], request)
 
     def existing_parts(self) -> set[str] | None:
         """Which parts of the session have rows. Inside an operation the

@@ -4,15 +4,16 @@ fetch and commit scripts, over the tables of :mod:`triggers.models`.
 
 :func:`read_rows` loads what one operation asks for (the index rows of its
 triggers, the task rows they name, the waiting rows of those pairs with the
-instances they list, the latest kwargs of the triggers those tasks mention,
-named instances and their leases); :func:`write_changes` writes one
+records of the instances they list, the seed kwargs of a task that gets a
+new instance, named instances whole with their leases, pending timers, an
+idempotency key); :func:`write_changes` writes one
 transaction's :class:`~triggers.storages.transaction.Changes` with one
 statement per kind of row. Both run inside the caller's transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +21,7 @@ from django.db.models import DurationField, ExpressionWrapper, F, Func, OuterRef
 from django.db.models.functions import Now
 
 from .base import config_from_stored
-from .data import Changes, Snapshot, build_index
+from .data import UNLESS, Changes, FetchRequest, Snapshot, build_index
 
 __all__ = ["read_all", "read_rows", "write_changes"]
 
@@ -36,21 +37,71 @@ def _lease_left() -> ExpressionWrapper:
     return ExpressionWrapper(F("lease_expires") - Now(), output_field=DurationField())
 
 
+def _merge_received(db: str, session_id: int | None, records: dict[str, dict[str, Any]]) -> None:
+    """Make the records of ``records`` whole: put what each instance
+    received (its ``triggers_received`` rows) into it. Records of an older
+    release hold their kwargs already (no ``progress``) and are left as
+    they are."""
+    split = [name for name, record in records.items() if "progress" in record]
+    if not split:
+        return
+    for name in split:
+        records[name]["kwargs"], records[name]["abandon_state"] = {}, {}
+    rows = (
+        _models()
+        .ReceivedKwargs.objects.using(db)
+        .filter(session_id=session_id, instance__in=split)
+        .values_list("instance", "field", "kwargs")
+    )
+    for name, field, kwargs in rows:
+        if field.startswith(UNLESS):
+            records[name]["abandon_state"][field[len(UNLESS) :]] = kwargs
+        else:
+            records[name]["kwargs"][field] = kwargs
+
+
+def _extras(db: str, session_id: int | None, request: FetchRequest, snap: Snapshot) -> None:
+    """The idempotency key and pending timers a request asks for."""
+    models = _models()
+    if request.idempotency_key is not None:
+        snap.idempotency_seen = (
+            models.IdempotencyKey.objects.using(db)
+            .filter(session_id=session_id, key=request.idempotency_key, expires__gt=time.time())
+            .exists()
+        )
+    if request.timers or request.everything:
+        snap.timers = dict(
+            models.SessionTimer.objects.using(db)
+            .filter(session_id=session_id)
+            .values_list("timer_id", "timer")
+        )
+
+
 def read_rows(
     db: str,
     session: tuple[int | None, dict[str, Any] | None, dict[str, int]],
-    triggers: Sequence[str],
-    instances: Sequence[str],
-    tasks: Sequence[str],
-    everything: bool,
+    request: FetchRequest,
 ) -> Snapshot:
     """``session`` is the session row's ``(id, meta, counters)``."""
+    session_id = session[0]
+    if request.everything:
+        snap = read_all(db, session)
+    else:
+        snap = _read_some(db, session, request)
+    _extras(db, session_id, request, snap)
+    return snap
+
+
+def _read_some(
+    db: str,
+    session: tuple[int | None, dict[str, Any] | None, dict[str, int]],
+    request: FetchRequest,
+) -> Snapshot:
     models = _models()
     session_id, meta, counters = session
-    if everything:
-        return read_all(db, session)
+    triggers, instances, tasks = request.triggers, request.instances, request.tasks
     snap = Snapshot(meta=meta)
-    kw_names: dict[str, None] = dict.fromkeys(triggers)
+    kw_names: dict[str, None] = dict.fromkeys([*triggers, *request.kwargs])
     wanted_tasks = Q(name__in=tasks) if tasks else Q(pk__in=[])
     if triggers:
         # The tasks the index rows of these triggers list, in the same
@@ -66,9 +117,7 @@ def read_rows(
     if triggers or tasks:
         rows = models.SessionTask.objects.using(db).filter(wanted_tasks, session_id=session_id)
         for name, config in rows.values_list("name", "config"):
-            cfg = config_from_stored(name, config)
-            snap.configs[name] = cfg
-            kw_names.update(dict.fromkeys(sorted(cfg.triggers)))
+            snap.configs[name] = config_from_stored(name, config)
     for trig in triggers:
         names = sorted(n for n, cfg in snap.configs.items() if trig in cfg.triggers)
         if names:
@@ -95,6 +144,21 @@ def read_rows(
                 snap.waiting[(task, trig)].append(name)
                 if inst_record is not None:
                     snap.records[name] = inst_record
+    # Seed kwargs only for a task this fire will give a new instance (none
+    # yet, or its andEvery trigger with no instance waiting on it).
+    for task, trig in pairs:
+        cfg = snap.configs.get(task)
+        if cfg is not None and (
+            not counters.get(task) or (cfg.and_every == trig and not snap.waiting[(task, trig)])
+        ):
+            kw_names.update(dict.fromkeys(sorted(cfg.triggers)))
+    # Whole records for the named instances and those one requirement away
+    # from ready (they may be dispatched and returned by this fire).
+    whole = [
+        n
+        for n, r in snap.records.items()
+        if "progress" in r and int(r["progress"].get("after", 0)) <= 1
+    ]
     wanted = [n for n in instances if n not in snap.records]
     if instances:
         rows = (
@@ -108,6 +172,8 @@ def read_rows(
                 snap.records[name] = inst_record
             if lease_left is not None and lease_left > timedelta(0):
                 snap.leases[name] = int(lease_left.total_seconds() * 1000)
+    named = {n: snap.records[n] for n in [*instances, *whole] if n in snap.records}
+    _merge_received(db, session_id, named)
     if kw_names:
         snap.kwargs_known.update(kw_names)
         for trig, kwargs in (
@@ -143,6 +209,7 @@ def read_all(
         snap.records[name] = record
         if lease_left is not None and lease_left > timedelta(0):
             snap.leases[name] = int(lease_left.total_seconds() * 1000)
+    _merge_received(db, session_id, snap.records)
     for task, trig, name in (
         models.WaitingEntry.objects.using(db)
         .filter(session_id=session_id)
@@ -188,7 +255,10 @@ def write_changes(
         models.SessionInstance.objects.using(db).bulk_create(
             [
                 models.SessionInstance(
-                    session_id=sid, name=name, task=inst.config.name, record=inst.to_record()
+                    session_id=sid,
+                    name=name,
+                    task=inst.config.name,
+                    record=inst.to_record(kwargs=False),
                 )
                 for name, inst in sorted(changes.instances.items())
             ],
@@ -219,6 +289,7 @@ def write_changes(
             unique_fields=["session", "trigger"],
             update_fields=["kwargs"],
         )
+    _write_extras(db, sid, changes)
     instances = models.SessionInstance.objects.using(db).filter(session_id=sid)
     for name, (token, ms) in sorted(changes.leases_set.items()):
         instances.filter(name=name).update(
@@ -235,3 +306,49 @@ def write_changes(
     if changes.counters:
         values["counters"] = {**(counters or {}), **changes.counters}
     session.update(**values)
+
+
+def _write_extras(db: str, sid: int | None, changes: Changes) -> None:
+    """What instances received, the session's timers and idempotency keys."""
+    models = _models()
+    if changes.received:
+        models.ReceivedKwargs.objects.using(db).bulk_create(
+            [
+                models.ReceivedKwargs(session_id=sid, instance=name, field=field, kwargs=kwargs)
+                for name, fields in sorted(changes.received.items())
+                for field, kwargs in sorted(fields.items())
+            ],
+            update_conflicts=True,
+            unique_fields=["session", "instance", "field"],
+            update_fields=["kwargs"],
+        )
+    if changes.received_drop:
+        gone = Q()
+        for name, fields in sorted(changes.received_drop.items()):
+            gone |= Q(instance=name, field__in=sorted(fields))
+        models.ReceivedKwargs.objects.using(db).filter(gone, session_id=sid).delete()
+    if changes.timers_add:
+        models.SessionTimer.objects.using(db).bulk_create(
+            [
+                models.SessionTimer(session_id=sid, timer_id=timer_id, timer=timer)
+                for timer_id, timer in sorted(changes.timers_add.items())
+            ],
+            update_conflicts=True,
+            unique_fields=["session", "timer_id"],
+            update_fields=["timer"],
+        )
+    if changes.timers_remove:
+        models.SessionTimer.objects.using(db).filter(
+            session_id=sid, timer_id__in=sorted(changes.timers_remove)
+        ).delete()
+    if changes.idempotency is not None:
+        key, expires = changes.idempotency
+        keys = models.IdempotencyKey.objects.using(db)
+        # Expired keys go as new ones come, so a session's keys stay bounded.
+        keys.filter(session_id=sid, expires__lte=time.time()).delete()
+        keys.bulk_create(
+            [models.IdempotencyKey(session_id=sid, key=key, expires=float(expires))],
+            update_conflicts=True,
+            unique_fields=["session", "key"],
+            update_fields=["expires"],
+        )

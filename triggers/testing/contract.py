@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -160,6 +161,93 @@ class StorageContractTests(TriggerManagerTestCaseMixin):
         rebuilt = type(storage)(storage.uid, **storage.get_init_kwargs())
         assert list(rebuilt.tasks) == ["t_a"]
         json.dumps(rebuilt.debug_repr())  # plain JSON, nothing pickled
+
+    # -- timers and idempotency keys (the session's part of SPEC §14) ---------
+    def _timer(self, trigger: str, due: str) -> dict[str, Any]:
+        return {"trigger": trigger, "due": due, "kwargs": {"n": 1}}
+
+    def test_an_idempotency_key_is_seen_after_its_commit_until_it_expires(self) -> None:
+        manager = self.configured({"t_a": {"after": ["a", "b"], "run": DEV}})
+        storage = manager.storage
+        ask = FetchRequest(idempotency_key="order-1")
+        # Given a fire and its key recorded in one commit
+        with storage.transaction() as txn:
+            assert storage.fetch(ask).idempotency_seen is False
+            manager.fire("a", {"n": 1})
+            txn.changes.idempotency = ("order-1", time.time() + 60)
+        # Then both are there, for any storage object of the session
+        fresh = self.make_storage(storage.uid)
+        assert fresh.fetch(ask).idempotency_seen is True
+        everything = FetchRequest(everything=True, idempotency_key="order-1")
+        assert fresh.fetch(everything).idempotency_seen is True
+        assert fresh.fetch(FetchRequest(idempotency_key="order-2")).idempotency_seen is False
+        assert [i.name for i in fresh.instances.values()] == ["t_a#0"]
+        # And a key whose expiry passed counts as never seen (expired keys
+        # are dropped as new ones are recorded)
+        with storage.transaction() as txn:
+            txn.fetch()
+            txn.changes.idempotency = ("order-2", time.time() - 1)
+        with storage.transaction() as txn:
+            txn.fetch()
+            txn.changes.idempotency = ("order-3", time.time() + 60)
+        assert fresh.fetch(FetchRequest(idempotency_key="order-2")).idempotency_seen is False
+        assert fresh.fetch(FetchRequest(idempotency_key="order-3")).idempotency_seen is True
+
+    def test_an_idempotency_key_is_not_recorded_when_its_block_raises(self) -> None:
+        manager = self.configured({"t_a": {"after": ["a", "b"], "run": DEV}})
+        storage = manager.storage
+        try:
+            with storage.transaction() as txn:
+                manager.fire("a")
+                txn.changes.idempotency = ("order-1", time.time() + 60)
+                raise _ChangedMyMind
+        except _ChangedMyMind:
+            pass  # the abort this test makes
+        fresh = self.make_storage(storage.uid)
+        assert fresh.fetch(FetchRequest(idempotency_key="order-1")).idempotency_seen is False
+        assert fresh.instances == {}
+
+    def test_timers_are_added_loaded_and_removed_with_the_session(self) -> None:
+        manager = self.configured({"t_a": {"after": ["a"], "run": DEV}})
+        storage = manager.storage
+        due = "2030-01-01T00:00:00+00:00"
+        first, second = self._timer("a", due), self._timer("b", due)
+        with storage.transaction() as txn:
+            txn.fetch()
+            txn.changes.timers_add.update({"tm-1": first, "tm-2": second})
+        fresh = self.make_storage(storage.uid)
+        assert fresh.fetch(FetchRequest(timers=True)).timers == {"tm-1": first, "tm-2": second}
+        assert fresh.fetch(FetchRequest(everything=True)).timers == {
+            "tm-1": first,
+            "tm-2": second,
+        }
+        with storage.transaction() as txn:
+            txn.fetch()
+            txn.changes.timers_remove.add("tm-1")
+        assert fresh.fetch(FetchRequest(timers=True)).timers == {"tm-2": second}
+        # Deleting the session deletes its timers
+        assert storage.delete() is True
+        assert fresh.fetch(FetchRequest(timers=True)).timers == {}
+
+    def test_a_fire_into_a_wide_task_keeps_every_kwargs_it_received(self) -> None:
+        # Given a task waiting on many triggers (stored one entry per trigger)
+        names = [f"w{i:03}" for i in range(40)]
+        manager = self.configured({"t_wide": {"after": names, "run": DEV}})
+        # When all but one fire, from different storage objects
+        for n, name in enumerate(names[:-1]):
+            TriggerManager(self.make_storage(manager.storage.uid)).fire(name, {"n": n})
+        waiting = self.make_storage(manager.storage.uid)["t_wide#0"]
+        assert waiting.waiting_on() == {names[-1]}
+        assert len(waiting.kwargs) == len(names) - 1
+        # Then the last one makes it ready with all of them
+        (ready,) = manager.fire(names[-1], {"n": len(names) - 1})
+        assert ready.kwargs == {name: {"n": n} for n, name in enumerate(names)}
+        self.settle()
+        assert self.make_storage(manager.storage.uid)["t_wide#0"].kwargs == ready.kwargs
+
+
+class _ChangedMyMind(Exception):
+    """Raised to abort a block in a test."""
 
 
 class DocumentStorageContractTests(StorageContractTests):
