@@ -159,9 +159,18 @@ def _entries(draw: Any, pool: list[str], groups: bool) -> list[Any]:
         return names
     cut = draw(st.integers(0, len(names) - 2))
     plain, members = names[:cut], names[cut:]
+    found: list[Any] = [*plain, _group(draw, members)]
+    if len(members) >= 3 and draw(st.booleans()):
+        # A second group sharing a member with the first: a trigger that
+        # completes one group must still reach the other.
+        found.append(_group(draw, members[-2:] if draw(st.booleans()) else members[:2]))
+    return found
+
+
+def _group(draw: Any, members: list[str]) -> dict[str, Any]:
     if draw(st.booleans()):
-        return [*plain, {"anyOf": members}]
-    return [*plain, {"atLeast": draw(st.integers(1, len(members))), "of": members}]
+        return {"anyOf": members}
+    return {"atLeast": draw(st.integers(1, len(members))), "of": members}
 
 
 @st.composite

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.contract_backends import DEV, new_uid, settle, statuses
+from tests.property_model import model_statuses
 from triggers import engine
 from triggers.conditions import Group, Rule, parse_rule, rule_of
 from triggers.config import check_configuration, validate_configuration
@@ -279,3 +280,32 @@ def test_andevery_cannot_also_be_a_group_member() -> None:
             {"t": {"after": [{"anyOf": ["tick", "x"]}], "andEvery": "tick", "run": DEV}}
         )
     assert info.value.directive == "andEvery"
+
+
+@pytest.mark.usefixtures("threaded")
+@pytest.mark.parametrize(
+    "configuration",
+    [
+        # Two groups sharing members: a completes the first, b the second
+        {"after": ["c", {"anyOf": ["a", "b", "x"]}, {"anyOf": ["b", "x"]}], "run": DEV},
+        # A member of an after group that is also an unless trigger
+        {"after": ["c", "d", {"anyOf": ["a", "b"]}], "unless": ["b"], "run": DEV},
+    ],
+    ids=["overlapping-groups", "member-also-unless"],
+)
+def test_a_satisfied_group_still_lets_other_requirements_receive_its_members(
+    manager: TriggerManager, configuration: dict[str, Any]
+) -> None:
+    # Given the instance exists (so later fires read it from Redis as they
+    # find it waiting), and a completes the first group
+    manager.update_configuration({"t": configuration})
+    manager.fire("c")
+    manager.fire("a")
+    # When b fires
+    manager.fire("b")
+    settle()
+    # Then b reached the instance: the second group is met (ran), or the
+    # unless is (abandoned), as the reference model says
+    expected = "finished" if "unless" not in configuration else "abandoned"
+    assert model_statuses({"t": configuration}, ["c", "a", "b"]) == {"t#0": expected}
+    assert statuses(manager.storage) == {"t#0": expected}

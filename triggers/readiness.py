@@ -108,7 +108,24 @@ def _count(inst: TaskInstance, side: str, rule: Any, trigger: str, gone: set[str
             counts[i] += 1
             if counts[i] == group.need:
                 progress[side] = int(progress.get(side, 0)) - 1
-                gone.update(group.of)
+                gone.update(set(group.of) - _still_needed(inst))
+
+
+def _still_needed(inst: TaskInstance) -> set[str]:
+    """Names a partial instance may still wait on for another requirement:
+    the plain names of both sides (one received already left the index) and
+    the members of groups not yet satisfied. A member of a group that has
+    just been satisfied stays in the index if one of these needs it."""
+    progress = inst.progress or {}
+    needed: set[str] = set()
+    for side in SIDES:
+        rule = _rule(inst.config, side)
+        needed |= rule.plain
+        counts = progress.get(f"{side}_groups") or [0] * len(rule.groups)
+        for group, n in zip(rule.groups, counts, strict=True):
+            if n < group.need:
+                needed.update(group.of)
+    return needed
 
 
 def is_abandoned(inst: TaskInstance) -> bool:
