@@ -104,6 +104,10 @@ def test_the_demo_runs_the_workflow_and_passes(redis_url):
     assert "  INSTANCE                   STATUS" in out
     assert re.search(r"t_importBrowserMetadata#0 +abandoned +unless embeddedApp fired", out)
     assert re.search(r"t_importResponses#3 +finished +result: \{\"page\": \d", out)
+    # ... the dropout's deadline (applied by triggers_timers --loop) reminded them
+    assert re.search(r"dropout +t_remindRespondent#0 reminded Grace Hopper", out)
+    assert re.search(r"t_importSubject#0 +unstarted", out)
+    assert "ok    dropout: never completed" in out
     assert "Result: every instance ended as the workflow says." in out
     # And it stopped every process it started and removed its keys
     run_id = found(r"Questionnaire demo, run (\w+)", out)

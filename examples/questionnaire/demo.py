@@ -4,8 +4,11 @@
 at ``--redis-url`` or, if none answers, starts a private one; starts a real
 Celery worker on it (or on ``--broker-url``) and two firing processes (two
 "web servers"); fires each respondent's triggers from both of them in a
-shuffled order, some pages before and some after the subject import, and one
-respondent in an embedded app; waits for the cascades; prints the timeline
+shuffled order, some pages before and some after the subject import, one
+respondent in an embedded app, and one who leaves after the first page (the
+subject import's ``deadline`` reminds them; a bot's user agent fails the
+browser import's ``if`` condition) -- a ``triggers_timers --loop`` process
+applies the deadline; waits for the cascades; prints the timeline
 and the final sessions; and exits 0 only if every instance ended as the
 workflow says it should. Every process it started is stopped before it exits.
 """
@@ -50,6 +53,7 @@ EXIT_OK, EXIT_FAILED, EXIT_SETUP = 0, 1, 2
 RESPONDENTS = [
     ("Ada Lovelace", "ada@example.com", "Mozilla/5.0 (X11; Linux) Firefox/131.0"),
     ("Alan Turing", "alan@example.com", "Mozilla/5.0 (Macintosh) Safari/605.1"),
+    ("Grace Hopper", "grace@example.com", "curl/8.5.0"),
 ]
 
 
@@ -66,8 +70,15 @@ class Respondent:
     name: str
     email: str
     user_agent: str
+    #: Leaves after the first page: never completes the questionnaire.
+    dropout: bool = False
 
     def expected_statuses(self) -> dict[str, str]:
+        if self.dropout:
+            # The subject import waits for completion until its deadline
+            # fires completionOverdue, which reminds the respondent; a bot's
+            # first page fails the browser import's condition: no instance.
+            return {"t_importSubject#0": "unstarted", "t_remindRespondent#0": "finished"}
         expected = {"t_importSubject#0": "finished"}
         expected.update({f"t_importResponses#{n}": "finished" for n in range(self.pages)})
         expected["t_importBrowserMetadata#0"] = "abandoned" if self.embedded else "finished"
@@ -231,6 +242,18 @@ class Worker:
         stop_process(self.process, timeout=15)
 
 
+class Sweeper:
+    """``manage.py triggers_timers --loop``: applies due timers (the deadline)."""
+
+    def __init__(self, log_path: Path) -> None:
+        command = [sys.executable, "-m", "django", "triggers_timers", "--loop", "--interval", "0.2"]
+        with open(log_path, "ab") as log:
+            self.process = _popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
 class Client:
     """A firing process (``examples.questionnaire.client``): one "web server"."""
 
@@ -283,11 +306,13 @@ class Client:
 
 
 def make_respondents(run_id: str, pages: int) -> list[Respondent]:
-    labels = [("web", pages, False), ("embedded", max(2, pages - 1), True)]
-    return [
+    labels = [("web", pages, False), ("embedded", max(2, pages - 1), True), ("dropout", 0, False)]
+    found = [
         Respondent(label, f"questionnaire:{run_id}:{label}", n, embedded, *RESPONDENTS[i])
         for i, (label, n, embedded) in enumerate(labels)
     ]
+    found[-1].dropout = True
+    return found
 
 
 def plan(respondents: list[Respondent], rng: random.Random) -> tuple[list[Fire], list[Fire]]:
@@ -298,6 +323,8 @@ def plan(respondents: list[Respondent], rng: random.Random) -> tuple[list[Fire],
     for r in respondents:
         first = {"name": r.name, "email": r.email, "userAgent": r.user_agent}
         before.append(Fire(r.uid, "firstPageReceived", first))
+        if r.dropout:
+            continue
         before.append(Fire(r.uid, "questionnaireComplete", {"pages": r.pages}))
         order = list(range(1, r.pages + 1))
         rng.shuffle(order)
@@ -336,6 +363,11 @@ def describe_workflow(configs: dict[str, Any]) -> str:
             rule += f", again for every {config.and_every}"
         if config.unless:
             rule += ", unless " + " + ".join(sorted(config.unless))
+        for trigger, expression in sorted(config.conditions.items()):
+            rule += f", if {trigger}: {expression}"
+        deadline = config.extras.get("deadline")
+        if deadline:
+            rule += f", deadline {deadline['seconds']:g}s -> {deadline['fire']}"
         lines.append(f"  {name:<{width}}  {rule}")
     return "\n".join(lines)
 
@@ -358,6 +390,8 @@ def _describe_import(event: dict[str, Any]) -> str:
         detail = f"{event['subjectId']} ({event['name']})"
     elif what == "responses":
         detail = f"page {event['page']}, {event['answers']} answers, for {event['subjectId']}"
+    elif what == "reminder":
+        return f"{event['instance']} reminded {event['name']}: {event['overdue']} overdue"
     else:
         detail = event.get("userAgent", "")
     return f"{event['instance']} imported {what}: {detail}"
@@ -399,7 +433,7 @@ def timeline(respondents: list[Respondent], events: list[dict[str, Any]], sessio
 
 def verify(r: Respondent, instances: dict[str, Any], imported: list[dict[str, Any]]) -> list[str]:
     """What went wrong for one respondent (empty: all as the workflow says)."""
-    problems = []
+    problems: list[str] = []
     actual = {name: inst.status for name, inst in instances.items()}
     expected = r.expected_statuses()
     if actual != expected:
@@ -409,6 +443,13 @@ def verify(r: Respondent, instances: dict[str, Any], imported: list[dict[str, An
             if actual.get(n) != expected.get(n)
         )
         problems.append("instances " + "; ".join(wrong))
+    if r.dropout:
+        reminders = sum(1 for e in imported if e["what"] == "reminder")
+        if reminders != 1:
+            problems.append(f"reminded {reminders} times, expected once (the deadline)")
+        if any(e["what"] != "reminder" for e in imported):
+            problems.append("data imported for a questionnaire that was never completed")
+        return problems
     subjects = [e for e in imported if e["what"] == "subject"]
     if len(subjects) != 1:
         problems.append(f"subject imported {len(subjects)} times, expected once")
@@ -491,6 +532,8 @@ def run(args: argparse.Namespace, cleanup: list[Callable[[], None]]) -> int:
     cleanup.append(worker.stop)
     clients = [Client("A"), Client("B")]
     cleanup.extend(client.stop for client in clients)
+    sweeper = Sweeper(log_dir / "timers.log")
+    cleanup.append(sweeper.stop)
 
     source = f"embedded redis-server ({server.source})" if server else "running server"
     say(f"Questionnaire demo, run {run_id}, seed {seed}")
@@ -501,8 +544,10 @@ def run(args: argparse.Namespace, cleanup: list[Callable[[], None]]) -> int:
         f"(log {worker.log_path})")  # fmt: skip
     say(f"  Firing   process A pid {clients[0].process.pid}, "
         f"process B pid {clients[1].process.pid}")  # fmt: skip
+    say(f"  Timers   manage.py triggers_timers --loop pid {sweeper.process.pid}")
     for r in respondents:
         how = "embedded app" if r.embedded else "web browser"
+        how = "leaves after the first page, user agent curl" if r.dropout else how
         say(f"  Session  {r.label:<9} {r.uid}: {r.pages} pages, {how}")
     say()
     say(describe_workflow(load_workflow("questionnaire")))
@@ -536,6 +581,7 @@ def run(args: argparse.Namespace, cleanup: list[Callable[[], None]]) -> int:
             read(r.uid).get("t_importSubject#0") is not None
             and read(r.uid)["t_importSubject#0"].status in ("finished", "failed")
             for r in respondents
+            if not r.dropout
         ),
         args.timeout,
     )
@@ -562,6 +608,9 @@ def run(args: argparse.Namespace, cleanup: list[Callable[[], None]]) -> int:
         if problems:
             for problem in problems:
                 say(f"FAIL  {r.label}: {problem}")
+        elif r.dropout:
+            say(f"ok    {r.label}: never completed, so the subject import's deadline reminded "
+                "them once; no browser metadata (a bot fails the condition)")  # fmt: skip
         else:
             browser = "abandoned (embedded)" if r.embedded else "imported once"
             say(f"ok    {r.label}: subject imported once, responses for all {r.pages} pages "

@@ -47,3 +47,14 @@ class ImportBrowserMetadata(TriggerTask):
         agent = context.trigger_kwargs["firstPageReceived"]["userAgent"]
         _record(context, "browser metadata", userAgent=agent)
         return {}
+
+
+class RemindRespondent(TriggerTask):
+    """Reminds a respondent whose questionnaire was not completed in time:
+    run when the subject import's ``deadline`` fires ``completionOverdue``."""
+
+    def _run(self, context: TaskContext) -> dict[str, Any]:
+        overdue = context.trigger_kwargs["completionOverdue"]["instance"]
+        first = context.manager.storage.latest_kwargs.get("firstPageReceived") or {}
+        _record(context, "reminder", name=first.get("name", "?"), overdue=overdue)
+        return {}
