@@ -16,13 +16,10 @@ workflow says it should. Every process it started is stopped before it exits.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import select
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,13 +35,13 @@ from examples.embedded_redis import (
     EmbeddedRedis,
     RedisUnavailable,
     base_url,
-    die_with_parent,
     ping,
     start_embedded_redis,
 )
 from examples.questionnaire import serve as inspector
+from examples.questionnaire.processes import Client, DemoError, Sweeper, Worker
+from examples.questionnaire.report import describe_workflow, timeline, verify
 
-ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = "examples.questionnaire.settings"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 
@@ -55,10 +52,6 @@ RESPONDENTS = [
     ("Alan Turing", "alan@example.com", "Mozilla/5.0 (Macintosh) Safari/605.1"),
     ("Grace Hopper", "grace@example.com", "curl/8.5.0"),
 ]
-
-
-class DemoError(RuntimeError):
-    """Something the demo needs could not be set up."""
 
 
 @dataclass
@@ -169,139 +162,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         time.sleep(interval)
 
 
-# -- processes ------------------------------------------------------------------
-
-
-def _popen(command: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
-    # Own session: a Ctrl-C reaches only the demo, which stops these in order.
-    # die_with_parent: they stop even if the demo itself is killed.
-    return subprocess.Popen(
-        command,
-        cwd=ROOT,
-        start_new_session=True,
-        preexec_fn=die_with_parent if sys.platform == "linux" else None,
-        **kwargs,
-    )
-
-
-def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL the whole process group."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    process.wait(timeout=timeout)
-    # Killed pool processes are reaped by init; wait (briefly: an init that
-    # never reaps would leave zombies) until the group is gone.
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(process.pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.02)
-
-
-class Worker:
-    """A real ``celery worker`` process on the demo's broker."""
-
-    def __init__(self, run_id: str, concurrency: int, log_path: Path) -> None:
-        self.nodename = f"qdemo-{run_id}@%h"
-        self.log_path = log_path
-        command = [
-            sys.executable, "-m", "celery", "-A", "examples.questionnaire.celery_app",
-            "worker", "-P", "prefork", "-c", str(concurrency), "-l", "warning",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
-            "-n", self.nodename,
-        ]  # fmt: skip
-        with open(log_path, "ab") as log:
-            self.process = _popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        from celery.utils.nodenames import host_format
-
-        from examples.questionnaire.celery_app import app
-
-        destination = [host_format(self.nodename)]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            if app.control.ping(destination=destination, timeout=0.5):
-                return
-        tail = self.log_path.read_text(errors="replace").splitlines()[-20:]
-        raise DemoError("the Celery worker did not start:\n" + "\n".join(tail))
-
-    def stop(self) -> None:
-        stop_process(self.process, timeout=15)
-
-
-class Sweeper:
-    """``manage.py triggers_timers --loop``: applies due timers (the deadline)."""
-
-    def __init__(self, log_path: Path) -> None:
-        command = [sys.executable, "-m", "django", "triggers_timers", "--loop", "--interval", "0.2"]
-        with open(log_path, "ab") as log:
-            self.process = _popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-
-    def stop(self) -> None:
-        stop_process(self.process)
-
-
-class Client:
-    """A firing process (``examples.questionnaire.client``): one "web server"."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        command = [sys.executable, "-m", "examples.questionnaire.client", name]
-        self.process = _popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
-        )
-
-    def _reply(self, timeout: float) -> str:
-        assert self.process.stdout is not None
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-        line = self.process.stdout.readline() if ready else ""
-        if not line:
-            code = self.process.poll()
-            state = f"exited with {code}" if code is not None else f"silent for {timeout:g}s"
-            raise DemoError(f"firing process {self.name} {state}")
-        return line.strip()
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        if self._reply(timeout) != "ready":
-            raise DemoError(f"firing process {self.name} did not start")
-
-    def send(self, fires: list[Fire]) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps([f.as_dict() for f in fires]) + "\n")
-        self.process.stdin.flush()
-
-    def wait_done(self, timeout: float = 60.0) -> None:
-        if self._reply(timeout) != "done":
-            raise DemoError(f"firing process {self.name} failed")
-
-    def stop(self) -> None:
-        if self.process.stdin is not None and not self.process.stdin.closed:
-            try:
-                self.process.stdin.close()
-            except BrokenPipeError:
-                pass
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        stop_process(self.process)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-
 # -- the plan ---------------------------------------------------------------------
 
 
@@ -348,121 +208,6 @@ def deal(fires: list[Fire], rng: random.Random) -> tuple[list[Fire], list[Fire]]
         full, empty = (hands[0], hands[1]) if hands[0] else (hands[1], hands[0])
         empty.append(full.pop())
     return hands
-
-
-# -- reporting -----------------------------------------------------------------------
-
-
-def describe_workflow(configs: dict[str, Any]) -> str:
-    """The workflow's rules, one line per task."""
-    width = max(len(name) for name in configs)
-    lines = ["Workflow 'questionnaire' (examples/questionnaire/workflow.json):"]
-    for name, config in configs.items():
-        rule = "after " + " + ".join(sorted(config.after))
-        if config.and_every:
-            rule += f", again for every {config.and_every}"
-        if config.unless:
-            rule += ", unless " + " + ".join(sorted(config.unless))
-        for trigger, expression in sorted(config.conditions.items()):
-            rule += f", if {trigger}: {expression}"
-        deadline = config.extras.get("deadline")
-        if deadline:
-            rule += f", deadline {deadline['seconds']:g}s -> {deadline['fire']}"
-        lines.append(f"  {name:<{width}}  {rule}")
-    return "\n".join(lines)
-
-
-def _describe_fire(event: dict[str, Any]) -> str:
-    kwargs = event.get("kwargs") or {}
-    text = f"fire {event['trigger']}"
-    if event["trigger"] == "pageReceived":
-        text += f" (page {kwargs.get('page')})"
-    elif event["trigger"] == "firstPageReceived":
-        text += f" ({kwargs.get('name')})"
-    if event.get("scheduled"):
-        text = text.ljust(38) + " -> scheduled " + ", ".join(event["scheduled"])
-    return text
-
-
-def _describe_import(event: dict[str, Any]) -> str:
-    what = event["what"]
-    if what == "subject":
-        detail = f"{event['subjectId']} ({event['name']})"
-    elif what == "responses":
-        detail = f"page {event['page']}, {event['answers']} answers, for {event['subjectId']}"
-    elif what == "reminder":
-        return f"{event['instance']} reminded {event['name']}: {event['overdue']} overdue"
-    else:
-        detail = event.get("userAgent", "")
-    return f"{event['instance']} imported {what}: {detail}"
-
-
-def timeline(respondents: list[Respondent], events: list[dict[str, Any]], sessions: Any) -> str:
-    from datetime import datetime
-
-    labels = {r.uid: r.label for r in respondents}
-    rows = list(events)
-    # Abandoned instances left no record of their own; their status stamp tells when.
-    for r in respondents:
-        for name, inst in sessions[r.uid].items():
-            stamp = inst.metadata.get("timestamps", {}).get("abandoned")
-            if inst.status == "abandoned" and stamp:
-                unless = ", ".join(sorted(inst.config.unless))
-                rows.append({
-                    "t": datetime.fromisoformat(stamp).timestamp(), "kind": "abandoned",
-                    "uid": r.uid, "actor": "-", "pid": None,
-                    "text": f"{name} abandoned: {unless} had fired",
-                })  # fmt: skip
-    rows.sort(key=lambda e: e["t"])
-    start = rows[0]["t"] if rows else 0.0
-    lines = []
-    for e in rows:
-        if e["kind"] == "fire":
-            text = _describe_fire(e)
-        elif e["kind"] == "import":
-            text = _describe_import(e)
-        elif e["kind"] == "start":
-            text = f"start_session(workflow={e['workflow']!r})"
-        else:
-            text = e["text"]
-        who = e["actor"] + (f" {e['pid']}" if e.get("pid") else "")
-        offset = f"+{e['t'] - start:.3f}s"
-        lines.append(f"  {offset:>8}  {who:<14} {labels[e['uid']]:<9} {text}")
-    return "\n".join(lines)
-
-
-def verify(r: Respondent, instances: dict[str, Any], imported: list[dict[str, Any]]) -> list[str]:
-    """What went wrong for one respondent (empty: all as the workflow says)."""
-    problems: list[str] = []
-    actual = {name: inst.status for name, inst in instances.items()}
-    expected = r.expected_statuses()
-    if actual != expected:
-        wrong = sorted(
-            f"{n}: {actual.get(n, 'missing')} (expected {expected.get(n, 'no such instance')})"
-            for n in set(actual) | set(expected)
-            if actual.get(n) != expected.get(n)
-        )
-        problems.append("instances " + "; ".join(wrong))
-    if r.dropout:
-        reminders = sum(1 for e in imported if e["what"] == "reminder")
-        if reminders != 1:
-            problems.append(f"reminded {reminders} times, expected once (the deadline)")
-        if any(e["what"] != "reminder" for e in imported):
-            problems.append("data imported for a questionnaire that was never completed")
-        return problems
-    subjects = [e for e in imported if e["what"] == "subject"]
-    if len(subjects) != 1:
-        problems.append(f"subject imported {len(subjects)} times, expected once")
-    subject_id = subjects[0]["subjectId"] if subjects else None
-    pages = sorted(e["page"] for e in imported if e["what"] == "responses")
-    if pages != list(range(1, r.pages + 1)):
-        problems.append(f"responses imported for pages {pages}, expected 1..{r.pages} once each")
-    if any(e["subjectId"] != subject_id for e in imported if e["what"] == "responses"):
-        problems.append("responses imported for the wrong subject")
-    browser = sum(1 for e in imported if e["what"] == "browser metadata")
-    if browser != (0 if r.embedded else 1):
-        problems.append(f"browser metadata imported {browser} times")
-    return problems
 
 
 # -- the run -----------------------------------------------------------------------------
