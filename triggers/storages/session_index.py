@@ -25,9 +25,9 @@ on the same pipeline as its commit script (one round trip), and the update
 is idempotent (``ZADD`` of a time, ``ZREM``), so it is safe to send again.
 Reads (listing, counting) read every shard in one pipeline and merge.
 
-The previous release kept one unsharded index (``triggers:{sessions}:*``);
-reads still include it (and deletions clean it), so sessions it lists stay
-visible to ``triggers_cleanup`` after an upgrade. Nothing writes it any more.
+The previous release kept one unsharded index (``triggers:{sessions}:*``)
+of sessions this release does not read (see :mod:`triggers.storages.redis`):
+delete those keys once the old sessions are drained.
 
 A read of the index first drops the sessions whose keys have expired (a small
 script on one shard's keys, run only on shards that have any). A session
@@ -47,7 +47,7 @@ import json
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -114,8 +114,8 @@ return #gone
 # slot (the index is cleaned afterwards, by the caller).
 _DELETE = """
 -- KEYS: the session's keys (state, leases, commits...), then lock, lock signal
--- ARGV: token, signal expire ms, idle_before ('' for none), index activity
---       ('' unknown), activity hash and field ('' for none)
+-- ARGV: token, signal expire ms, idle_before ('' for none), the session's
+--       activity in the index ('' unknown)
 -- Returns -1 when the lock is no longer ours (nothing deleted), else 1
 -- deleted, 0 nothing stored, 2 kept: written at or after idle_before.
 local n = #KEYS
@@ -123,12 +123,7 @@ local lock, signal = KEYS[n - 1], KEYS[n]
 if redis.call('GET', lock) ~= ARGV[1] then return -1 end
 local result = 1
 if ARGV[3] ~= '' then
-  local seen = tonumber(ARGV[4]) or -1
-  if ARGV[5] ~= '' then
-    local own = tonumber(redis.call('HGET', ARGV[5], ARGV[6]) or '')
-    if own and own > seen then seen = own end
-  end
-  if seen >= tonumber(ARGV[3]) then result = 2 end
+  if (tonumber(ARGV[4]) or -1) >= tonumber(ARGV[3]) then result = 2 end
 end
 if result == 1 then
   local found = 0
@@ -160,17 +155,9 @@ def _lex_range(prefix: str) -> tuple[bytes, bytes]:
     return b"[" + raw, b"(" + raw + b"\xff"
 
 
-def shard_keys(cache: Any, shard: int | None) -> list[str]:
-    """Keys of index shard ``shard`` (``None``: the previous release's
-    unsharded index, still read)."""
-    tag = "sessions" if shard is None else f"sessions:{shard}"
-    return [str(cache.make_key(f"triggers:{{{tag}}}:{s}")) for s in SUFFIXES]
-
-
-def index_keys(cache: Any) -> list[str]:
-    """The previous release's unsharded index (kept for commit.lua until the
-    storage queues :meth:`RedisSessionIndex.queue_touch` instead)."""
-    return shard_keys(cache, None)
+def shard_keys(cache: Any, shard: int) -> list[str]:
+    """The activity, names and expires keys of index shard ``shard``."""
+    return [str(cache.make_key(f"triggers:{{sessions:{shard}}}:{s}")) for s in SUFFIXES]
 
 
 class RedisSessionIndex:
@@ -180,8 +167,6 @@ class RedisSessionIndex:
     def __init__(self, cache: Any, client: Any) -> None:
         self.client = client
         self.shards = [shard_keys(cache, k) for k in range(SHARDS)]
-        #: Every shard read, the previous release's index last.
-        self.readable = [*self.shards, shard_keys(cache, None)]
 
     def keys_of(self, uid: str) -> list[str]:
         """The activity, names and expires keys that list ``uid``."""
@@ -203,24 +188,18 @@ class RedisSessionIndex:
             pipe.zadd(expires, {uid: expires_at})
         return pipe
 
-    def touch(self, uid: str, now: float, expires_at: float | None) -> None:
-        """:meth:`queue_touch` sent on its own."""
-        self.queue_touch(self.client.pipeline(transaction=False), uid, now, expires_at).execute()
-
-    def _each(self, command: Callable[[Any, list[str]], Any], keys: Iterable[list[str]]) -> list:
+    def _each(self, command: Callable[[Any, list[str]], Any]) -> list[Any]:
         """Run ``command(pipe, shard_keys)`` for every shard in one pipeline."""
         pipe = self.client.pipeline(transaction=False)
-        for shard in keys:
+        for shard in self.shards:
             command(pipe, shard)
         return list(pipe.execute())
 
     def prune(self) -> None:
         now = clock()
-        due = self._each(
-            lambda pipe, k: pipe.zrangebyscore(k[2], "-inf", now, start=0, num=1), self.readable
-        )
+        due = self._each(lambda pipe, k: pipe.zrangebyscore(k[2], "-inf", now, start=0, num=1))
         script = _script(self.client, _PRUNE)
-        for shard, found in zip(self.readable, due, strict=True):
+        for shard, found in zip(self.shards, due, strict=True):
             if found:
                 while int(script(keys=shard, args=[now, PRUNE_BATCH], client=self.client)) >= (
                     PRUNE_BATCH
@@ -238,18 +217,17 @@ class RedisSessionIndex:
             parts = self._each(
                 lambda pipe, k: pipe.zrevrangebyscore(
                     k[0], top, "-inf", start=0, num=-1 if end is None else end, withscores=True
-                ),
-                self.readable,
+                )
             )
             found = [(_text(uid), float(score)) for part in parts for uid, score in part]
         else:
             lex = _lex_range(prefix)
-            names = self._each(lambda pipe, k: pipe.zrangebylex(k[1], *lex), self.readable)
+            names = self._each(lambda pipe, k: pipe.zrangebylex(k[1], *lex))
             found = self._scores(names)
             if older_than is not None:
                 cut = older_than.timestamp()
                 found = [(uid, score) for uid, score in found if score < cut]
-        rows = sorted(_newest(found), key=lambda row: (-row[1], row[0]))
+        rows = sorted(found, key=lambda row: (-row[1], row[0]))
         return [(uid, to_datetime(score)) for uid, score in rows[offset:end]]
 
     def _scores(self, names: list[list[Any]]) -> list[tuple[str, float]]:
@@ -257,7 +235,7 @@ class RedisSessionIndex:
         # so a short prefix matching many sessions never builds one huge reply.
         pipe = self.client.pipeline(transaction=False)
         asked: list[Any] = []
-        for shard, uids in zip(self.readable, names, strict=True):
+        for shard, uids in zip(self.shards, names, strict=True):
             for start in range(0, len(uids), SCORE_BATCH):
                 pipe.execute_command("ZMSCORE", shard[0], *uids[start : start + SCORE_BATCH])
             asked += uids
@@ -268,15 +246,10 @@ class RedisSessionIndex:
 
     def count(self, prefix: str) -> int:
         self.prune()
+        if not prefix:
+            return sum(self._each(lambda pipe, k: pipe.zcard(k[0])))
         lex = _lex_range(prefix)
-        if not self.client.exists(self.readable[-1][1]):
-            # Every session is in exactly one shard: add up their sizes.
-            if not prefix:
-                return sum(self._each(lambda pipe, k: pipe.zcard(k[0]), self.shards))
-            return sum(self._each(lambda pipe, k: pipe.zlexcount(k[1], *lex), self.shards))
-        # The previous release's index may list a session a shard lists too.
-        names = self._each(lambda pipe, k: pipe.zrangebylex(k[1], *lex), self.readable)
-        return len({uid for part in names for uid in part})
+        return sum(self._each(lambda pipe, k: pipe.zlexcount(k[1], *lex)))
 
     def delete(
         self,
@@ -286,32 +259,28 @@ class RedisSessionIndex:
         uid: str,
         lease_prefix: str,
         idle_before: datetime | None,
-        activity: tuple[str, str] | None = None,
     ) -> bool:
         """Delete a session under its lock (``lock`` a pending
         :class:`~triggers.locking.SessionLock`; released here), then drop it
         from the index. ``state_keys`` are the session's keys (the instances
         hash, whose field names name the lease keys, ends with
-        ``:instances``); ``activity`` the hash and field where the session
-        records its own last write, if it does (checked with the index's
-        time against ``idle_before``)."""
+        ``:instances``). With ``idle_before``, the session's activity in the
+        index is read once the lock is held (no write can come in between)
+        and a session written since is kept."""
         try:
             lock.ensure()
             instances = next(k for k in state_keys if k.endswith(":instances"))
             pipe = self.client.pipeline(transaction=False)
             pipe.hkeys(instances)
-            for keys in (self.keys_of(uid), self.readable[-1]):
-                pipe.zscore(keys[0], uid)
-            names, *scores = pipe.execute()
-            seen = max((float(s) for s in scores if s is not None), default=None)
+            pipe.zscore(self.keys_of(uid)[0], uid)
+            names, seen = pipe.execute()
             leases = [lease_prefix + _text(name) for name in names]
             keys = [*state_keys, commits_key, *leases, lock.key, lock.signal_key]
             args = [
                 lock.id,
                 lock.signal_expire,
                 "" if idle_before is None else repr(idle_before.timestamp()),
-                "" if seen is None else repr(seen),
-                *(activity or ("", "")),
+                "" if seen is None else repr(float(seen)),
             ]
             result = int(_script(self.client, _DELETE)(keys=keys, args=args, client=self.client))
         finally:
@@ -320,21 +289,10 @@ class RedisSessionIndex:
             raise LockLostError(uid)
         if result != 2:
             pipe = self.client.pipeline(transaction=False)
-            for keys in (self.keys_of(uid), self.readable[-1]):
-                for key in keys:
-                    pipe.zrem(key, uid)
+            for key in self.keys_of(uid):
+                pipe.zrem(key, uid)
             pipe.execute()
         return result == 1
-
-
-def _newest(rows: list[tuple[str, float]]) -> list[tuple[str, float]]:
-    """One row per uid (a session the previous release's index still lists
-    may be in a shard too): its latest activity."""
-    latest: dict[str, float] = {}
-    for uid, score in rows:
-        if score > latest.get(uid, float("-inf")):
-            latest[uid] = score
-    return list(latest.items())
 
 
 _DOCUMENT_LOCK = threading.Lock()
