@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -39,6 +40,7 @@ __all__ = [
     "Cluster",
     "ensure_cluster_url",
     "find_binaries",
+    "move_slot",
     "redis_cluster_url",
     "start_cluster",
 ]
@@ -229,6 +231,23 @@ def redis_cluster_url() -> str:
         return ensure_cluster_url()
     except RedisUnavailable as exc:  # make test installs the binaries
         pytest.fail(str(exc))
+
+
+def move_slot(client: Any, key: Any, port: int) -> None:
+    """Move the slot of ``key``, with its keys, to the master on ``port``
+    (what ``redis-cli --cluster reshard`` does, for one slot); ``client`` is
+    a ``RedisCluster``."""
+    number = client.keyslot(key)
+    source = client.get_node_from_key(key).redis_connection
+    target = next(n for n in client.get_primaries() if n.port == port).redis_connection
+    target_id = target.execute_command("CLUSTER MYID")
+    source_id = source.execute_command("CLUSTER MYID")
+    target.execute_command("CLUSTER SETSLOT", number, "IMPORTING", source_id)
+    source.execute_command("CLUSTER SETSLOT", number, "MIGRATING", target_id)
+    while keys := source.execute_command("CLUSTER GETKEYSINSLOT", number, 100):
+        source.execute_command("MIGRATE", "127.0.0.1", port, "", 0, 5000, "KEYS", *keys)
+    for node in client.get_primaries():
+        node.redis_connection.execute_command("CLUSTER SETSLOT", number, "NODE", target_id)
 
 
 def started_cluster() -> Cluster | None:

@@ -28,6 +28,7 @@ from tests import test_concurrency as concurrency
 from tests import test_properties as properties
 from tests.celery_app import app as celery_app
 from tests.managers import init_spawned_process
+from tests.redis_cluster import move_slot, start_cluster
 from tests.worker import CeleryWorker
 from triggers.manager import TriggerManager
 from triggers.runners.threading import ThreadingTaskRunner
@@ -323,22 +324,6 @@ def test_the_worker_state_is_on_the_cluster(cluster_worker: CeleryWorker) -> Non
     ThreadingTaskRunner.join_all()
 
 
-def move_slot(client: RedisCluster, key: str, port: int) -> None:
-    """Move the slot of ``key``, with its keys, to the master on ``port``
-    (what ``redis-cli --cluster reshard`` does, for one slot)."""
-    number = client.keyslot(key)
-    source = client.get_node_from_key(key).redis_connection
-    target = next(n for n in client.get_primaries() if n.port == port).redis_connection
-    target_id = target.execute_command("CLUSTER MYID")
-    source_id = source.execute_command("CLUSTER MYID")
-    target.execute_command("CLUSTER SETSLOT", number, "IMPORTING", source_id)
-    source.execute_command("CLUSTER SETSLOT", number, "MIGRATING", target_id)
-    while keys := source.execute_command("CLUSTER GETKEYSINSLOT", number, 100):
-        source.execute_command("MIGRATE", "127.0.0.1", port, "", 0, 5000, "KEYS", *keys)
-    for node in client.get_primaries():
-        node.redis_connection.execute_command("CLUSTER SETSLOT", number, "NODE", target_id)
-
-
 def test_a_session_whose_slot_moved_is_followed_to_its_new_master() -> None:
     # Given a session, and its slot moved to another master behind the
     # client's back (resharding)
@@ -363,8 +348,6 @@ def test_a_session_whose_slot_moved_is_followed_to_its_new_master() -> None:
 
 def test_a_dead_master_fails_its_sessions_loudly_and_spares_the_others() -> None:
     from redis.exceptions import ConnectionError as RedisConnectionError
-
-    from tests.redis_cluster import start_cluster
 
     # Given a cluster of its own with sessions on every master (each master
     # has run the scripts once)
