@@ -224,9 +224,9 @@ PROCESS_WORKFLOW = {
     "t_each": {"after": ["t_page", "t_both"], "andEvery": "t_page", "run": DevNullTask.name},
     "t_last": {"after": ["t_both", "e3"], "run": DevNullTask.name},
     # Once per e1 that carries n > 1 (an e1 without n fails to evaluate:
-    # false), which also satisfies the group.
+    # false), after any of e2, e3.
     "t_big": {
-        "after": [{"anyOf": ["e1", "e3"]}],
+        "after": [{"anyOf": ["e2", "e3"]}],
         "andEvery": "e1",
         "if": {"e1": "kwargs.n > 1"},
         "run": DevNullTask.name,
