@@ -99,7 +99,7 @@ TOKEN_TEXT = re.compile(rb"^[A-Za-z0-9+/=_ -]*$")
 STATE_SUFFIXES = {"config", "index", "instances", "waiting", "counters", "kwargs", "meta"}
 #: Written only when something uses them (an instance received kwargs, a
 #: delayed fire, an idempotency key).
-OPTIONAL_SUFFIXES = {"received", "timers", "idem"}
+OPTIONAL_SUFFIXES = {"received", "values", "timers", "idem"}
 
 
 def decoded_session_keys(redis_client, uid: str) -> dict[str, tuple[str, Any]]:
@@ -131,7 +131,13 @@ def decoded_session_keys(redis_client, uid: str) -> dict[str, tuple[str, Any]]:
         assert suffix in STATE_SUFFIXES | OPTIONAL_SUFFIXES, f"unknown session key {key}"
         if kind == "hash":
             fields = redis_client.hgetall(raw_key)
-            value: Any = {f.decode(): load(v, f"{key}[{f.decode()}]") for f, v in fields.items()}
+            # A received value may be "@<digest>" of one kept in :values.
+            value: Any = {
+                f.decode(): v.decode()
+                if suffix == "received" and v.startswith(b"@")
+                else load(v, f"{key}[{f.decode()}]")
+                for f, v in fields.items()
+            }
         elif kind == "string":
             value = load(redis_client.get(raw_key), key)
         elif kind == "zset":

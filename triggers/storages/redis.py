@@ -19,7 +19,10 @@ key suffix         type     contents
                             still needs)
 ``:received``      hash     ``instance<US>trigger`` -> the kwargs the instance
                             received from that ``after`` trigger
-                            (``instance<US><US>trigger`` for ``unless``)
+                            (``instance<US><US>trigger`` for ``unless``), or
+                            ``@<digest>`` for a large value kept in ``:values``
+``:values``        hash     digest -> received kwargs (JSON) too large to
+                            repeat in every instance that received them
 ``:waiting``       zset     ``task<US>trigger<US>instance`` for every unstarted
                             instance still missing that trigger (lex ordered)
 ``:counters``      hash     task name -> next instance number; ``<US>w`` -> 1
@@ -53,6 +56,7 @@ braces): sessions stored under the old names are not read; drain them
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import time
 import weakref
@@ -89,11 +93,17 @@ SUFFIXES = (
     "received",
     "timers",
     "idem",
+    "values",
     "commits",
 )
 _CONFIG, _INDEX, _INSTANCES, _WAITING, _COUNTERS, _KWARGS, _META, _RECEIVED, _TIMERS = (
     str(k) for k in range(1, 10)
 )
+_VALUES = "11"
+#: Received kwargs longer than this (JSON) are stored once by digest in
+#: ``:values`` and referenced as ``@<digest>``: an andEvery task's instances
+#: all receive the same kwargs from the triggers that fired before them.
+SHARED_VALUE_BYTES = 96
 #: Where the lock keys and the lease keys start in a script's KEYS.
 _FIRST_LEASE = len(SUFFIXES) + 3
 #: Field of the counters hash that says the waiting index should exist.
@@ -157,6 +167,11 @@ def _config(name: str, raw: str) -> Any:
     """A stored config, parsed once per process and stored form (a wide
     task's directives are large; configs are never changed in place)."""
     return config_from_stored(name, json.loads(raw))
+
+
+def _shared(value: str) -> str:
+    """The ``:values`` field of a large received value (a 128-bit digest)."""
+    return hashlib.blake2b(value.encode("utf-8"), digest_size=16).hexdigest()
 
 
 def _merge_received(record: dict[str, Any], fields: Any) -> None:
@@ -319,16 +334,18 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
     def _fetch_all(self, request: FetchRequest) -> Snapshot:
         pipe = self._redis.pipeline(transaction=False)
         config_key, _, inst_key, waiting_key, counter_key, kw_key, meta_key = self._keys[:7]
-        received_key, timers_key, idem_key = self._keys[7:10]
+        received_key, timers_key, idem_key, values_key = self._keys[7:11]
         for key in (config_key, inst_key, counter_key, kw_key, received_key, timers_key):
             pipe.hgetall(key)
+        pipe.hgetall(values_key)
         pipe.get(meta_key)
         pipe.zrange(waiting_key, 0, -1)
         idem = request.idempotency_key
         pipe.zscore(idem_key, idem or "")
         replies = pipe.execute()
         configs_raw, inst_raw, counters_raw, kw_raw, received_raw, timers_raw = replies[:6]
-        meta_raw, waiting_raw, expiry = replies[6:]
+        values_raw, meta_raw, waiting_raw, expiry = replies[6:]
+        values = {_text(k): v for k, v in values_raw.items()}
         configs = {
             _text(k): config_from_stored(_text(k), json.loads(v)) for k, v in configs_raw.items()
         }
@@ -339,6 +356,9 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         received: dict[str, list[Any]] = {}
         for field, value in received_raw.items():
             name, _, trig = _text(field).partition(SEP)
+            value = _text(value)
+            if value.startswith("@"):
+                value = values.get(value[1:], "null")
             received.setdefault(name, []).extend((trig, value))
         records = {}
         for k, v in inst_raw.items():
@@ -414,7 +434,12 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
             ops += ["H", _INSTANCES, name, _dumps(inst.to_record(kwargs=False))]
         for name, fields in changes.received.items():
             for field, kwargs in fields.items():
-                ops += ["H", _RECEIVED, f"{name}{SEP}{field}", _dumps(kwargs)]
+                value = _dumps(kwargs)
+                if len(value) > SHARED_VALUE_BYTES:
+                    digest = _shared(value)
+                    ops += ["N", _VALUES, digest, value]
+                    value = "@" + digest
+                ops += ["H", _RECEIVED, f"{name}{SEP}{field}", value]
         for name, gone in changes.received_drop.items():
             for field in gone:
                 ops += ["D", _RECEIVED, f"{name}{SEP}{field}"]

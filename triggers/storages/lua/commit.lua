@@ -4,13 +4,15 @@
 -- session's hash slot (the session index, in another slot, is updated by
 -- the client in the same round trip, outside this script).
 -- KEYS: 1 config, 2 index, 3 instances, 4 waiting, 5 counters, 6 kwargs, 7 meta,
---       8 received, 9 timers, 10 idempotency, 11 recent commits (the lock
---       tokens of the last commits, " tok1 tok2 ... ", at most 1 KB), 12 lock,
---       13 lock signal, then the lease keys the operations name by position
+--       8 received, 9 timers, 10 idempotency, 11 values (large received kwargs
+--       by digest, stored once), 12 recent commits (the lock tokens of the last
+--       commits, " tok1 tok2 ... ", at most 1 KB), 13 lock, 14 lock signal,
+--       then the lease keys the operations name by position
 -- ARGV: token, signal expire ms, ttl ms (-1 persist, 0 leave), release (1/0),
 --       the operations as one JSON array of strings (one argument packs and
 --       sends much faster than hundreds), now (Unix seconds):
 --   H <key#> <field> <value>   HSET        D <key#> <field>   HDEL
+--   N <key#> <field> <value>   HSETNX
 --   Z <member>  ZADD waiting   R <member>  ZREM waiting
 --   S <value>   SET meta       X <key#>    DEL
 --   L <key#> <token> <ms>      set a lease  U <key#>  drop a lease
@@ -18,11 +20,12 @@
 -- Returns 0, or 1 when the lock is no longer ours (nothing written).
 -- A client that lost the reply and sends the script again finds its token
 -- among the recent commits and gets 0 without writing twice.
-local recent = redis.call('GET', KEYS[11])
+local COMMITS, LOCK, SIGNAL = 12, 13, 14
+local recent = redis.call('GET', KEYS[COMMITS])
 if ARGV[1] ~= '' and recent and string.find(recent, ' ' .. ARGV[1] .. ' ', 1, true) then
   return 0
 end
-if ARGV[1] ~= '' and redis.call('GET', KEYS[12]) ~= ARGV[1] then
+if ARGV[1] ~= '' and redis.call('GET', KEYS[LOCK]) ~= ARGV[1] then
   return 1
 end
 local ops = cjson.decode(ARGV[5] or '[]')
@@ -33,6 +36,8 @@ while i <= n do
   local op = ops[i]
   if op == 'H' then
     redis.call('HSET', KEYS[tonumber(ops[i + 1])], ops[i + 2], ops[i + 3]); i = i + 4
+  elseif op == 'N' then
+    redis.call('HSETNX', KEYS[tonumber(ops[i + 1])], ops[i + 2], ops[i + 3]); i = i + 4
   elseif op == 'Z' then
     redis.call('ZADD', KEYS[4], 0, ops[i + 1]); i = i + 2; waiting_changed = true
   elseif op == 'R' then
@@ -73,11 +78,11 @@ if ARGV[1] ~= '' then
     end
     kept = string.sub(kept, 1, last or string.find(kept, ' ', 2, true))
   end
-  redis.call('SET', KEYS[11], kept)
+  redis.call('SET', KEYS[COMMITS], kept)
 end
 local ttl = tonumber(ARGV[3])
 if ttl ~= 0 then
-  for k = 1, 11 do
+  for k = 1, COMMITS do
     if ttl > 0 then
       redis.call('PEXPIRE', KEYS[k], ttl)
     else
@@ -86,9 +91,9 @@ if ttl ~= 0 then
   end
 end
 if ARGV[4] == '1' then
-  redis.call('DEL', KEYS[13])
-  redis.call('LPUSH', KEYS[13], 1)
-  redis.call('PEXPIRE', KEYS[13], ARGV[2])
-  redis.call('DEL', KEYS[12])
+  redis.call('DEL', KEYS[SIGNAL])
+  redis.call('LPUSH', KEYS[SIGNAL], 1)
+  redis.call('PEXPIRE', KEYS[SIGNAL], ARGV[2])
+  redis.call('DEL', KEYS[LOCK])
 end
 return 0

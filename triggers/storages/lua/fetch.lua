@@ -1,8 +1,8 @@
 -- Read what one operation on a session needs, in one round trip; the first
 -- read of an operation also takes the session lock.
 -- KEYS: 1 config, 2 index, 3 instances, 4 waiting, 5 counters, 6 kwargs, 7 meta,
---       8 received, 9 timers, 10 idempotency, 11 recent commits, 12 lock,
---       13 lock signal, then the lease key of each requested instance
+--       8 received, 9 timers, 10 idempotency, 11 values, 12 recent commits,
+--       13 lock, 14 lock signal, then the lease key of each requested instance
 -- ARGV: 1 lock token ('' reads without taking the lock), 2 lock expiry ms,
 --       3 JSON [[trigger names], [task names], [instance names], [kwargs names]],
 --       4 idempotency key ('' none), 5 now (Unix seconds), 6 '1' to read timers
@@ -18,8 +18,9 @@
 -- what they received (read only for the instances named in the request),
 -- and the latest kwargs of a task's triggers are read only when this fire
 -- will create an instance of it (the seed).
-if ARGV[1] ~= '' and not redis.call('SET', KEYS[12], ARGV[1], 'NX', 'PX', ARGV[2])
-    and redis.call('GET', KEYS[12]) ~= ARGV[1] then
+local VALUES, LOCK, FIRST_LEASE = 11, 13, 15
+if ARGV[1] ~= '' and not redis.call('SET', KEYS[LOCK], ARGV[1], 'NX', 'PX', ARGV[2])
+    and redis.call('GET', KEYS[LOCK]) ~= ARGV[1] then
   -- (Already ours only when a lost reply made the client send this again.)
   return false
 end
@@ -151,7 +152,11 @@ for _, n in ipairs(inst_order) do
         local values = redis.call('HMGET', KEYS[8], unpack(fields, from, upto))
         for i = from, upto do
           local v = values[i - from + 1]
-          if v then got[#got + 1] = asked[i]; got[#got + 1] = v end
+          if v then
+            -- '@<digest>': a large value stored once in the values hash.
+            if string.sub(v, 1, 1) == '@' then v = redis.call('HGET', KEYS[VALUES], string.sub(v, 2)) or 'null' end
+            got[#got + 1] = asked[i]; got[#got + 1] = v
+          end
         end
       end
       received_out[#received_out + 1] = n
@@ -169,7 +174,7 @@ end
 local lease_out = {}
 for i, n in ipairs(req_insts) do
   lease_out[#lease_out + 1] = n
-  lease_out[#lease_out + 1] = redis.call('PTTL', KEYS[13 + i])
+  lease_out[#lease_out + 1] = redis.call('PTTL', KEYS[FIRST_LEASE + i - 1])
 end
 
 local seen = 0
