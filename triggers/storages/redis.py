@@ -453,8 +453,8 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
             ops += ["H", _KWARGS, trig, _dumps(kwargs)]
         if changes.meta is not None:
             ops += ["S", _dumps(changes.meta)]
-        for timer, value in changes.timers_add.items():
-            ops += ["H", _TIMERS, timer, _dumps(value)]
+        for timer, pending in changes.timers_add.items():
+            ops += ["H", _TIMERS, timer, _dumps(pending)]
         for timer in changes.timers_remove:
             ops += ["D", _TIMERS, timer]
         if changes.idempotency is not None:
