@@ -175,7 +175,7 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_IMPORTS = ["tests.tasks", "triggers.testing", "tests.inspector_tasks"]
+CELERY_IMPORTS = ["tests.tasks", "triggers.testing", "tests.inspector_tasks", "triggers.tasks"]
 # Kombu's Redis transport redelivers an unacknowledged message only after the
 # visibility timeout (an hour by default); tests that kill a worker mid-task
 # can shorten it here.

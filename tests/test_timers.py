@@ -311,6 +311,20 @@ def test_triggers_inspect_shows_pending_timers(
     assert (timer["trigger"], timer["kwargs"]) == ("tick", {"n": 1})
 
 
+def test_a_celery_worker_runs_the_beat_task(celery_worker: Any) -> None:
+    # Given a due timer in the default cache (the worker's configured storage)
+    from tests.celery_app import app
+
+    manager = TriggerManager(CacheStorageBackend(f"timers-beat-{uuid.uuid4().hex}"))
+    manager.update_configuration(COUNTING)
+    manager.fire("tick", delay=0)
+    # When beat sends the task to a real worker
+    app.send_task("triggers.fire_due_timers")
+    # Then the worker applies the timer
+    wait_for(lambda: _count(manager) == 1, timeout=30, message="the worker fired the timer")
+    assert manager.storage.timers == []
+
+
 def _loop_process(prefix: str) -> subprocess.Popen[str]:
     args = [sys.executable, "-m", "tests.test_timers", "loop", prefix]
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
