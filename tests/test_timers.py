@@ -188,6 +188,36 @@ def test_a_stale_index_entry_fires_nothing_and_is_dropped(
     assert index.count() == 0
 
 
+def test_timers_and_deadlines_on_a_redis_cluster(
+    redis_cluster_url: str, timer_cache: str, settings: Any, threaded: None
+) -> None:
+    # Given session state on a three-master cluster (the due index's shards
+    # are hash-tagged keys of their own, spread over the masters)
+    from redis.cluster import RedisCluster
+
+    settings.TRIGGERS = {**settings.TRIGGERS, "REDIS_CLIENT": redis_cluster_url}
+    config = {
+        **COUNTING,
+        "t_wait": {
+            "after": ["start", "never"],
+            "run": DEV,
+            "deadline": {"seconds": 60, "fire": "tick"},
+        },
+    }
+    managers = [
+        _manager(lambda uid: CacheStorageBackend(uid, cache=timer_cache), config) for _ in range(6)
+    ]
+    assert isinstance(managers[0].storage.redis_client, RedisCluster)
+    for manager in managers:
+        manager.fire("tick", delay=30)
+        manager.fire("start")  # t_wait#0 sets its deadline
+        assert len(manager.storage.timers) == 2
+    # When a sweep runs after both are due, each fires once
+    assert run_due_timers(managers[0], 61) == 12
+    assert [_count(m) for m in managers] == [3] * 6  # t_count#0, #1 and t_wait#0
+    assert index_for(managers[0].storage).count() == 0
+
+
 # -- many sessions, many sweepers ---------------------------------------------------
 
 
