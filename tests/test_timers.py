@@ -152,6 +152,20 @@ def test_bad_delays_are_refused_and_store_nothing(
     assert index_for(manager.storage).count() == 0
 
 
+@pytest.mark.parametrize("make_storage", ["redis"], indirect=True)
+def test_a_delayed_fire_into_an_unconfigured_session_is_refused_at_once(
+    make_storage: Callable[[str], Any], settings: Any
+) -> None:
+    from triggers.exceptions import SessionNotConfiguredError
+
+    settings.TRIGGERS = {**settings.TRIGGERS, "ON_UNCONFIGURED": "raise"}
+    manager = TriggerManager(make_storage(f"timers-{uuid.uuid4().hex}"))
+    with pytest.raises(SessionNotConfiguredError):
+        manager.fire("tick", delay=60)
+    assert manager.storage.timers == []
+    assert index_for(manager.storage).count() == 0
+
+
 @pytest.mark.parametrize("make_storage", ["redis", "database"], indirect=True)
 def test_cancel_timers_removes_that_triggers_timers(
     make_storage: Callable[[str], Any], threaded: None

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import conf, engine
+from .exceptions import SessionLostError, SessionNotConfiguredError
 from .integrity import check_before_fire
 from .schedule import check_idempotency_key, due_time, new_timer_id, timer_record
 from .storages.data import FetchRequest, Snapshot
@@ -91,7 +92,13 @@ def fire_with_options(
         txn.changes.timers_add[timer_id] = timer
         return True
 
-    if not manager.atomic(store):
+    try:
+        stored = manager.atomic(store)
+    except (SessionNotConfiguredError, SessionLostError):
+        # Refused before anything was written: the entry points at nothing.
+        index.remove([(storage.uid, timer_id)])
+        raise
+    if not stored:
         index.remove([(storage.uid, timer_id)])
     return []
 
