@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import unittest
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -20,14 +21,14 @@ from typing import Any
 
 import pytest
 
-from tests.contract_backends import DEV, POSTGRES_ALIAS, DictStorage
+from tests.contract_backends import DEV, PASS, POSTGRES_ALIAS, DictStorage
 from tests.utils import wait_for
 from triggers.exceptions import InvalidTriggerError, InvalidTriggerTypeError
 from triggers.manager import TriggerManager
 from triggers.storages.base import BaseTriggerStorage
 from triggers.storages.cache import CacheStorageBackend
 from triggers.storages.due_index import CLAIM_SECONDS, DueEntry, index_for
-from triggers.testing import run_due_timers
+from triggers.testing import TriggerManagerTestCaseMixin, run_due_timers
 from triggers.timers import fire_due_timers
 
 #: Each fire of "tick" makes a new instance that never runs ("never" does
@@ -230,6 +231,28 @@ def test_timers_and_deadlines_on_a_redis_cluster(
     assert run_due_timers(managers[0], 61) == 12
     assert [_count(m) for m in managers] == [3] * 6  # t_count#0, #1 and t_wait#0
     assert index_for(managers[0].storage).count() == 0
+
+
+class ReminderTest(TriggerManagerTestCaseMixin, unittest.TestCase):
+    """The test mixin drives time with ``self.run_due_timers`` (no sleeping)."""
+
+    def setUp(self) -> None:
+        self.manager = TriggerManager(DictStorage(f"timers-mixin-{uuid.uuid4().hex}"))
+        self.manager.update_configuration(
+            {"t_remind": {"after": ["reminderDue"], "unless": ["completed"], "run": PASS}}
+        )
+
+    def test_the_reminder_runs_a_week_later(self) -> None:
+        self.manager.fire("reminderDue", {"who": "ada"}, delay=timedelta(days=7))
+        self.assertInstanceMissing("t_remind#0")
+        self.assertEqual(self.run_due_timers(timedelta(days=7, seconds=1)), 1)
+        self.assertInstanceFinished("t_remind#0", {"kwargs": {"reminderDue": {"who": "ada"}}})
+
+    def test_no_reminder_once_completed(self) -> None:
+        self.manager.fire("reminderDue", delay=timedelta(days=7))
+        self.manager.fire("completed")
+        self.run_due_timers(timedelta(days=8))
+        self.assertInstanceAbandoned("t_remind#0")
 
 
 # -- many sessions, many sweepers ---------------------------------------------------
