@@ -232,6 +232,33 @@ def test_delayed_fires_are_swept_from_the_sharded_due_index() -> None:
         }
 
 
+def test_triggers_cleanup_deletes_old_sessions_on_every_master(settings: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from tests.test_retention import written_at
+
+    # Given finished sessions (kept until deleted) last written 40 days ago,
+    # on every master
+    settings.TRIGGERS = {**settings.TRIGGERS, "TIMEOUT": None}
+    label = f"old-{uuid.uuid4().hex[:8]}:"
+    with properties.using_runner("threading"), written_at(datetime.now(UTC) - timedelta(days=40)):
+        for n in range(8):
+            manager = TriggerManager(cluster_storage(f"{label}{n}"))
+            manager.update_configuration({"t_a": {"after": ["a"], "run": DEV}})
+            manager.fire("a")
+            ThreadingTaskRunner.join_all()  # (the task's own writes are old too)
+    # When the cleanup runs
+    out = StringIO()
+    call_command("triggers_cleanup", "--resolved-older-than", "30d", "--prefix", label, stdout=out)
+    # Then it deleted them all, state and index
+    assert "Deleted 8 sessions" in out.getvalue()
+    assert count_sessions(prefix=label) == 0
+    assert cluster_storage(f"{label}0").tasks == {}
+
+
 # -- properties ---------------------------------------------------------------------
 
 
