@@ -4,7 +4,7 @@ starts (tests/redis_cluster.py). The storage contract suite, the property
 tests and the multi-process exactly-once tests run on it, with a real Celery
 worker whose state is on the cluster too; and each session's keys share one
 hash slot while the sessions (and the session index) spread over every
-master.
+master. (Timers on the cluster: tests/test_timers.py.)
 """
 
 from __future__ import annotations
@@ -209,27 +209,6 @@ def test_sessions_are_listed_counted_and_deleted_on_the_cluster() -> None:
     for uid in uids[1:]:
         assert delete_session(uid) is True
     assert list_sessions(prefix=label) == []
-
-
-def test_delayed_fires_are_swept_from_the_sharded_due_index() -> None:
-    from datetime import timedelta
-
-    from triggers.testing import run_due_timers
-
-    # Given delayed fires into sessions on every master
-    managers = [TriggerManager(cluster_storage(f"later-{n}-{uuid.uuid4().hex}")) for n in range(6)]
-    with properties.using_runner("threading"):
-        for manager in managers:
-            manager.update_configuration({"t_a": {"after": ["later"], "run": DEV}})
-            manager.fire("later", {"n": 1}, delay=timedelta(hours=1))
-            assert manager.storage.instances == {}
-        # When the sweeper runs an hour later
-        assert run_due_timers(managers[0], timedelta(hours=2)) >= 6
-    # Then each session's task ran, once
-    for manager in managers:
-        assert {n: i.status for n, i in cluster_storage(manager.storage.uid).instances.items()} == {
-            "t_a#0": "finished"
-        }
 
 
 def test_triggers_cleanup_deletes_old_sessions_on_every_master(settings: Any) -> None:
