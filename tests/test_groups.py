@@ -5,6 +5,7 @@ validation, the rules on a session in memory, and a real Redis session."""
 from __future__ import annotations
 
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 
@@ -21,6 +22,7 @@ from triggers.inspection import (
     inspect_session,
     render_session_table,
 )
+from triggers.inspector.svg import to_svg
 from triggers.manager import TriggerManager
 from triggers.storages.cache import CacheStorageBackend
 from triggers.types import TaskConfig
@@ -309,3 +311,23 @@ def test_a_satisfied_group_still_lets_other_requirements_receive_its_members(
     expected = "finished" if "unless" not in configuration else "abandoned"
     assert model_statuses({"t": configuration}, ["c", "a", "b"]) == {"t#0": expected}
     assert statuses(manager.storage) == {"t#0": expected}
+
+
+def test_the_inspector_svg_draws_groups_and_conditions_as_valid_xml() -> None:
+    configs = validate_configuration(
+        {
+            "t_ship": {
+                "after": ["o", {"anyOf": ["a", "b"]}],
+                "unless": [{"atLeast": 2, "of": ["x", "y", "z"]}],
+                "if": {"a": 'kwargs.n > 1 && kwargs.s == "<&>"'},
+                "run": DEV,
+            }
+        }
+    )
+    svg = to_svg(build_graph(configs, instances=[], fired=["a"]))
+    root = ElementTree.fromstring(svg)  # well-formed, escapes and all
+    ns = "{http://www.w3.org/2000/svg}"
+    groups = [g for g in root.iter(f"{ns}g") if "node-group" in g.get("class", "")]
+    assert len(groups) == 2
+    texts = {t.text for t in root.iter(f"{ns}text")}
+    assert 'if kwargs.n > 1 && kwargs.s == "<&>"' in texts and {"any of", "2 of 3"} <= texts
