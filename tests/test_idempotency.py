@@ -15,6 +15,7 @@ import pytest
 from tests.contract_backends import DEV, POSTGRES_ALIAS, DictStorage, raw_state
 from triggers.exceptions import InvalidTriggerError, InvalidTriggerTypeError
 from triggers.manager import TriggerManager
+from triggers.runners.threading import ThreadingTaskRunner
 from triggers.storages.cache import CacheStorageBackend
 
 COUNTING = {"t_count": {"after": ["never"], "andEvery": "paid", "run": DEV}}
@@ -62,6 +63,7 @@ def test_a_repeated_key_changes_nothing(new_manager: Any, threaded: None) -> Non
     manager = new_manager(READY)
     first = manager.fire("paid", {"order": 1}, idempotency_key="evt_1")
     assert [i.name for i in first] == ["t_ship#0"]
+    ThreadingTaskRunner.join_all(30)  # the task ran: the session is settled
     before = _state(manager)
     # When the same key comes again, even with other kwargs
     assert manager.fire("paid", {"order": 2}, idempotency_key="evt_1") == []
