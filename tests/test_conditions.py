@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 
-from tests.contract_backends import DEV, settle, statuses
+from tests.contract_backends import DEV, new_uid, settle, statuses
 from triggers import conditions, engine
 from triggers.checks import check_workflows
 from triggers.config import check_configuration, validate_configuration
@@ -22,6 +22,8 @@ from triggers.exceptions import ConfigurationError
 from triggers.graph import build_graph, to_dot, to_mermaid
 from triggers.inspection import describe_waiting, inspect_session
 from triggers.manager import TriggerManager
+from triggers.storages.cache import CacheStorageBackend
+from triggers.storages.database import DatabaseStorageBackend
 from triggers.types import TaskConfig
 
 BIG_PAYMENT = {
@@ -231,13 +233,17 @@ def test_an_evaluation_error_is_reported_in_the_effects() -> None:
     assert fx.condition_errors == [("t_review", "paymentReceived", "no key 'amount' in the kwargs")]
 
 
-# -- a real session (Redis) --------------------------------------------------------
+# -- a real session (Redis, PostgreSQL) --------------------------------------------------------
 
 
 @pytest.mark.usefixtures("threaded")
-def test_payment_over_a_threshold_on_redis(
-    manager: TriggerManager, caplog: pytest.LogCaptureFixture
-) -> None:
+@pytest.mark.parametrize("backend", ["cache", "database"])
+def test_payment_over_a_threshold(backend: str, caplog: pytest.LogCaptureFixture) -> None:
+    manager = TriggerManager(
+        DatabaseStorageBackend(new_uid(), database="postgres")
+        if backend == "database"
+        else CacheStorageBackend(new_uid())
+    )
     # Given the review workflow stored in Redis, with another condition
     # that cannot be evaluated on the fires below
     manager.update_configuration(

@@ -24,7 +24,9 @@ from triggers.inspection import (
 )
 from triggers.inspector.svg import to_svg
 from triggers.manager import TriggerManager
+from triggers.storages.base import BaseTriggerStorage
 from triggers.storages.cache import CacheStorageBackend
+from triggers.storages.database import DatabaseStorageBackend
 from triggers.types import TaskConfig
 
 SHIP = {
@@ -285,6 +287,7 @@ def test_andevery_cannot_also_be_a_group_member() -> None:
 
 
 @pytest.mark.usefixtures("threaded")
+@pytest.mark.parametrize("backend", ["cache", "database"])
 @pytest.mark.parametrize(
     "configuration",
     [
@@ -296,8 +299,14 @@ def test_andevery_cannot_also_be_a_group_member() -> None:
     ids=["overlapping-groups", "member-also-unless"],
 )
 def test_a_satisfied_group_still_lets_other_requirements_receive_its_members(
-    manager: TriggerManager, configuration: dict[str, Any]
+    backend: str, configuration: dict[str, Any]
 ) -> None:
+    storage: BaseTriggerStorage = (
+        DatabaseStorageBackend(new_uid(), database="postgres")
+        if backend == "database"
+        else CacheStorageBackend(new_uid())
+    )
+    manager = TriggerManager(storage)
     # Given the instance exists (so later fires read it from Redis as they
     # find it waiting), and a completes the first group
     manager.update_configuration({"t": configuration})
