@@ -18,8 +18,10 @@ class Command(TriggersCommand):
     help = (
         "Print a workflow as a Mermaid or Graphviz graph: triggers feed tasks, tasks cascade "
         "into the tasks waiting on them; andEvery edges are thick ('every'), unless edges "
-        "dashed. With --session, tasks are coloured by their instances' status and triggers "
-        "by whether they fired. Render with mermaid.live or `dot -Tsvg`."
+        "dashed, anyOf/atLeast groups are nodes of their own ('any of', '2 of 3') and if "
+        "conditions label their trigger's edge. With --session, tasks are coloured by their "
+        "instances' status and triggers by whether they fired. Render with mermaid.live or "
+        "`dot -Tsvg`."
     )
     takes_uid = False
 
