@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 from typing import Any
 
 import pytest
@@ -289,3 +290,23 @@ def test_inspection_and_graphs_show_conditions(manager: TriggerManager) -> None:
     assert graph.conditions == {("paid", "t_ship"): "kwargs.ok"}
     assert '-->|"if kwargs.ok"|' in to_mermaid(graph)
     assert 'label="if kwargs.ok"' in to_dot(graph)
+
+
+def test_one_compiled_program_is_safe_to_share_between_threads() -> None:
+    # Compiled programs are cached per process and shared by every thread
+    # that fires; each evaluation must see only its own kwargs.
+    wrong: list[tuple[int, int]] = []
+
+    def work(k: int) -> None:
+        for i in range(2000):
+            kwargs = {"n": i % 10, "s": "x" if k % 2 else "y"}
+            expected = (i % 10 > 5 and k % 2 == 1, None)
+            if conditions.evaluate('kwargs.n > 5 && kwargs.s == "x"', kwargs) != expected:
+                wrong.append((k, i))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
