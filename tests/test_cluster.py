@@ -63,8 +63,15 @@ def on_cluster(redis_cluster_url: str) -> Iterator[str]:
 
 def cluster_storage(uid: str, cache: str = "default") -> CacheStorageBackend:
     storage = CacheStorageBackend(uid, cache=cache)
-    assert isinstance(storage.redis_client, RedisCluster)
+    client_of(storage)
     return storage
+
+
+def client_of(storage: CacheStorageBackend) -> RedisCluster:
+    """The storage's client, which must be a cluster client."""
+    client = storage.redis_client
+    assert isinstance(client, RedisCluster), client
+    return client
 
 
 def keys_by_master(client: RedisCluster, pattern: str) -> dict[str, list[bytes]]:
@@ -100,7 +107,7 @@ def test_state_and_locks_go_on_the_cluster_whatever_the_cache_alias(alias: str) 
     # Then the indexed tier holds the session, on the cluster
     assert storage.kind == "indexed"
     assert cluster_storage(storage.uid, cache=alias)["t_a#0"].status == "finished"
-    found = keys_by_master(storage.redis_client, f"*{storage.uid}*")
+    found = keys_by_master(client_of(storage), f"*{storage.uid}*")
     assert sum(len(keys) for keys in found.values()) >= 3
 
 
@@ -113,9 +120,9 @@ def own_cluster_client() -> RedisCluster:
 def test_a_client_factory_of_the_project_is_used_as_built(settings: Any) -> None:
     settings.TRIGGERS = {**settings.TRIGGERS, "REDIS_CLIENT": f"{__name__}.own_cluster_client"}
     storage = cluster_storage(f"factory-{uuid.uuid4().hex}", cache="locmem")
-    client = storage.redis_client
+    client = client_of(storage)
     assert client.get_connection_kwargs()["socket_timeout"] == 3
-    assert cluster_storage(storage.uid).redis_client is client
+    assert client_of(cluster_storage(storage.uid)) is client
     TriggerManager(storage).update_configuration({"t_a": {"after": ["a"], "run": DEV}})
     assert list(cluster_storage(storage.uid).tasks) == ["t_a"]
 
@@ -124,7 +131,7 @@ def test_deploy_checks_inspect_every_master(settings: Any) -> None:
     from triggers.checks_storage import check_deployment
 
     settings.TRIGGERS = {**settings.TRIGGERS, "TIMEOUT": None, "ON_UNCONFIGURED": "raise"}
-    client = cluster_storage("checks").redis_client
+    client = client_of(cluster_storage("checks"))
     # The test cluster persists nothing: each master says so, by name
     found = [m for m in check_deployment() if m.id == "triggers.W111"]
     masters = {node.name for node in client.get_primaries()}
@@ -150,11 +157,11 @@ def test_every_key_of_a_session_shares_one_hash_slot() -> None:
         manager.fire("a", {"n": 1})
         manager.fire("a", {"n": 2})
     with storage.acquire_lock():
-        found = keys_by_master(storage.redis_client, f"*{storage.uid}*")
+        found = keys_by_master(client_of(storage), f"*{storage.uid}*")
     keys = [key for part in found.values() for key in part]
     # Then they all live in one slot (so on one master)
     assert len(keys) >= 5, keys
-    assert len({slot(storage.redis_client, k) for k in keys}) == 1, keys
+    assert len({slot(client_of(storage), k) for k in keys}) == 1, keys
     assert len([name for name, part in found.items() if part]) == 1
 
 
@@ -165,7 +172,7 @@ def test_sessions_spread_over_every_master() -> None:
     with properties.using_runner("threading"):
         for n in range(60):
             storage = cluster_storage(f"{label}-{n}")
-            client = storage.redis_client
+            client = client_of(storage)
             TriggerManager(storage).update_configuration({"t_a": {"after": ["a"], "run": DEV}})
     # Then every master holds some of them
     found = keys_by_master(client, f"*{label}-*")
@@ -318,7 +325,7 @@ def test_the_worker_state_is_on_the_cluster(cluster_worker: CeleryWorker) -> Non
     # single server does not.
     storage = cluster_storage(f"probe-{uuid.uuid4().hex}")
     pattern = "*:triggers:*test_200_triggers_from_4*"  # the session's keys, not test events
-    found = keys_by_master(storage.redis_client, pattern)
+    found = keys_by_master(client_of(storage), pattern)
     assert Counter(bool(keys) for keys in found.values())[True] == 1
     from tests.contract_backends import redis_cache_client
 
@@ -337,7 +344,7 @@ def test_a_session_whose_slot_moved_is_followed_to_its_new_master() -> None:
     manager = TriggerManager(storage)
     manager.update_configuration({"t_a": {"after": ["a", "b"], "run": DEV}})
     key = keys_of(storage)[0]
-    client = storage.redis_client
+    client = client_of(storage)
     old = client.get_node_from_key(key).port
     move_slot(client, key, next(n.port for n in client.get_primaries() if n.port != old))
     # When the same client fires into it (its map of slots is stale)
@@ -367,7 +374,7 @@ def test_a_dead_master_fails_its_sessions_loudly_and_spares_the_others() -> None
                 # (redis-py loads a script on every master when one lacks it,
                 # which fails while a master is down)
                 manager.fire("warm")
-            client = storages[0].redis_client
+            client = client_of(storages[0])
             port_of = {
                 s.uid: client.get_node_from_key(next(iter(keys_of(s)))).port for s in storages
             }
@@ -390,5 +397,5 @@ def test_a_dead_master_fails_its_sessions_loudly_and_spares_the_others() -> None
 
 
 def keys_of(storage: CacheStorageBackend) -> list[bytes]:
-    found = keys_by_master(storage.redis_client, f"*{storage.uid}*")
+    found = keys_by_master(client_of(storage), f"*{storage.uid}*")
     return [key for part in found.values() for key in part]

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -183,7 +183,8 @@ def _leftover_keys(uid: str) -> list[bytes]:
     )
     try:
         # The lock's release signal expires on its own (python-redis-lock's).
-        return [k for k in client.keys(f"*{uid}*") if not k.startswith(b"lock-signal:")]
+        found = cast(list[bytes], client.keys(f"*{uid}*"))
+        return [k for k in found if not k.startswith(b"lock-signal:")]
     finally:
         client.close()
 
@@ -497,7 +498,7 @@ def test_cleanup_without_a_prefix_covers_the_whole_store(settings, private_store
     assert text.splitlines()[-1].startswith("Deleted 4 sessions: 2 resolved")
     assert uids(list_sessions()) == ["recent"] and count_sessions() == 1
     client = redis.Redis.from_url(f"{private_store}/0")
-    keys = {k for k in client.keys("*") if not k.startswith(b"lock-signal:")}
+    keys = {k for k in cast(list[bytes], client.keys("*")) if not k.startswith(b"lock-signal:")}
     client.close()
     assert keys and all(b"recent" in k or b"{sessions" in k for k in keys), keys
 
@@ -505,7 +506,7 @@ def test_cleanup_without_a_prefix_covers_the_whole_store(settings, private_store
 def test_the_docs_beat_example_cleans_up_the_store(settings, private_store, monkeypatch):
     # Given the Celery beat example of docs/retention.rst, on a store of its own
     monkeypatch.syspath_prepend(str(ROOT / "docs" / "examples"))
-    import retention
+    import retention  # type: ignore[import-not-found]
 
     settings.CACHES = {**django_settings.CACHES, "default": cache_on(private_store)}
     use(settings, "default")
