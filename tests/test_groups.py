@@ -340,3 +340,25 @@ def test_the_inspector_svg_draws_groups_and_conditions_as_valid_xml() -> None:
     assert len(groups) == 2
     texts = {t.text for t in root.iter(f"{ns}text")}
     assert 'if kwargs.n > 1 && kwargs.s == "<&>"' in texts and {"any of", "2 of 3"} <= texts
+
+
+def test_graphs_draw_a_deadline_as_a_dotted_edge_to_the_trigger_it_fires() -> None:
+    # Given a reminder task abandoned by its own deadline's trigger
+    configs = validate_configuration(
+        {
+            "t_remind": {
+                "after": ["signedUp", "profileDone"],
+                "unless": ["remindTimeout"],
+                "deadline": {"seconds": 172800, "fire": "remindTimeout"},
+                "run": DEV,
+            }
+        }
+    )
+    graph = build_graph(configs)
+    assert ("t_remind", "remindTimeout", "deadline") in graph.edges
+    assert graph.edge_label("t_remind", "remindTimeout", "deadline") == "deadline 2d"
+    assert "-.->|deadline 2d|" in to_mermaid(graph)
+    assert 'style=dotted, label="deadline 2d"' in to_dot(graph)
+    svg = to_svg(graph)
+    ElementTree.fromstring(svg)
+    assert "edge-deadline" in svg and ">deadline 2d<" in svg

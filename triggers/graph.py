@@ -7,7 +7,9 @@ Edges: ``after`` is a solid arrow, ``andEvery`` a thick arrow labelled
 whose name another task waits on) a solid arrow labelled "cascade". A group
 (``anyOf``/``atLeast``) is a small node of its own ("any of", "2 of 3") that
 its members point to and that points to the task; a trigger with an ``if``
-condition has the expression on its edge ("if kwargs.amount > 1000").
+condition has the expression on its edge ("if kwargs.amount > 1000"). A
+``deadline`` is a dotted edge from the task to the trigger it fires,
+labelled with its delay ("deadline 2d").
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .schedule import deadline_of
 from .types import TaskConfig, TaskInstance
 
 __all__ = [
@@ -29,7 +32,7 @@ __all__ = [
     "to_mermaid",
 ]
 
-AFTER, EVERY, UNLESS, CASCADE = "after", "every", "unless", "cascade"
+AFTER, EVERY, UNLESS, CASCADE, DEADLINE = "after", "every", "unless", "cascade", "deadline"
 
 # Which status a task node shows when its instances differ: what needs a
 # person's attention first.
@@ -80,10 +83,15 @@ class Graph:
     edges: list[tuple[str, str, str]] = field(default_factory=list)  # (source, target, kind)
     #: (source, target) -> the ``if`` condition on that edge.
     conditions: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: (task, trigger) -> seconds of the task's ``deadline`` firing the trigger.
+    deadlines: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def edge_label(self, source: str, target: str, kind: str) -> str:
-        """What an edge says: its kind (but plain ``after``) and condition."""
+        """What an edge says: its kind (but plain ``after``), a deadline's
+        delay and the condition."""
         words = [] if kind == AFTER else [kind]
+        if kind == DEADLINE:
+            words = [f"deadline {duration(self.deadlines[(source, target)])}"]
         condition = self.conditions.get((source, target))
         if condition:
             words.append(f"if {condition}")
@@ -163,7 +171,22 @@ def build_graph(
                     if member in config.conditions:
                         graph.conditions[(member, node)] = config.conditions[member]
                 graph.edges.append((node, name, UNLESS if unless else AFTER))
+        deadline = deadline_of(config)
+        if deadline is not None:
+            trigger_node(deadline["fire"])
+            graph.edges.append((name, deadline["fire"], DEADLINE))
+            graph.deadlines[(name, deadline["fire"])] = float(deadline["seconds"])
     return graph
+
+
+def duration(seconds: float) -> str:
+    """``172800`` -> ``'2d'``, ``5400`` -> ``'1h30m'``, ``90`` -> ``'1m30s'``."""
+    left, parts = round(seconds), []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= size:
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    return "".join(parts) or f"{seconds:g}s"
 
 
 def _ids(graph: Graph) -> dict[str, str]:
@@ -185,7 +208,7 @@ def to_mermaid(graph: Graph) -> str:
             node.kind, f'["{label}"]'
         )
         lines.append(f"    {ids[name]}{shape}")
-    arrows = {AFTER: "-->", EVERY: "==>", UNLESS: "-.->", CASCADE: "-->"}
+    arrows = {AFTER: "-->", EVERY: "==>", UNLESS: "-.->", CASCADE: "-->", DEADLINE: "-.->"}
     for source, target, kind in graph.edges:
         text = graph.edge_label(source, target, kind)
         if text and (source, target) in graph.conditions:
@@ -229,6 +252,7 @@ def to_dot(graph: Graph, name: str = "workflow") -> str:
         EVERY: ["style=bold", "penwidth=2.5"],
         UNLESS: ["style=dashed", "arrowhead=tee"],
         CASCADE: [],
+        DEADLINE: ["style=dotted"],
     }
     for source, target, kind in graph.edges:
         attrs = list(styles[kind])

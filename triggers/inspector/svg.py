@@ -7,7 +7,7 @@ that feeds it; within a column, nodes are ordered by the average position of
 their neighbours (a few sweeps of the barycentre heuristic). Nodes take the
 status colours of :data:`triggers.graph.COLOURS`; edges keep the graph's
 kinds (``after`` solid, ``every`` thick, ``unless`` dashed, ``cascade``
-solid and labelled); a group (``anyOf``/``atLeast``) is a small dashed node,
+solid and labelled, ``deadline`` dotted and labelled with its delay); a group (``anyOf``/``atLeast``) is a small dashed node,
 and an edge whose trigger has an ``if`` condition is labelled with it.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from xml.sax.saxutils import escape, quoteattr
 
-from ..graph import AFTER, CASCADE, COLOURS, EVERY, UNLESS, Graph
+from ..graph import AFTER, CASCADE, COLOURS, DEADLINE, EVERY, UNLESS, Graph
 
 __all__ = ["to_svg"]
 
@@ -166,6 +166,8 @@ def _edge(
         CASCADE: 'stroke="#495057" stroke-width="1.3" marker-end="url(#arrow)"',
         EVERY: 'stroke="#495057" stroke-width="3" marker-end="url(#arrow)"',
         UNLESS: 'stroke="#b02a37" stroke-width="1.3" stroke-dasharray="5,4" marker-end="url(#tee)"',
+        DEADLINE: 'stroke="#6c757d" stroke-width="1.3" stroke-dasharray="2,3" '
+        'marker-end="url(#arrow)"',
     }[kind]
     text = ""
     if label:
