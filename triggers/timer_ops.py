@@ -19,7 +19,7 @@ from .exceptions import SessionLostError, SessionNotConfiguredError
 from .integrity import check_before_fire
 from .schedule import check_idempotency_key, due_time, new_timer_id, timer_record
 from .storages.data import FetchRequest, Snapshot
-from .storages.due_index import entry_for, index_for
+from .storages.due_index import index_for, write_ahead
 from .validation import check_name
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def fire_with_options(
     # Index first: a process dying before the commit leaves an entry the
     # sweeper drops (the session holds no such timer), never a timer that
     # no sweeper would find.
-    index.add([entry_for(storage, timer_id, timer)])
+    write_ahead(storage, {timer_id: timer})
 
     def store(txn: Transaction) -> bool:
         if key is not None and read_extras(txn, idempotency_key=key).idempotency_seen:

@@ -45,7 +45,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -62,6 +62,7 @@ __all__ = [
     "after_commit",
     "entry_for",
     "index_for",
+    "write_ahead",
 ]
 
 #: Seconds a sweeper holds the entries it claimed before others may take them.
@@ -356,12 +357,38 @@ def index_for(storage: BaseTriggerStorage) -> DueIndex:
     return _MEMORY
 
 
+#: (uid, timer id) of the entries this thread wrote ahead of a commit, so
+#: after_commit does not write them again.
+_AHEAD = threading.local()
+#: Past this many, forget them (commits that failed leave theirs behind).
+_AHEAD_LIMIT = 10_000
+
+
+def write_ahead(storage: BaseTriggerStorage, timers: Mapping[str, dict[str, Any]]) -> None:
+    """Add the entries of ``timers`` before the commit that stores them: a
+    process dying in between leaves entries that point at nothing (the next
+    sweep drops them), never a stored timer that no sweep would find."""
+    index_for(storage).add(entry_for(storage, tid, timer) for tid, timer in timers.items())
+    ahead: set[tuple[str, str]] = getattr(_AHEAD, "keys", None) or set()
+    if len(ahead) > _AHEAD_LIMIT:
+        ahead = set()
+    ahead.update((storage.uid, tid) for tid in timers)
+    _AHEAD.keys = ahead
+
+
 def after_commit(storage: BaseTriggerStorage, changes: Changes) -> None:
     """Bring the due index in line with a commit that added or removed
     timers of ``storage``'s session (called once the commit succeeded)."""
     index = index_for(storage)
     if changes.timers_add:
-        added = sorted(changes.timers_add.items())
-        index.add(entry_for(storage, tid, timer) for tid, timer in added)
+        ahead: set[tuple[str, str]] = getattr(_AHEAD, "keys", None) or set()
+        new = {}
+        for tid, timer in sorted(changes.timers_add.items()):
+            if (storage.uid, tid) in ahead:
+                ahead.discard((storage.uid, tid))  # written before the commit
+            else:
+                new[tid] = timer
+        if new:
+            index.add(entry_for(storage, tid, timer) for tid, timer in new.items())
     if changes.timers_remove:
         index.remove((storage.uid, tid) for tid in sorted(changes.timers_remove))

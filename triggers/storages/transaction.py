@@ -194,7 +194,8 @@ class Transaction:
     def seed_kwargs(self, config: TaskConfig) -> dict[str, Any]:
         """Latest kwargs of the triggers ``config`` mentions that fired
         (read now if the fetch did not bring them)."""
-        if not self.everything:
+        known = self._kwargs_known
+        if not self.everything and any(t not in known for t in config.triggers):
             self.fetch(kwargs=sorted(config.triggers))
         latest = self.latest_kwargs
         return {t: latest[t] for t in config.triggers if t in latest}
@@ -278,9 +279,9 @@ class Transaction:
         entries are written first: a process dying before the commit leaves
         entries that point at nothing (the next sweep drops them), never a
         stored timer that no sweep would find."""
-        from .due_index import entry_for, index_for
+        from .due_index import write_ahead
 
-        index_for(self.storage).add(entry_for(self.storage, t, v) for t, v in timers.items())
+        write_ahead(self.storage, timers)
         self.changes.timers_add.update(timers)
 
     def save(self, inst: TaskInstance) -> None:
