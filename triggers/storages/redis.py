@@ -140,8 +140,9 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+#: Compact JSON, raw UTF-8 (Lua's cjson passes it through untouched); one
+#: encoder for the process (``json.dumps`` builds one per call).
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _bounded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -401,7 +402,7 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         else:
             ttl = int(self.timeout * 1000)
         now = clock()
-        args = [lock.id, lock.signal_expire, ttl, "1" if release else "0", _dumps(ops), repr(now)]
+        args = [lock.id, lock.signal_expire, ttl, "1" if release else "0", repr(now), *ops]
         keys = [*self._keys, *self._lock_keys(lock), *leases]
         commands: list[tuple[Any, ...]] = []
         if ttl:

@@ -9,8 +9,7 @@
 --       commits, " tok1 tok2 ... ", at most 1 KB), 13 lock, 14 lock signal,
 --       then the lease keys the operations name by position
 -- ARGV: token, signal expire ms, ttl ms (-1 persist, 0 leave), release (1/0),
---       the operations as one JSON array of strings (one argument packs and
---       sends much faster than hundreds), now (Unix seconds):
+--       now (Unix seconds), then the operations, one argument each:
 --   H <key#> <field> <value>   HSET        D <key#> <field>   HDEL
 --   N <key#> <field> <value>   HSETNX
 --   Z <member>  ZADD waiting   R <member>  ZREM waiting
@@ -28,8 +27,8 @@ end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[LOCK]) ~= ARGV[1] then
   return 1
 end
-local ops = cjson.decode(ARGV[5] or '[]')
-local i = 1
+local ops = ARGV
+local i = 6
 local n = #ops
 local waiting_changed = false
 while i <= n do
@@ -53,7 +52,7 @@ while i <= n do
   elseif op == 'U' then
     redis.call('DEL', KEYS[tonumber(ops[i + 1])]); i = i + 2
   elseif op == 'I' then
-    redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', ARGV[6])
+    redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', ARGV[5])
     redis.call('ZADD', KEYS[10], ops[i + 2], ops[i + 1]); i = i + 3
   else
     return redis.error_reply('triggers commit: unknown operation ' .. tostring(op))
