@@ -9,7 +9,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from tests.contract_backends import DEV, new_uid, settle, statuses
+from tests.contract_backends import DEV, PASS, new_uid, settle, statuses
 from tests.property_model import model_statuses
 from triggers import engine
 from triggers.conditions import Group, Rule, parse_rule, rule_of
@@ -362,3 +362,31 @@ def test_graphs_draw_a_deadline_as_a_dotted_edge_to_the_trigger_it_fires() -> No
     svg = to_svg(graph)
     ElementTree.fromstring(svg)
     assert "edge-deadline" in svg and ">deadline 2d<" in svg
+
+
+@pytest.mark.usefixtures("threaded")
+def test_withparams_of_a_member_that_did_not_fire_are_not_passed(manager: TriggerManager) -> None:
+    # Given static params for the order and both payment kinds
+    manager.update_configuration(
+        {
+            "t_ship": {
+                **SHIP["t_ship"],
+                "run": PASS,
+                "withParams": {
+                    "orderPlaced": {"carrier": "post"},
+                    "cardPaid": {"fee": 1},
+                    "invoicePaid": {"fee": 0},
+                },
+            }
+        }
+    )
+    # When the order is placed and paid by invoice
+    manager.fire("orderPlaced", {"order": 7})
+    manager.fire("invoicePaid", {"amount": 10})
+    settle()
+    # Then the task saw the triggers that fired, with their params, only
+    result = manager.storage["t_ship#0"].metadata["result"]["kwargs"]
+    assert result == {
+        "orderPlaced": {"order": 7, "carrier": "post"},
+        "invoicePaid": {"amount": 10, "fee": 0},
+    }

@@ -67,10 +67,14 @@ class TaskContext:
         self.task = task
         self.log_level = logging.NOTSET
         self._logger = logging.getLogger(task.name or type(task).__module__)
-        #: Trigger kwargs keyed by trigger, with ``withParams`` merged under them.
-        self.trigger_kwargs: dict[str, Any] = deep_merge(
-            task_instance.config.with_params, task_instance.kwargs
-        )
+        #: Trigger kwargs keyed by trigger, with ``withParams`` merged under them
+        #: (not for group members that did not fire: only those that did are keys).
+        config, received = task_instance.config, task_instance.kwargs
+        params = config.with_params
+        if config.after_rule.groups:
+            unfired = config.after_rule.names - config.after_rule.plain - set(received)
+            params = {t: p for t, p in params.items() if t not in unfired}
+        self.trigger_kwargs: dict[str, Any] = deep_merge(params, received)
 
     def _note_level(self, level: int) -> None:
         self.log_level = max(self.log_level, level)
