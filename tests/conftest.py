@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -147,3 +148,34 @@ def timer_cache(settings) -> Iterator[str]:
             client.delete(*keys[start : start + 500])
     finally:
         client.close()
+
+
+@pytest.fixture
+def timer_storage(request: pytest.FixtureRequest, settings: Any) -> Callable[[str], Any]:
+    """A factory of storages of the kind the test is parametrised with
+    (indirectly: "redis", "database", "locmem" or "custom") whose due index
+    holds only this test's timers (tests/test_timers.py and friends)."""
+    kind = request.param if hasattr(request, "param") else "redis"
+    if kind == "redis":
+        alias = request.getfixturevalue("timer_cache")
+        return lambda uid: CacheStorageBackend(uid, cache=alias)
+    if kind == "locmem":
+        location = f"timers-{uuid.uuid4().hex}"
+        settings.CACHES = {
+            **settings.CACHES,
+            "timers-locmem": {
+                "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                "LOCATION": location,
+            },
+        }
+        return lambda uid: CacheStorageBackend(uid, cache="timers-locmem")
+    if kind == "database":
+        from tests.contract_backends import POSTGRES_ALIAS
+        from triggers.storages.database import DatabaseStorageBackend
+        from triggers.timer_models import DueTimer
+
+        DueTimer.objects.using(POSTGRES_ALIAS).all().delete()
+        return lambda uid: DatabaseStorageBackend(uid, database=POSTGRES_ALIAS)
+    from tests.contract_backends import DictStorage
+
+    return DictStorage
