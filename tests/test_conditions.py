@@ -8,14 +8,17 @@ import io
 import json
 import logging
 import threading
+from collections import deque
 from typing import Any
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
+from hypothesis import given, settings
 
 from tests.contract_backends import DEV, new_uid, settle, statuses
+from tests.property_model import kwarg_fires, model_statuses, split, workflows
 from triggers import conditions, engine
 from triggers.checks import check_workflows
 from triggers.config import check_configuration, validate_configuration
@@ -310,3 +313,28 @@ def test_one_compiled_program_is_safe_to_share_between_threads() -> None:
     for thread in threads:
         thread.join()
     assert wrong == []
+
+
+# -- the rules against the reference model ---------------------------------------------
+
+
+def run_rules(configuration: dict[str, Any], fires: list[Any]) -> dict[str, str]:
+    """The rules in memory, driven as the reference model runs: ready
+    instances run first in, first out, each finish cascading."""
+    s = memory(configuration)
+    queue: deque[Any] = deque()
+    for trigger, kwargs in map(split, fires):
+        queue.extend(s.apply(engine.apply_trigger(s, trigger, kwargs)).ready)
+        while queue:
+            inst = queue.popleft()
+            engine.claim(inst, True, 0, "tok", 1000)
+            queue.extend(s.apply(engine.finish(s, inst, {}, {})).ready)
+    return {n: i.status for n, i in s.instances.items()}
+
+
+@settings(max_examples=300, deadline=None)
+@given(configuration=workflows(with_conditions=True), fires=kwarg_fires)
+def test_the_rules_and_the_reference_model_agree_on_conditions_and_groups(
+    configuration: dict[str, Any], fires: list[Any]
+) -> None:
+    assert run_rules(configuration, fires) == model_statuses(configuration, fires)
