@@ -203,6 +203,36 @@ def test_timers_and_deadlines_on_a_redis_cluster(
     assert index_for(managers[0].storage).count() == 0
 
 
+@pytest.mark.parametrize("timer_storage", ["redis"], indirect=True)
+def test_a_timer_fires_through_the_manager_that_set_it(
+    timer_storage: Callable[[str], Any], threaded: None
+) -> None:
+    # Given a manager subclass the sweeper can rebuild (a module-level class)
+    # and one it cannot (defined in this function): its registered ancestor
+    class Local(HookedManager):
+        pass
+
+    for cls, hooked in ((HookedManager, True), (Local, False)):
+        manager = cls(timer_storage(f"timers-{uuid.uuid4().hex}"))
+        manager.update_configuration(COUNTING)
+        manager.fire("tick", delay=1)
+        HookedManager.fired.clear()
+        # When the sweeper applies the timer
+        run_due_timers(manager, 2)
+        # Then it fired once, through HookedManager only where it could
+        assert _count(manager) == 1
+        assert (HookedManager.fired == ["tick"]) is hooked, cls
+
+
+class HookedManager(TriggerManager):
+    """Records the fires its _post_fire hook saw."""
+
+    fired: list[str] = []
+
+    def _post_fire(self, trigger_name: str, tasks_scheduled: list[Any]) -> None:
+        HookedManager.fired.append(trigger_name)
+
+
 class ReminderTest(TriggerManagerTestCaseMixin, unittest.TestCase):
     """The test mixin drives time with ``self.run_due_timers`` (no sleeping)."""
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from . import conf, engine
 from .exceptions import SessionLostError, SessionNotConfiguredError
 from .integrity import check_before_fire
+from .registry import trigger_managers
 from .schedule import check_idempotency_key, due_time, new_timer_id, timer_record
 from .storages.data import FetchRequest, Snapshot
 from .storages.due_index import index_for, write_ahead
@@ -73,7 +74,7 @@ def fire_with_options(
 
     storage = manager.storage
     timer_id = new_timer_id()
-    timer = timer_record(trigger, due, kwargs, manager=manager_key)
+    timer = timer_record(trigger, due, kwargs, manager=_sweepable(manager, manager_key))
     index = index_for(storage)
     # Index first: a process dying before the commit leaves an entry the
     # sweeper drops (the session holds no such timer), never a timer that
@@ -101,6 +102,17 @@ def fire_with_options(
     if not stored:
         index.remove([(storage.uid, timer_id)])
     return []
+
+
+def _sweepable(manager: TriggerManager, key: str | None) -> str | None:
+    """The manager key a sweeper in another process can rebuild: ``key``,
+    or for a class it cannot import (defined in a function, in ``__main__``)
+    its nearest registered ancestor (``None``: ``TRIGGERS['MANAGER']``)."""
+    cls = type(manager)
+    if key is None or trigger_managers.rebuildable(cls):
+        return key
+    fallbacks = trigger_managers.fallbacks_for(cls)
+    return fallbacks[0] if fallbacks else None
 
 
 def cancel_timers(manager: TriggerManager, trigger: Any) -> int:
