@@ -85,11 +85,16 @@ def _sent(send: Callable[[], object]) -> dict[str, Any]:
 
 @pytest.fixture
 def probe() -> Iterator[Any]:
-    """ProbeTask on a Celery app like the suite's but with a queue of its own."""
-    app = Celery("triggers-publish-probe", set_as_current=False)
+    """ProbeTask on a Celery app like the suite's but with a queue of its own.
+
+    The app is never finalized (it would raise): finalizing binds every
+    TriggerTask class to it, so the suite's tasks would publish to its queue.
+    Only ProbeTask is bound to it."""
+    app = Celery("triggers-publish-probe", set_as_current=False, autofinalize=False)
     app.config_from_object("django.conf:settings", namespace="CELERY")
     app.conf.task_default_queue = queue = f"triggers-publish-probe-{uuid.uuid4().hex}"
-    yield app.tasks[ProbeTask.name]
+    ProbeTask.bind(app)
+    yield ProbeTask()
     app.control.purge()
     delete_run_queue(app)
     if app.conf.broker_url.startswith(("redis://", "rediss://")):
