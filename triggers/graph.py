@@ -283,16 +283,26 @@ def can_never_run(configs: Mapping[str, TaskConfig]) -> set[str]:
     """Tasks whose ``after`` can never be met: every trigger that is not a
     task's name may fire, a task's name fires once that task can run, and
     a group needs only ``need`` members that can fire."""
-    runs: set[str] = set()
     fireable = {t for cfg in configs.values() for t in cfg.after if t not in configs}
-    changed = True
-    while changed:
-        changed = False
-        for name, cfg in configs.items():
-            if name not in runs and cfg.after_rule.met(fireable):
-                runs.add(name)
-                fireable.add(name)
-                changed = True
+    # A task is checked again only when a cascade it mentions becomes able to fire.
+    waiting_on: dict[str, list[str]] = {}
+    for name, cfg in configs.items():
+        for trigger in cfg.after:
+            if trigger in configs:
+                waiting_on.setdefault(trigger, []).append(name)
+    runs: set[str] = set()
+    todo = [name for name, cfg in configs.items() if cfg.after_rule.met(fireable)]
+    while todo:
+        name = todo.pop()
+        if name in runs:
+            continue
+        runs.add(name)
+        fireable.add(name)
+        todo += [
+            other
+            for other in waiting_on.get(name, ())
+            if other not in runs and configs[other].after_rule.met(fireable)
+        ]
     return set(configs) - runs
 
 
