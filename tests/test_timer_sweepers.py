@@ -219,6 +219,28 @@ def test_the_command_loop_fires_timers_as_they_fall_due_until_stopped(
     assert "Applied 1 due timer." in out
 
 
+def test_the_command_loop_reports_a_redis_outage_and_keeps_going(
+    children: list[subprocess.Popen[str]],
+) -> None:
+    # Given a loop whose Redis does not answer (a port nothing listens on)
+    from examples.embedded_redis import free_port
+
+    args = [sys.executable, "-m", "tests.test_timer_sweepers", "loop-away", str(free_port())]
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    loop = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    children.append(loop)
+    # Then each failed sweep is reported and the loop stays up until stopped
+    assert loop.stderr is not None
+    assert "sweep failed (" in loop.stderr.readline()
+    assert "sweep failed (" in loop.stderr.readline()
+    loop.send_signal(signal.SIGTERM)
+    out, _ = loop.communicate(timeout=30)
+    assert loop.returncode == 0
+    assert "Applied 0 due timers." in out
+
+
 # -- the sweeper processes -------------------------------------------------------------
 
 
@@ -237,6 +259,15 @@ def _setup_child(kind: str, option: str) -> BaseTriggerStorage:
 
 
 def _main(argv: list[str]) -> None:
+    if argv[0] == "loop-away":
+        _setup_child("redis", "timers-away")
+        from django.conf import settings
+        from django.core.management import call_command
+
+        away = f"redis://127.0.0.1:{argv[1]}/0"
+        settings.TRIGGERS = {**settings.TRIGGERS, "REDIS_CLIENT": away, "REDIS_TIMEOUT": 0.2}
+        call_command("triggers_timers", "--loop", "--interval", "0.05")
+        return
     if argv[0] == "loop":
         _setup_child("redis", argv[1])
         from django.core.management import call_command

@@ -2,7 +2,9 @@
 
 Once by default (for cron), or with ``--loop`` until stopped (SIGINT or
 SIGTERM), sweeping every ``--interval`` seconds -- at once again when a
-sweep hit ``--limit``. Any number may run at once: each timer fires once.
+sweep hit ``--limit``; a sweep that fails (Redis or the database away) is
+reported on stderr and tried again. Any number may run at once: each timer
+fires once.
 """
 
 from __future__ import annotations
@@ -57,7 +59,12 @@ class Command(TriggersCommand):
         total = 0
         try:
             while not stop.is_set():
-                applied = self.call(lambda: fire_due_timers(limit=limit))
+                try:
+                    applied = fire_due_timers(limit=limit)
+                except Exception as exc:  # Redis or the database away: say so, keep going
+                    self.stderr.write(f"sweep failed ({type(exc).__name__}: {exc}); retrying")
+                    stop.wait(interval)
+                    continue
                 total += applied
                 if applied and options["verbosity"] >= 2:
                     self._report(applied, options["json"])
