@@ -267,8 +267,8 @@ class RedisSessionIndex:
         ``:instances``). With ``idle_before``, the session's activity in the
         index is read once the lock is held (no write can come in between)
         and a session written since is kept."""
+        lock.ensure()
         try:
-            lock.ensure()
             instances = next(k for k in state_keys if k.endswith(":instances"))
             pipe = self.client.pipeline(transaction=False)
             pipe.hkeys(instances)
@@ -282,9 +282,14 @@ class RedisSessionIndex:
                 "" if idle_before is None else repr(idle_before.timestamp()),
                 "" if seen is None else repr(float(seen)),
             ]
-            result = int(_script(self.client, _DELETE)(keys=keys, args=args, client=self.client))
+            script = _script(self.client, _DELETE)
+        except BaseException:
+            lock.release()  # nothing was deleted: let the next operation in now
+            raise
+        try:
+            result = int(script(keys=keys, args=args, client=self.client))
         finally:
-            lock.forget()
+            lock.forget()  # the script released it (or it was no longer ours)
         if result == -1:
             raise LockLostError(uid)
         if result != 2:
