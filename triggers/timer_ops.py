@@ -19,7 +19,6 @@ from .exceptions import SessionLostError, SessionNotConfiguredError
 from .integrity import check_before_fire
 from .registry import trigger_managers
 from .schedule import check_idempotency_key, due_time, new_timer_id, timer_record
-from .storages.data import FetchRequest, Snapshot
 from .storages.due_index import index_for, write_ahead
 from .validation import check_name
 
@@ -28,16 +27,14 @@ if TYPE_CHECKING:
     from .storages.transaction import Transaction
     from .types import TaskInstance
 
-__all__ = ["cancel_timers", "fire_with_options", "read_extras", "record_key"]
+__all__ = ["cancel_timers", "fire_with_options", "key_seen", "record_key"]
 
 
-def read_extras(
-    txn: Transaction, *, idempotency_key: str | None = None, timers: bool = False
-) -> Snapshot:
-    """Read the session's idempotency record of ``idempotency_key`` and/or
-    its pending timers under the transaction's lock (the first read of the
-    operation takes the lock, as any fetch does)."""
-    return txn.storage.fetch(FetchRequest(idempotency_key=idempotency_key, timers=timers))
+def key_seen(txn: Transaction, key: str, trigger: str) -> bool:
+    """Whether the session holds ``key`` unexpired, read with what a fire of
+    ``trigger`` loads anyway (one round trip, under the session lock)."""
+    txn.fetch(engine.load_for_fire(trigger).triggers, idempotency_key=key)
+    return txn.keys_seen[key]
 
 
 def record_key(txn: Transaction, key: str) -> None:
@@ -65,7 +62,7 @@ def fire_with_options(
 
         def fire_now(txn: Transaction) -> list[TaskInstance]:
             if key is not None:
-                if read_extras(txn, idempotency_key=key).idempotency_seen:
+                if key_seen(txn, key, trigger):
                     return []
                 record_key(txn, key)
             return manager.fire_in(txn, trigger, kwargs)
@@ -82,7 +79,7 @@ def fire_with_options(
     write_ahead(storage, {timer_id: timer})
 
     def store(txn: Transaction) -> bool:
-        if key is not None and read_extras(txn, idempotency_key=key).idempotency_seen:
+        if key is not None and key_seen(txn, key, trigger):
             return False
         # A fire that would be refused now (unconfigured session with
         # ON_UNCONFIGURED='raise', lost state) is refused at once.
@@ -120,7 +117,8 @@ def cancel_timers(manager: TriggerManager, trigger: Any) -> int:
     name = check_name(trigger, "trigger name")
 
     def cancel(txn: Transaction) -> int:
-        pending: Mapping[str, Mapping[str, Any]] = read_extras(txn, timers=True).timers
+        txn.fetch(timers=True)
+        pending: Mapping[str, Mapping[str, Any]] = txn.timers or {}
         found = {tid for tid, timer in pending.items() if timer.get("trigger") == name}
         txn.changes.timers_remove.update(found)
         return len(found)

@@ -24,6 +24,7 @@ are due, not with the number of sessions: it reads the due index
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -35,7 +36,6 @@ from .schedule import from_iso
 from .storages import BaseTriggerStorage, storage_backends
 from .storages.due_index import BATCH, DueEntry, DueIndex, after_commit, index_for
 from .storages.transaction import Transaction
-from .timer_ops import read_extras
 from .types import TaskInstance
 
 __all__ = ["after_commit", "apply_timer", "fire_due_timers", "sweep_storage"]
@@ -70,15 +70,26 @@ def sweep_storage() -> BaseTriggerStorage:
     return storage_backends.get(conf.get("STORAGE"), "triggers-timers", **options)
 
 
-def apply_timer(manager: TriggerManager, timer_id: str, now: datetime) -> Outcome:
+def apply_timer(
+    manager: TriggerManager,
+    timer_id: str,
+    now: datetime,
+    hint: Mapping[str, Any] | None = None,
+) -> Outcome:
     """Apply one pending timer of ``manager``'s session if it is due at
     ``now``, in one locked transaction that also removes it: ``'applied'``
     (fired), ``'dropped'`` (a deadline whose instance had started: removed
     without firing), ``'gone'`` (the session holds no such timer: applied
-    or cancelled before) or ``'later'`` (not due yet)."""
+    or cancelled before) or ``'later'`` (not due yet). ``hint`` (the due
+    index's locator: the timer's ``trigger`` and ``instance``) lets the
+    first read bring what the fire needs too."""
+    hint = hint or {}
+    triggers = (hint["trigger"],) if hint.get("trigger") else ()
+    instances = (hint["instance"],) if hint.get("instance") else ()
 
     def op(txn: Transaction) -> Outcome:
-        timer = read_extras(txn, timers=True).timers.get(timer_id)
+        txn.fetch(triggers, instances, timers=True)
+        timer = (txn.timers or {}).get(timer_id)
         if timer is None:
             return "gone"
         if from_iso(timer["due"]) > now:
@@ -108,7 +119,7 @@ def _manager_for(entry: DueEntry, fallback: dict[str, Any]) -> TriggerManager:
 def _apply_entry(index: DueIndex, entry: DueEntry, now: datetime, fallback: dict[str, Any]) -> int:
     try:
         manager = _manager_for(entry, fallback)
-        outcome = apply_timer(manager, entry.timer_id, now)
+        outcome = apply_timer(manager, entry.timer_id, now, entry.locator)
     except DispatchError as exc:
         # Recorded and committed; only the hand-over to a runner failed
         # (resend_ready_instances() sends it again).

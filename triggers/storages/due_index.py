@@ -81,7 +81,8 @@ class DueEntry(NamedTuple):
     timer_id: str
     #: Unix time it is due (or, once claimed, when the claim lapses).
     due: float
-    #: ``{"storage": key, "options": {...}, "manager": key or None}``.
+    #: ``{"storage": key, "options": {...}, "manager": key or None,
+    #: "trigger": name, "instance": name or None}``.
     locator: dict[str, Any]
 
 
@@ -94,6 +95,9 @@ def entry_for(storage: BaseTriggerStorage, timer_id: str, timer: dict[str, Any])
         "storage": storage_backends.key_for(type(storage)),
         "options": storage.get_init_kwargs(),
         "manager": timer.get("manager"),
+        # What applying it will read, so the sweeper reads it with the timer.
+        "trigger": timer["trigger"],
+        "instance": timer.get("instance"),
     }
     return DueEntry(storage.uid, timer_id, from_iso(timer["due"]).timestamp(), locator)
 

@@ -67,6 +67,12 @@ class Transaction:
         self.dispatch_failures: dict[str, BaseException] = {}
         #: Set once the manager checked that no part of the session vanished.
         self.parts_checked = False
+        #: The session's pending timers, once read (``fetch(timers=True)``
+        #: or a full load): timer id -> timer.
+        self.timers: dict[str, dict[str, Any]] | None = None
+        #: Idempotency key -> whether the session holds it unexpired
+        #: (``fetch(idempotency_key=...)``).
+        self.keys_seen: dict[str, bool] = {}
 
     # -- loading -------------------------------------------------------------
     def fetch(
@@ -76,10 +82,20 @@ class Transaction:
         tasks: Iterable[str] = (),
         everything: bool = False,
         kwargs: Iterable[str] = (),
+        *,
+        timers: bool = False,
+        idempotency_key: str | None = None,
     ) -> None:
         """Load what is not loaded yet (one backend round trip at most);
-        ``kwargs``: triggers whose latest kwargs to read."""
+        ``kwargs``: triggers whose latest kwargs to read; ``timers``: the
+        pending timers (:attr:`timers`); ``idempotency_key``: whether the
+        session holds that key (:attr:`keys_seen`)."""
+        timers = timers and self.timers is None
+        key = idempotency_key if idempotency_key not in self.keys_seen else None
         if self.everything:
+            if timers or key is not None:
+                snap = self.storage.fetch(FetchRequest(idempotency_key=key, timers=timers))
+                self._absorb_extras(snap, key, timers)
             return
         kwargs = [t for t in dict.fromkeys(kwargs) if t not in self._kwargs_known]
         triggers = [t for t in dict.fromkeys(triggers) if t not in self._known_triggers]
@@ -94,14 +110,30 @@ class Transaction:
             n.rpartition("#")[0] for n in instances if n.rpartition("#")[0] not in self._known_tasks
         ]
         tasks = list(dict.fromkeys(tasks))
-        if not (triggers or instances or tasks or everything or kwargs) and self.meta_loaded:
-            return
+        extras = timers or key is not None
+        if not (triggers or instances or tasks or everything or kwargs or extras):
+            if self.meta_loaded:
+                return
         snap = self.storage.fetch(
             FetchRequest(
-                tuple(triggers), tuple(instances), tuple(tasks), everything, kwargs=tuple(kwargs)
+                tuple(triggers),
+                tuple(instances),
+                tuple(tasks),
+                everything,
+                kwargs=tuple(kwargs),
+                idempotency_key=key,
+                timers=timers,
             )
         )
         self._absorb(snap, triggers, instances, tasks)
+        if extras or snap.everything:
+            self._absorb_extras(snap, key, timers)
+
+    def _absorb_extras(self, snap: Snapshot, key: str | None, timers: bool) -> None:
+        if self.timers is None and (timers or snap.everything):  # a full load has them
+            self.timers = dict(snap.timers)
+        if key is not None:
+            self.keys_seen[key] = snap.idempotency_seen
 
     def load(self, load: Load) -> None:
         """Load what an engine operation declared it needs."""
