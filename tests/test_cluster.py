@@ -28,7 +28,6 @@ from tests import test_concurrency as concurrency
 from tests import test_properties as properties
 from tests.celery_app import app as celery_app
 from tests.managers import init_spawned_process
-from tests.redis_cluster import move_slot, start_cluster
 from tests.worker import CeleryWorker
 from triggers.manager import TriggerManager
 from triggers.runners.threading import ThreadingTaskRunner
@@ -335,65 +334,6 @@ def test_the_worker_state_is_on_the_cluster(cluster_worker: CeleryWorker) -> Non
     finally:
         single.close()
     ThreadingTaskRunner.join_all()
-
-
-def test_a_session_whose_slot_moved_is_followed_to_its_new_master() -> None:
-    # Given a session, and its slot moved to another master behind the
-    # client's back (resharding)
-    storage = cluster_storage(f"moved-{uuid.uuid4().hex}")
-    manager = TriggerManager(storage)
-    manager.update_configuration({"t_a": {"after": ["a", "b"], "run": DEV}})
-    key = keys_of(storage)[0]
-    client = client_of(storage)
-    old = client.get_node_from_key(key).port
-    move_slot(client, key, next(n.port for n in client.get_primaries() if n.port != old))
-    # When the same client fires into it (its map of slots is stale)
-    with properties.using_runner("threading"):
-        manager.fire("a")
-        manager.fire("b")
-    # Then the commands followed the slot: the task ran, nothing was lost
-    assert cluster_storage(storage.uid)["t_a#0"].status == "finished"
-    assert client.get_node_from_key(key).port != old
-
-
-# -- a master dies (no replicas: failover is out of scope) ---------------------------
-
-
-def test_a_dead_master_fails_its_sessions_loudly_and_spares_the_others() -> None:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
-    # Given a cluster of its own with sessions on every master (each master
-    # has run the scripts once)
-    cluster = start_cluster()
-    try:
-        with override_settings(TRIGGERS={**django_settings.TRIGGERS, "REDIS_CLIENT": cluster.url}):
-            storages = [cluster_storage(f"dies-{n}-{uuid.uuid4().hex}") for n in range(12)]
-            for storage in storages:
-                manager = TriggerManager(storage)
-                manager.update_configuration({"t_a": {"after": ["a", "b"], "run": DEV}})
-                # (redis-py loads a script on every master when one lacks it,
-                # which fails while a master is down)
-                manager.fire("warm")
-            client = client_of(storages[0])
-            port_of = {
-                s.uid: client.get_node_from_key(next(iter(keys_of(s)))).port for s in storages
-            }
-            victim = port_of[storages[0].uid]
-            # When that master dies (before the cluster notices: node timeout 5 s)
-            process = cluster.processes[cluster.ports.index(victim)]
-            process.kill()
-            process.wait()
-            # Then a fire into one of its sessions raises, at once
-            with pytest.raises(RedisConnectionError):
-                TriggerManager(cluster_storage(storages[0].uid)).fire("a")
-            # ... and sessions on the other masters still work
-            other = next(s for s in storages if port_of[s.uid] != victim)
-            with properties.using_runner("threading"):
-                TriggerManager(cluster_storage(other.uid)).fire("a")
-            after = cluster_storage(other.uid)
-            assert after["t_a#0"].status == "unstarted" and "a" in after.latest_kwargs
-    finally:
-        cluster.stop()
 
 
 def keys_of(storage: CacheStorageBackend) -> list[bytes]:
