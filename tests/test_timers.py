@@ -123,6 +123,20 @@ def test_bad_delays_are_refused_and_store_nothing(
     assert index_for(manager.storage).count() == 0
 
 
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"now": datetime(2030, 1, 1)}, ValueError),
+        ({"now": "2030-01-01"}, TypeError),
+        ({"limit": 0}, ValueError),
+        ({"limit": 2.5}, ValueError),
+    ],
+)
+def test_fire_due_timers_refuses_bad_arguments(options: dict[str, Any], error: type) -> None:
+    with pytest.raises(error):
+        fire_due_timers(**options, storage=DictStorage("timers-args"))
+
+
 @pytest.mark.parametrize("timer_storage", ["redis"], indirect=True)
 def test_a_delayed_fire_into_an_unconfigured_session_is_refused_at_once(
     timer_storage: Callable[[str], Any], settings: Any
