@@ -406,15 +406,18 @@ class Transaction:
         that keeps them apart from the record): one entry per trigger given
         to it in this operation, all of them for a new instance or one
         whose stored record still held them (an older release's)."""
-        new = {**inst.kwargs, **{UNLESS + t: v for t, v in inst.abandon_state.items()}}
+        new = dict(inst.kwargs)
+        if inst.abandon_state:
+            new.update({UNLESS + t: v for t, v in inst.abandon_state.items()})
         record = self._records.get(inst.name)
         if inst.partial or record is None or "progress" not in record:
-            old: dict[str, Any] = {}
-        else:
-            old = {
-                **(record.get("kwargs") or {}),
-                **{UNLESS + t: v for t, v in (record.get("abandon_state") or {}).items()},
-            }
+            if new:
+                ch.received[inst.name] = new
+            return
+        old = {
+            **(record.get("kwargs") or {}),
+            **{UNLESS + t: v for t, v in (record.get("abandon_state") or {}).items()},
+        }
         written = {k: v for k, v in new.items() if k not in old or old[k] != v}
         dropped = set(old) - set(new)
         if written:
