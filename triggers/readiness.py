@@ -121,8 +121,10 @@ def _still_needed(inst: TaskInstance) -> set[str]:
     for side in SIDES:
         rule = _rule(inst.config, side)
         needed |= rule.plain
-        counts = progress.get(f"{side}_groups") or [0] * len(rule.groups)
-        for group, n in zip(rule.groups, counts, strict=True):
+        counts = list(progress.get(f"{side}_groups") or ())
+        # Counts missing (a record from before the task had groups): unmet.
+        counts += [0] * (len(rule.groups) - len(counts))
+        for group, n in zip(rule.groups, counts, strict=False):
             if n < group.need:
                 needed.update(group.of)
     return needed
