@@ -7,8 +7,9 @@ that feeds it; within a column, nodes are ordered by the average position of
 their neighbours (a few sweeps of the barycentre heuristic). Nodes take the
 status colours of :data:`triggers.graph.COLOURS`; edges keep the graph's
 kinds (``after`` solid, ``every`` thick, ``unless`` dashed, ``cascade``
-solid and labelled, ``deadline`` dotted and labelled with its delay); a group (``anyOf``/``atLeast``) is a small dashed node,
-and an edge whose trigger has an ``if`` condition is labelled with it.
+solid and labelled, ``deadline`` dotted and labelled with its delay); a
+group (``anyOf``/``atLeast``) is a small dashed node, and an edge whose
+trigger has an ``if`` condition is labelled with it.
 """
 
 from __future__ import annotations
