@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 from celery import Celery, signals
 
+from tests.test_faults import RedisProxy  # the proxy that can lose a reply
 from tests.utils import wait_for
 from tests.worker import delete_run_queue
 from triggers.manager import TriggerManager
-from triggers.runners.celery import _plan, publish
+from triggers.runners.celery import _plan, _sender, publish
 from triggers.storages.cache import CacheStorageBackend
 from triggers.task import TriggerTask
 from triggers.types import TaskInstance
@@ -83,8 +84,22 @@ def _sent(send: Callable[[], object]) -> dict[str, Any]:
     return seen[0]
 
 
-@pytest.fixture
-def probe() -> Iterator[Any]:
+def probe_broker_url() -> str:
+    from django.conf import settings
+
+    return str(settings.CELERY_BROKER_URL)
+
+
+def _server_of(client: Any) -> tuple[str, int]:
+    kwargs = client.connection_pool.connection_kwargs
+    return kwargs.get("host", "127.0.0.1"), int(kwargs.get("port", 6379))
+
+
+def _db_of(url: str) -> int:
+    return int(url.rstrip("/").rsplit("/", 1)[1] or 0)
+
+
+def _probe_app(broker_url: str | None = None) -> tuple[Celery, Any]:
     """ProbeTask on a Celery app like the suite's but with a queue of its own.
 
     The app is never finalized (it would raise): finalizing binds every
@@ -92,9 +107,15 @@ def probe() -> Iterator[Any]:
     Only ProbeTask is bound to it."""
     app = Celery("triggers-publish-probe", set_as_current=False, autofinalize=False)
     app.config_from_object("django.conf:settings", namespace="CELERY")
-    app.conf.task_default_queue = queue = f"triggers-publish-probe-{uuid.uuid4().hex}"
+    app.conf.task_default_queue = f"triggers-publish-probe-{uuid.uuid4().hex}"
+    if broker_url is not None:
+        app.conf.broker_url = broker_url
     ProbeTask.bind(app)
-    yield ProbeTask()
+    return app, ProbeTask()
+
+
+def _close_probe_app(app: Celery) -> None:
+    queue = app.conf.task_default_queue
     app.control.purge()
     delete_run_queue(app)
     if app.conf.broker_url.startswith(("redis://", "rediss://")):
@@ -104,6 +125,13 @@ def probe() -> Iterator[Any]:
             bindings = ("_kombu.binding", "_kombu.binding_permanent")
             connection.default_channel.client.delete(*(f"{b}.{queue}" for b in bindings))
     app.close()
+
+
+@pytest.fixture
+def probe() -> Iterator[Any]:
+    app, task = _probe_app()
+    yield task
+    _close_probe_app(app)
 
 
 def test_a_publish_sends_what_apply_async_sends(probe):
@@ -121,3 +149,28 @@ def test_a_publish_sends_what_apply_async_sends(probe):
     assert ours["routing_key"] == queue
     assert ours["headers"]["timelimit"] == [30, 20]
     assert probe.app.control.purge() == 2
+
+
+def test_a_publish_whose_batch_fails_is_sent_again_the_ordinary_way(redis_client):
+    # Given a probe app whose Redis broker is reached through a proxy, and a
+    # publish that went through (so this thread holds a batch open)
+    proxy = RedisProxy(_server_of(redis_client))
+    app, task = _probe_app(f"redis://127.0.0.1:{proxy.port}/{_db_of(probe_broker_url())}")
+    try:
+        message = {"uid": "u1", "instance": "t_x#0", "manager": "default", "storage": "cache"}
+        publish(task, dict(message))
+        assert _sender(app).batch is not None
+        # When the reply to the next publish is lost (the batch cannot tell
+        # whether Redis took the message)
+        proxy.drop_next_reply.set()
+        task_id = publish(task, dict(message))
+        # Then the message is sent again without the batch, and the publish
+        # succeeds; Redis holds all three (a duplicate is harmless: a worker
+        # runs an instance only while it holds the instance's claim)
+        assert task_id
+        assert proxy.dropped == 1
+        assert _sender(app).batch is not None  # a new one, after that success
+        assert app.control.purge() == 3
+    finally:
+        _close_probe_app(app)
+        proxy.close()

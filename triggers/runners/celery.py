@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
 import weakref
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
     from ..manager import TriggerManager
     from ..types import TaskInstance
 
+
+logger = logging.getLogger(__name__)
 
 #: kombu Redis transports whose sockets block forever unless given timeouts.
 _REDIS_SCHEMES = ("redis", "rediss", "sentinel", "redis+socket")
@@ -133,25 +137,52 @@ _REBUILDABLE: set[tuple[type, type]] = set()
 #   connection is re-established, and we ask it each time).
 #
 # kombu's Redis transport builds a redis-py client for every command it
-# sends (``Channel.conn_or_acquire``; redis-py's client builds its table of
-# reply parsers, about 50 us); no transport option turns that off, so a
-# publish pays it.
+# sends (``Channel.conn_or_acquire``; redis-py's client copies its table of
+# reply parsers, about 50 us); no transport option turns that off. A publish
+# batch (kombu's ``Producer.batch``) keeps one client and pipeline for its
+# life, so each thread holds a batch of one message open on its producer:
+# every publish is sent at once, through them. A batch sends once, without
+# retries; when that fails the batch is dropped and the message sent again
+# the ordinary way, under Celery's publish retry policy.
 
 _producers = threading.local()
 
 
-def _producer(app: Any) -> Any:
-    """A producer on this thread's own broker connection (not the app's
-    pool, which a long-lived producer per thread could exhaust); rebuilt in a
-    forked child, whose inherited socket belongs to the parent."""
+class _Sender:
+    """This thread's producer on a broker connection of its own (not the
+    app's pool, which a long-lived producer per thread could exhaust), and
+    the publish batch held open on it once a publish went through (on
+    transports that batch: kombu's Redis transport)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.pid = os.getpid()
+        self.producer = app.amqp.Producer(app.connection_for_write(), auto_declare=False)
+        self.batch: contextlib.ExitStack | None = None
+
+    def open_batch(self) -> None:
+        if self.batch is None and self.producer.supports_batch_publish:
+            batch = contextlib.ExitStack()
+            batch.enter_context(self.producer.batch(max_size=1))
+            self.batch = batch
+
+    def drop_batch(self, exc: BaseException) -> None:
+        batch, self.batch = self.batch, None
+        if batch is not None:
+            # Leaving with the error discards the batch and releases its client.
+            batch.__exit__(type(exc), exc, exc.__traceback__)
+
+
+def _sender(app: Any) -> _Sender:
+    """This thread's sender for ``app``; rebuilt in a forked child, whose
+    inherited socket belongs to the parent."""
     held = getattr(_producers, "by_app", None)
     if held is None:
         held = _producers.by_app = {}
-    entry = held.get(id(app))
-    if entry is None or entry[0] is not app or entry[1] != os.getpid():
-        producer = app.amqp.Producer(app.connection_for_write(), auto_declare=False)
-        entry = held[id(app)] = (app, os.getpid(), producer)
-    return entry[2]
+    sender = held.get(id(app))
+    if sender is None or sender.app is not app or sender.pid != os.getpid():
+        sender = held[id(app)] = _Sender(app)
+    return sender
 
 
 #: Task attributes ``apply_async`` takes its default options from.
@@ -243,9 +274,21 @@ def publish(task: Any, kwargs: dict[str, Any], countdown: float | None = None) -
     """Send ``task`` with ``kwargs`` as ``task.apply_async(kwargs=kwargs,
     countdown=countdown)`` would, on this thread's producer; returns the
     task id."""
+    sender = _sender(task.app)
+    if sender.batch is not None:
+        try:
+            return _send(task, kwargs, countdown, sender.producer)
+        except Exception as exc:
+            sender.drop_batch(exc)
+            logger.info("publishing %s in a batch failed (%s); sending it again", task.name, exc)
+    task_id = _send(task, kwargs, countdown, sender.producer)
+    sender.open_batch()
+    return task_id
+
+
+def _send(task: Any, kwargs: dict[str, Any], countdown: float | None, producer: Any) -> str:
     app = task.app
     plan = _plan(task)
-    producer = _producer(app)
     options = _declared(plan.route, producer)
     # Sent from inside a worker task, apply_async links the new task to the
     # running one (parent and root ids).
