@@ -9,22 +9,16 @@ writes in one step.
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from .. import conf
 from ..engine import Effects, Load
 from ..exceptions import (
-    LockLostError,
-    SessionTimeoutError,
     UnknownInstanceError,
-    WriteConflictError,
 )
 from ..types import TaskConfig, TaskInstance, now_iso
+from .changeset import partial_waiting, received_changes, whole_waiting
 from .data import (
-    UNLESS,
     Changes,
     FetchRequest,
     Snapshot,
@@ -402,150 +396,47 @@ class Transaction:
         return ch
 
     def _received_changes(self, inst: TaskInstance, ch: Changes) -> None:
-        """What ``inst`` received that its stored entries lack (for a backend
-        that keeps them apart from the record): one entry per trigger given
-        to it in this operation, all of them for a new instance or one
-        whose stored record still held them (an older release's)."""
-        new = dict(inst.kwargs)
-        if inst.abandon_state:
-            new.update({UNLESS + t: v for t, v in inst.abandon_state.items()})
-        record = self._records.get(inst.name)
-        if inst.partial or record is None or "progress" not in record:
-            if new:
-                ch.received[inst.name] = new
-            return
-        old = {
-            **(record.get("kwargs") or {}),
-            **{UNLESS + t: v for t, v in (record.get("abandon_state") or {}).items()},
-        }
-        written = {k: v for k, v in new.items() if k not in old or old[k] != v}
-        dropped = set(old) - set(new)
-        if written:
-            ch.received[inst.name] = written
-        if dropped:
-            ch.received_drop[inst.name] = dropped
+        received_changes(inst, self._records.get(inst.name), ch)
 
     def _partial_waiting(self, inst: TaskInstance, ch: Changes) -> None:
-        """Waiting-index changes of an instance read without what it
-        received: the names it stopped waiting on here, and every name of
-        its task once it is no longer unstarted (once in its life)."""
-        task, name = inst.config.name, inst.name
-        record = self._records.get(name) or {}
-        if inst.status != TaskInstance.STATUS_UNSTARTED:
-            if record.get("status") == TaskInstance.STATUS_UNSTARTED:
-                for trig in inst.config.triggers:
-                    ch.waiting_remove.add((task, trig, name))
-        for trig in self._unwaited.get(name, ()):
-            ch.waiting_remove.add((task, trig, name))
+        record = self._records.get(inst.name) or {}
+        partial_waiting(inst, record, self._unwaited.get(inst.name, set()), ch)
 
     def _whole_waiting(self, inst: TaskInstance, ch: Changes) -> None:
-        task, name = inst.config.name, inst.name
+        name = inst.name
         old = self._membership.get(name, set())
         if self.everything and name in self._records:
             # Configs may have changed: recompute the old membership from
             # the stored record under the old task's triggers too.
-            old = old | self._stale_membership(name)
-        new = inst.waiting_on()
-        for trig in old - new:
-            ch.waiting_remove.add((task, trig, name))
-        for trig in new - old:
-            ch.waiting_add.add((task, trig, name))
-        # Re-adding members that exist is harmless and heals an index
-        # written before a config change.
-        if self.everything:
-            for trig in new:
-                ch.waiting_add.add((task, trig, name))
-
-    def _stale_membership(self, name: str) -> set[str]:
-        # With a full load the storage returned the raw waiting index too.
-        task = self.instances[name].config.name
-        return {trig for (t, trig), names in self._waiting.items() if t == task and name in names}
+            task = inst.config.name
+            stale = {t for (k, t), names in self._waiting.items() if k == task and name in names}
+            old = old | stale
+        whole_waiting(inst, old, self.everything, ch)
 
 
-# -- what the coordinator asks of a storage beside fetch/commit -----------------
-# The storage keeps these as underscore attributes today; reading them here,
-# at the seam, keeps every other module off them until base.py names them.
+# The seam helpers and ``run_atomically`` live in operations.py; imported
+# from here too, as they always were.
+from .operations import (  # noqa: E402
+    LOCK_LOST_RETRIES,
+    checked_parts,
+    current_transaction,
+    existing_parts,
+    forget_seen_state,
+    has_seen_state,
+    leases_left,
+    renew_lease,
+    run_atomically,
+)
 
-
-def current_transaction(storage: BaseTriggerStorage) -> Transaction | None:
-    """The transaction this thread has open on ``storage``, if any."""
-    return storage._current
-
-
-def has_seen_state(storage: BaseTriggerStorage) -> bool:
-    """Whether this storage object saw the session hold state before."""
-    return storage._seen_state
-
-
-def forget_seen_state(storage: BaseTriggerStorage) -> None:
-    """Start a vanished session over (``ON_LOST_SESSION = 'restart'``)."""
-    storage._seen_state = False
-
-
-def checked_parts(storage: BaseTriggerStorage) -> tuple[frozenset[str], bool]:
-    """The parts ``existing_parts()`` reports on and whether every fetch
-    already reports them (no extra round trip to look)."""
-    return frozenset(getattr(storage, "_parts", ())), bool(
-        getattr(storage, "_parts_in_fetch", False)
-    )
-
-
-def existing_parts(storage: BaseTriggerStorage) -> set[str] | None:
-    """The parts of the session that exist (``None``: the backend cannot tell)."""
-    return storage.existing_parts()
-
-
-def renew_lease(storage: BaseTriggerStorage, name: str, token: str, ms: int) -> bool:
-    """Extend a worker's lease on a running instance if ``token`` still holds it."""
-    return storage.renew_lease(name, token, ms)
-
-
-def leases_left(storage: BaseTriggerStorage, names: list[str]) -> dict[str, int]:
-    """Milliseconds each named instance's worker lease has left (absent: none)."""
-    return storage.fetch(FetchRequest(instances=tuple(names))).leases
-
-
-# -- running an operation -----------------------------------------------------------
-
-R = TypeVar("R")
-#: How often an operation is retried from scratch when its lock expired
-#: before it could write (nothing was written by the failed attempt).
-LOCK_LOST_RETRIES = 3
-_logger = logging.getLogger("triggers.manager")
-
-
-def run_atomically(storage: BaseTriggerStorage, operation: Callable[[Transaction], R]) -> R:
-    """Run ``operation`` in a transaction on ``storage`` (joining the one this
-    thread has open, if any); start again if the lock expired before the
-    write (the failed attempt wrote nothing), at most ``LOCK_LOST_RETRIES``
-    times. A document-tier write conflict is that tier's way of waiting for
-    the session, so it is retried for as long as ``TRIGGERS['LOCK_TIMEOUT']``
-    allows, like a wait for the lock."""
-    deadline: float | None = None  # set at the first conflict: no settings read per fire
-    lost = 0
-    while True:
-        try:
-            with storage.transaction() as txn:
-                return operation(txn)
-        except SessionTimeoutError as exc:
-            if current_transaction(storage) is None:  # the outermost operation says it once
-                _logger.error(
-                    "%s (in %s)",
-                    exc,
-                    getattr(operation, "__qualname__", "a session operation"),
-                    extra={"triggers_session": storage.uid},
-                )
-            raise
-        except WriteConflictError:
-            if current_transaction(storage) is not None:
-                raise
-            if deadline is None:
-                deadline = time.monotonic() + float(conf.get("LOCK_TIMEOUT"))
-            elif time.monotonic() >= deadline:
-                raise
-            _logger.debug("session %r changed under a document-tier write; retrying", storage.uid)
-        except LockLostError:
-            lost += 1
-            if lost >= LOCK_LOST_RETRIES or current_transaction(storage) is not None:
-                raise
-            _logger.warning("lock on session %r expired mid-operation; retrying", storage.uid)
+__all__ = [
+    "LOCK_LOST_RETRIES",
+    "Transaction",
+    "checked_parts",
+    "current_transaction",
+    "existing_parts",
+    "forget_seen_state",
+    "has_seen_state",
+    "leases_left",
+    "renew_lease",
+    "run_atomically",
+]
