@@ -14,7 +14,10 @@ from django.conf import settings
 
 from tests.celery_app import app as celery_app
 from tests.contract_backends import new_uid
-from tests.redis_cluster import redis_cluster_url  # noqa: F401 (fixture: tests/test_cluster.py)
+from tests.redis_cluster import (  # noqa: F401 (the cluster fixture and its marker)
+    pytest_collection_modifyitems,
+    redis_cluster_url,
+)
 from tests.worker import CeleryWorker, delete_run_queue, purge_broker
 from triggers.manager import TriggerManager
 from triggers.runners.base import force_runner
@@ -97,6 +100,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "postgres: the test uses the run's PostgreSQL database (database backend)"
     )
+    config.addinivalue_line("markers", "redis_cluster: the test uses the run's Redis Cluster")
 
 
 # -- fixtures the workflow tests share (moved from tests/contract_backends.py) --
