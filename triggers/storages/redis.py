@@ -56,7 +56,6 @@ braces): sessions stored under the old names are not read; drain them
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import time
 import weakref
@@ -70,44 +69,25 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .. import conf
 from ..exceptions import LockHeldError, LockLostError, SessionTimeoutError
 from ..locking import SessionLock
-from .base import IndexedStorage, config_from_stored
+from .base import IndexedStorage
 from .cache import CacheStorageBackend
-from .data import UNLESS, Changes, FetchRequest, Snapshot, build_index
+from .data import Changes, FetchRequest, Snapshot
+from .redis_codec import (
+    PARTS,
+    SEP,
+    SUFFIXES,
+    WAITING_FLAG,
+    decode_all,
+    decode_fetch,
+    dumps,
+    operations,
+    text,
+)
 from .redis_wire import Batch, Script, run
 from .session_index import RedisSessionIndex, clock
 
-__all__ = ["RedisStorageBackend", "SUFFIXES", "session_base"]
+__all__ = ["SEP", "SUFFIXES", "RedisStorageBackend", "session_base"]
 
-SEP = "\x1f"
-#: State keys a fire can check for (see ``existing_parts``), in fetch.lua's order.
-_PARTS = ("config", "index", "instances", "counters", "kwargs", "waiting")
-#: The session's keys in the order the scripts take them (KEYS[1..11]).
-SUFFIXES = (
-    "config",
-    "index",
-    "instances",
-    "waiting",
-    "counters",
-    "kwargs",
-    "meta",
-    "received",
-    "timers",
-    "idem",
-    "values",
-    "commits",
-)
-_CONFIG, _INDEX, _INSTANCES, _WAITING, _COUNTERS, _KWARGS, _META, _RECEIVED, _TIMERS = (
-    str(k) for k in range(1, 10)
-)
-_VALUES = "11"
-#: Received kwargs longer than this (JSON) are stored once by digest in
-#: ``:values`` and referenced as ``@<digest>``: an andEvery task's instances
-#: all receive the same kwargs from the triggers that fired before them.
-SHARED_VALUE_BYTES = 96
-#: Where the lock keys and the lease keys start in a script's KEYS.
-_FIRST_LEASE = len(SUFFIXES) + 3
-#: Field of the counters hash that says the waiting index should exist.
-_WAITING_FLAG = SEP + "w"
 _FETCH = Script("fetch")
 _COMMIT = Script("commit")
 _RENEW = Script("renew_lease")
@@ -136,15 +116,6 @@ def session_base(make_key: Callable[[str], Any], uid: str) -> str:
     return str(make_key(f"triggers:{{{len(uid)}:{uid}}}"))
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-#: Compact JSON, raw UTF-8 (Lua's cjson passes it through untouched); one
-#: encoder for the process (``json.dumps`` builds one per call).
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
 def _bounded(method: Callable[..., Any]) -> Callable[..., Any]:
     """Report a Redis call that timed out as :class:`SessionTimeoutError`
     naming the session (the commit script is atomic: whatever timed out was
@@ -163,41 +134,13 @@ def _bounded(method: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-@functools.lru_cache(maxsize=512)
-def _config(name: str, raw: str) -> Any:
-    """A stored config, parsed once per process and stored form (a wide
-    task's directives are large; configs are never changed in place)."""
-    return config_from_stored(name, json.loads(raw))
-
-
-def _shared(value: str) -> str:
-    """The ``:values`` field of a large received value (a 128-bit digest)."""
-    return hashlib.blake2b(value.encode("utf-8"), digest_size=16).hexdigest()
-
-
-def _merge_received(record: dict[str, Any], fields: Any) -> None:
-    """Put what a named instance received (``[trigger, kwargs JSON, ...]``,
-    ``UNLESS + trigger`` for ``unless``) into its record, making it whole."""
-    kwargs: dict[str, Any] = {}
-    abandon: dict[str, Any] = {}
-    fields = fields or []
-    for i in range(0, len(fields), 2):
-        name = fields[i]
-        if name.startswith(UNLESS):
-            abandon[name[len(UNLESS) :]] = json.loads(fields[i + 1])
-        else:
-            kwargs[name] = json.loads(fields[i + 1])
-    record["kwargs"] = kwargs
-    record["abandon_state"] = abandon
-
-
 class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
     """The indexed tier on the Redis client of a Django cache alias (see
     the module documentation for its keys)."""
 
     kind = "indexed"
     _redis: Any  # never None here: that is what picked this class
-    parts = _PARTS
+    parts = PARTS
     parts_in_fetch = True
     # The names the transaction module reads until it uses the public ones.
     _parts = parts
@@ -215,14 +158,14 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         if txn is not None and seen is not None and seen[0]() is txn:
             # This operation's fetch script already looked (under its lock).
             return set(seen[1])
-        names = _PARTS
+        names = PARTS
         pipe = self._redis.pipeline(transaction=False)
         for name in names:
             pipe.exists(f"{self._base}:{name}")
-        pipe.hget(f"{self._base}:counters", _WAITING_FLAG)
+        pipe.hget(f"{self._base}:counters", WAITING_FLAG)
         *found, flag = pipe.execute()
         parts = {name for name, there in zip(names, found, strict=True) if there}
-        if _text(flag) != "1" and "counters" in parts:
+        if text(flag) != "1" and "counters" in parts:
             # Redis deletes an empty waiting index: absent is only lost when
             # the last commit left it non-empty.
             parts.add("waiting")
@@ -280,7 +223,7 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
             if lock is not None:
                 lock.ensure()
             return self._fetch_all(request)
-        wanted = _dumps([request.triggers, request.tasks, request.instances, request.kwargs])
+        wanted = dumps([request.triggers, request.tasks, request.instances, request.kwargs])
         keys = [*self._keys, *self._lock_keys(lock)]
         keys += [self._lease_prefix + name for name in request.instances]
         extra = [request.idempotency_key or "", repr(time.time()), "1" if request.timers else ""]
@@ -290,46 +233,10 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         else:
             call = _FETCH.call(keys, [lock.id, lock.expire_ms, wanted, *extra])
             reply = lock.take_with(lambda: self._run([call], lock)[0])
-        return self._snapshot(json.loads(reply), request)
-
-    def _snapshot(self, parts: list[Any], request: FetchRequest) -> Snapshot:
-        # Empty arrays come back as {} (Lua cannot tell them from objects).
-        meta_raw: Any
-        meta_raw, index_raw, tasks_raw, waiting_raw, inst_raw, kw_raw, lease_raw, exist = (
-            part or [] for part in parts[:8]
-        )
-        received_raw, seen, timers_raw = parts[8] or [], parts[9], parts[10] or []
+        snap, found = decode_fetch(json.loads(reply))
         if self.current_transaction is not None:
-            found = {name for name, e in zip(_PARTS, exist, strict=False) if e}
+            # existing_parts() answers from this, under the same lock.
             self._local.parts = (weakref.ref(self.current_transaction), found)
-        snap = Snapshot(meta=json.loads(meta_raw) if meta_raw else None)
-        snap.idempotency_seen = bool(seen)
-        for i in range(0, len(timers_raw), 2):
-            snap.timers[timers_raw[i]] = json.loads(timers_raw[i + 1])
-        for i in range(0, len(index_raw), 2):
-            snap.index[index_raw[i]] = json.loads(index_raw[i + 1]) if index_raw[i + 1] else []
-        for i in range(0, len(tasks_raw), 3):
-            name = tasks_raw[i]
-            if tasks_raw[i + 1]:
-                snap.configs[name] = _config(name, tasks_raw[i + 1])
-            snap.counters[name] = int(tasks_raw[i + 2])
-        for i in range(0, len(waiting_raw), 3):
-            snap.waiting[(waiting_raw[i], waiting_raw[i + 1])] = waiting_raw[i + 2] or []
-        for i in range(0, len(inst_raw), 2):
-            if inst_raw[i + 1]:
-                snap.records[inst_raw[i]] = json.loads(inst_raw[i + 1])
-        for i in range(0, len(received_raw), 2):
-            record = snap.records.get(received_raw[i])
-            if record is not None:
-                _merge_received(record, received_raw[i + 1])
-        for i in range(0, len(kw_raw), 2):
-            trig = kw_raw[i]
-            snap.kwargs_known.add(trig)
-            if kw_raw[i + 1]:
-                snap.latest_kwargs[trig] = json.loads(kw_raw[i + 1])
-        for i in range(0, len(lease_raw), 2):
-            if lease_raw[i + 1] > 0:
-                snap.leases[lease_raw[i]] = int(lease_raw[i + 1])
         return snap
 
     def _fetch_all(self, request: FetchRequest) -> Snapshot:
@@ -341,48 +248,9 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         pipe.hgetall(values_key)
         pipe.get(meta_key)
         pipe.zrange(waiting_key, 0, -1)
-        idem = request.idempotency_key
-        pipe.zscore(idem_key, idem or "")
+        pipe.zscore(idem_key, request.idempotency_key or "")
         replies = pipe.execute()
-        configs_raw, inst_raw, counters_raw, kw_raw, received_raw, timers_raw = replies[:6]
-        values_raw, meta_raw, waiting_raw, expiry = replies[6:]
-        values = {_text(k): v for k, v in values_raw.items()}
-        configs = {
-            _text(k): config_from_stored(_text(k), json.loads(v)) for k, v in configs_raw.items()
-        }
-        waiting: dict[tuple[str, str], list[str]] = {}
-        for member in waiting_raw:
-            task, trig, name = _text(member).split(SEP, 2)
-            waiting.setdefault((task, trig), []).append(name)
-        received: dict[str, list[Any]] = {}
-        for field, value in received_raw.items():
-            name, _, trig = _text(field).partition(SEP)
-            value = _text(value)
-            if value.startswith("@"):
-                value = values.get(value[1:], "null")
-            received.setdefault(name, []).extend((trig, value))
-        records = {}
-        for k, v in inst_raw.items():
-            name = _text(k)
-            records[name] = record = json.loads(v)
-            if "progress" in record:  # else an older record, which holds them
-                _merge_received(record, received.get(name))
-        latest = {_text(k): json.loads(v) for k, v in kw_raw.items()}
-        return Snapshot(
-            meta=json.loads(meta_raw) if meta_raw else None,
-            index=build_index(configs),
-            configs=configs,
-            counters={
-                _text(k): int(v) for k, v in counters_raw.items() if _text(k) != _WAITING_FLAG
-            },
-            waiting=waiting,
-            records=records,
-            latest_kwargs=latest,
-            kwargs_known=set(latest),
-            everything=True,
-            idempotency_seen=idem is not None and expiry is not None and expiry > time.time(),
-            timers={_text(k): json.loads(v) for k, v in timers_raw.items()},
-        )
+        return decode_all(replies, request.idempotency_key)
 
     @_bounded
     def commit(self, lock: Any, changes: Changes, release: bool) -> None:
@@ -394,7 +262,7 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
                 return
             lock.ensure()
         leases: list[str] = []
-        ops = self._operations(changes, leases)
+        ops = operations(changes, self._lease_prefix, leases)
         if not changes:
             ttl = 0
         elif self.timeout is None:
@@ -420,54 +288,6 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
                 lock.forget()
         if result == 1:
             raise LockLostError(self.uid)
-
-    def _operations(self, changes: Changes, leases: list[str]) -> list[Any]:
-        """commit.lua's operations for ``changes``; the lease keys they name
-        are appended to ``leases`` (the script's KEYS from ``_FIRST_LEASE``)."""
-        ops: list[Any] = []
-        for name, cfg in changes.configs.items():
-            ops += ["H", _CONFIG, name, _dumps(cfg.to_directives())]
-        if changes.index is not None:
-            ops += ["X", _INDEX]
-            for trig, task_names in changes.index.items():
-                ops += ["H", _INDEX, trig, _dumps(task_names)]
-        for name, inst in changes.instances.items():
-            ops += ["H", _INSTANCES, name, _dumps(inst.to_record(kwargs=False))]
-        for name, fields in changes.received.items():
-            for field, kwargs in fields.items():
-                value = _dumps(kwargs)
-                if len(value) > SHARED_VALUE_BYTES:
-                    digest = _shared(value)
-                    ops += ["N", _VALUES, digest, value]
-                    value = "@" + digest
-                ops += ["H", _RECEIVED, f"{name}{SEP}{field}", value]
-        for name, gone in changes.received_drop.items():
-            for field in gone:
-                ops += ["D", _RECEIVED, f"{name}{SEP}{field}"]
-        for task, trig, name in sorted(changes.waiting_remove):
-            ops += ["R", f"{task}{SEP}{trig}{SEP}{name}"]
-        for task, trig, name in sorted(changes.waiting_add):
-            ops += ["Z", f"{task}{SEP}{trig}{SEP}{name}"]
-        for task, number in changes.counters.items():
-            ops += ["H", _COUNTERS, task, str(number)]
-        for trig, kwargs in changes.latest_kwargs.items():
-            ops += ["H", _KWARGS, trig, _dumps(kwargs)]
-        if changes.meta is not None:
-            ops += ["S", _dumps(changes.meta)]
-        for timer, pending in changes.timers_add.items():
-            ops += ["H", _TIMERS, timer, _dumps(pending)]
-        for timer in changes.timers_remove:
-            ops += ["D", _TIMERS, timer]
-        if changes.idempotency is not None:
-            key, expiry = changes.idempotency
-            ops += ["I", key, repr(float(expiry))]
-        for name, (token, ms) in changes.leases_set.items():
-            leases.append(self._lease_prefix + name)
-            ops += ["L", str(_FIRST_LEASE + len(leases) - 1), token, str(int(ms))]
-        for name in changes.leases_drop:
-            leases.append(self._lease_prefix + name)
-            ops += ["U", str(_FIRST_LEASE + len(leases) - 1)]
-        return ops
 
     @_bounded
     def renew_lease(self, name: str, token: str, ms: int) -> bool:
