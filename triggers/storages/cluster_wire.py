@@ -8,10 +8,10 @@ on a connection of that master's own pool: the commands for every master
 are written first and the replies read after, so a commit and its session
 index update, in two slots, still take one round trip.
 
-When the cluster answers ``MOVED``/``ASK`` (slots being moved) or a master
-refuses the connection (a failover), the whole batch goes again through
-redis-py's cluster pipeline, which follows the redirection and refreshes
-its map of the slots: every command :mod:`triggers.storages.redis` sends is
+When the cluster answers ``MOVED``, ``ASK`` or ``TRYAGAIN`` (slots being
+moved) or a master refuses the connection (a failover), the whole batch
+goes again through redis-py's cluster pipeline, which follows the
+redirection and refreshes its map of the slots: every command :mod:`triggers.storages.redis` sends is
 safe to send twice (a fetch finds the lock already its own, a commit finds
 its token among the recent commits, the index update is a ``ZADD``).
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.exceptions import AskError, MovedError, ResponseError
+from redis.exceptions import AskError, MovedError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 __all__ = ["is_cluster", "routed"]
@@ -81,6 +81,6 @@ def routed(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     finally:
         for pool, conn in taken:
             pool.release(conn)
-    if any(isinstance(reply, (MovedError, AskError)) for reply in replies):
+    if any(isinstance(reply, (MovedError, AskError, TryAgainError)) for reply in replies):
         return pipelined(client, commands)
     return replies
