@@ -100,16 +100,20 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\nside by side ({other} -> {ROOT}); a change beyond {NOISE:.0%} either way "
-        "is called slower/faster, and the target verdict is this tree's:\n"
+        "is called slower/faster, and the target verdict is this tree's; medians "
+        "in us at the end (each tree's figure divides by its own runs' PING):\n"
     )
     width = max(len(r.case) for r in merged["this"][0])
     for now, then in zip(merged["this"][0], merged["other"][0], strict=True):
         change = now.ratio / then.ratio - 1 if then.ratio else 0.0
         verdict = "slower" if change > NOISE else "faster" if change < -NOISE else "same"
         target = "" if now.target is None else "PASS" if now.passed else "FAIL"
+        times = ""
+        if now.median_us is not None and then.median_us is not None:
+            times = f"{then.median_us:,.0f} -> {now.median_us:,.0f} us"
         print(
             f"{now.case.ljust(width)}  {then._fmt(then.ratio):>12} -> "
-            f"{now._fmt(now.ratio):>12}  {change:+6.0%}  {verdict:>6}  {target}"
+            f"{now._fmt(now.ratio):>12}  {change:+6.0%}  {verdict:>6}  {target:4}  {times}"
         )
     failed = [r.case for r in merged["this"][0] if not r.passed] + merged["this"][1]
     return 1 if failed else 0
