@@ -116,6 +116,15 @@ def session_base(make_key: Callable[[str], Any], uid: str) -> str:
     return str(make_key(f"triggers:{{{len(uid)}:{uid}}}"))
 
 
+@functools.lru_cache(maxsize=1024)
+def _session_keys(cache: Any, uid: str) -> tuple[str, tuple[str, ...], str]:
+    """A session's key prefix, state keys and lease key prefix on ``cache``
+    (named once per recent session: a web process builds a storage per
+    request)."""
+    base = session_base(cache.make_key, uid)
+    return base, tuple(f"{base}:{s}" for s in SUFFIXES), f"{base}:lease:"
+
+
 def _bounded(method: Callable[..., Any]) -> Callable[..., Any]:
     """Report a Redis call that timed out as :class:`SessionTimeoutError`
     naming the session (the commit script is atomic: whatever timed out was
@@ -147,9 +156,8 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
     _parts_in_fetch = parts_in_fetch
 
     def _prepare(self) -> None:
-        self._base = session_base(self.cache.make_key, self.uid)
-        self._keys = [f"{self._base}:{s}" for s in SUFFIXES]
-        self._lease_prefix = f"{self._base}:lease:"
+        self._base, keys, self._lease_prefix = _session_keys(self.cache, self.uid)
+        self._keys = list(keys)
 
     @_bounded
     def existing_parts(self) -> set[str] | None:
