@@ -11,9 +11,10 @@ index update, in two slots, still take one round trip.
 When the cluster answers ``MOVED``, ``ASK`` or ``TRYAGAIN`` (slots being
 moved) or a master refuses the connection (a failover), the whole batch
 goes again through redis-py's cluster pipeline, which follows the
-redirection and refreshes its map of the slots: every command :mod:`triggers.storages.redis` sends is
-safe to send twice (a fetch finds the lock already its own, a commit finds
-its token among the recent commits, the index update is a ``ZADD``).
+redirection and refreshes its map of the slots. Every command
+:mod:`triggers.storages.redis` sends is safe to send twice: a fetch finds
+the lock already its own, a commit finds its token among the recent
+commits, the index update is a ``ZADD``.
 """
 
 from __future__ import annotations
