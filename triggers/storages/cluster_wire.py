@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.exceptions import AskError, MovedError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 __all__ = ["is_cluster", "routed"]
 
@@ -51,6 +51,10 @@ def pipelined(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
 def routed(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Send ``commands`` on cluster ``client``, each to its slot's master, in
     one round trip; error replies come back as exceptions in the list."""
+    # (redis-py 4.1 and later: what a cluster client needs; not at import
+    # time, so redis-py 3 can still import this module)
+    from redis.exceptions import AskError, MovedError, TryAgainError
+
     groups: dict[str, tuple[Any, list[int]]] = {}
     for position, command in enumerate(commands):
         key = _key(command)
