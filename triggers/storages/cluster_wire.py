@@ -40,6 +40,14 @@ def _key(command: tuple[Any, ...]) -> Any:
     return command[1] if len(command) > 1 else None
 
 
+def _checkout(pool: Any) -> Any:
+    """A connection of ``pool`` (redis-py before 5.3 wants a command name)."""
+    try:
+        return pool.get_connection()
+    except TypeError:
+        return pool.get_connection("EVALSHA")
+
+
 def pipelined(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     """``commands`` through redis-py's pipeline (error replies returned)."""
     pipe = client.pipeline(transaction=False)
@@ -68,7 +76,7 @@ def routed(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
         try:
             for node, positions in groups.values():
                 pool = node.redis_connection.connection_pool
-                conn = pool.get_connection()
+                conn = _checkout(pool)
                 taken.append((pool, conn))
                 conn.send_packed_command(conn.pack_commands([commands[i] for i in positions]))
             for (_, conn), (_, positions) in zip(taken, groups.values(), strict=True):
