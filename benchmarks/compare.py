@@ -99,13 +99,18 @@ def main(argv: list[str] | None = None) -> int:
             print("exactly-once scheduling VIOLATED:\n  " + "\n  ".join(problems))
 
     print(
-        f"\nside by side ({other} -> {ROOT}); a change beyond {NOISE:.0%} either way "
-        "is called slower/faster, and the target verdict is this tree's; medians "
-        "in us at the end (each tree's figure divides by its own runs' PING):\n"
+        f"\nside by side ({other} -> {ROOT}): figures, the change (of the median "
+        f"us for times, of the figure otherwise; beyond {NOISE:.0%} either way it "
+        "is called slower/faster), this tree's target verdict, the medians:\n"
     )
     width = max(len(r.case) for r in merged["this"][0])
     for now, then in zip(merged["this"][0], merged["other"][0], strict=True):
-        change = now.ratio / then.ratio - 1 if then.ratio else 0.0
+        if now.median_us and then.median_us:
+            # Times: the medians themselves (each tree's PING unit comes from
+            # its own runs, and moves with the load as much as a fire does).
+            change = now.median_us / then.median_us - 1
+        else:
+            change = now.ratio / then.ratio - 1 if then.ratio else 0.0
         verdict = "slower" if change > NOISE else "faster" if change < -NOISE else "same"
         target = "" if now.target is None else "PASS" if now.passed else "FAIL"
         times = ""
