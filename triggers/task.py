@@ -48,10 +48,16 @@ _running = threading.local()
 
 
 def _register_with_apps(cls: type[TriggerTask]) -> None:
-    """Register a TriggerTask class with every Celery app, now and later."""
+    """Register a TriggerTask class with every Celery app, now and later.
+
+    This is what Celery's own ``shared_task`` does for a function, through
+    the same two hooks of ``celery._state`` (a callback run when an app is
+    finalized, and the apps alive now): Celery has no public way to share a
+    task class with every app. Only finalized apps are touched, so reading
+    their task registry finalizes nothing."""
 
     def register(app: Any) -> None:
-        existing = app._tasks.get(cls.name) if hasattr(app, "_tasks") else None
+        existing = app.tasks.get(cls.name)
         if existing is None or type(existing) is not cls:
             app.register_task(cls())
 
