@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from celery import Celery, signals
+from django.conf import settings
 
 from tests.test_faults import RedisProxy  # the proxy that can lose a reply
 from tests.utils import wait_for
@@ -84,19 +85,9 @@ def _sent(send: Callable[[], object]) -> dict[str, Any]:
     return seen[0]
 
 
-def probe_broker_url() -> str:
-    from django.conf import settings
-
-    return str(settings.CELERY_BROKER_URL)
-
-
 def _server_of(client: Any) -> tuple[str, int]:
     kwargs = client.connection_pool.connection_kwargs
     return kwargs.get("host", "127.0.0.1"), int(kwargs.get("port", 6379))
-
-
-def _db_of(url: str) -> int:
-    return int(url.rstrip("/").rsplit("/", 1)[1] or 0)
 
 
 def _probe_app(broker_url: str | None = None) -> tuple[Celery, Any]:
@@ -152,10 +143,11 @@ def test_a_publish_sends_what_apply_async_sends(probe):
 
 
 def test_a_publish_whose_batch_fails_is_sent_again_the_ordinary_way(redis_client):
-    # Given a probe app whose Redis broker is reached through a proxy, and a
+    # Given a probe app whose broker is the suite's Redis (whatever broker the
+    # suite uses) reached through a proxy, and a
     # publish that went through (so this thread holds a batch open)
     proxy = RedisProxy(_server_of(redis_client))
-    app, task = _probe_app(f"redis://127.0.0.1:{proxy.port}/{_db_of(probe_broker_url())}")
+    app, task = _probe_app(f"redis://127.0.0.1:{proxy.port}/{settings.REDIS_BROKER_DB}")
     try:
         message = {"uid": "u1", "instance": "t_x#0", "manager": "default", "storage": "cache"}
         publish(task, dict(message))
