@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.contract_backends import DEV, POSTGRES_ALIAS, DictStorage, raw_state
-from triggers.exceptions import InvalidTriggerError, InvalidTriggerTypeError
+from triggers.exceptions import ConfigurationError, InvalidTriggerError, InvalidTriggerTypeError
 from triggers.manager import TriggerManager
 from triggers.runners.threading import ThreadingTaskRunner
 from triggers.storages.cache import CacheStorageBackend
@@ -92,6 +92,34 @@ def test_a_key_past_its_window_applies_again(new_manager: Any, settings: Any) ->
     # Then the key has expired by the next fire
     manager.fire("paid", idempotency_key="evt_1")
     assert len(manager.storage.instances) == 2
+
+
+@pytest.mark.parametrize("new_manager", KINDS, indirect=True)
+def test_past_idempotency_max_keys_the_oldest_key_applies_again(
+    new_manager: Any, settings: Any
+) -> None:
+    # Given a session that keeps at most two keys, and three events
+    settings.TRIGGERS = {**settings.TRIGGERS, "IDEMPOTENCY_MAX_KEYS": 2}
+    manager = new_manager()
+    for key in ("evt_1", "evt_2", "evt_3"):
+        manager.fire("paid", idempotency_key=key)
+    # When the two newest come again, nothing changes; the oldest, dropped
+    # to make room, applies again (the documented limit of the cap)
+    manager.fire("paid", idempotency_key="evt_3")
+    manager.fire("paid", idempotency_key="evt_2")
+    assert len(manager.storage.instances) == 3
+    manager.fire("paid", idempotency_key="evt_1")
+    assert len(manager.storage.instances) == 4
+
+
+@pytest.mark.parametrize("bad", [0, -1, "10", 2.5, True])
+def test_a_bad_idempotency_max_keys_is_refused_before_the_fire(bad: Any, settings: Any) -> None:
+    manager = TriggerManager(CacheStorageBackend(f"idem-{uuid.uuid4().hex}"))
+    manager.update_configuration(COUNTING)
+    settings.TRIGGERS = {**settings.TRIGGERS, "IDEMPOTENCY_MAX_KEYS": bad}
+    with pytest.raises(ConfigurationError, match="IDEMPOTENCY_MAX_KEYS"):
+        manager.fire("paid", idempotency_key="evt_1")
+    assert manager.storage.instances == {}
 
 
 @pytest.mark.parametrize("new_manager", ["redis", "database"], indirect=True)

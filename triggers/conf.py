@@ -78,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
     # Seconds an idempotency key of fire(..., idempotency_key=...) is
     # remembered per session (a repeat within it changes nothing).
     "IDEMPOTENCY_WINDOW": 7 * 24 * 3600,
+    "IDEMPOTENCY_MAX_KEYS": 10_000,  # most keys a session keeps (oldest go first)
 }
 
 

@@ -19,6 +19,7 @@ from .exceptions import SessionLostError, SessionNotConfiguredError
 from .integrity import check_before_fire
 from .registry import trigger_managers
 from .schedule import check_idempotency_key, due_time, new_timer_id, timer_record
+from .storages.data import max_idempotency_keys
 from .storages.due_index import index_for, write_ahead
 from .validation import check_name
 
@@ -39,7 +40,9 @@ def key_seen(txn: Transaction, key: str, trigger: str) -> bool:
 
 def record_key(txn: Transaction, key: str) -> None:
     """Record ``key`` in this transaction's commit, for
-    ``TRIGGERS['IDEMPOTENCY_WINDOW']`` seconds."""
+    ``TRIGGERS['IDEMPOTENCY_WINDOW']`` seconds (a bad
+    ``IDEMPOTENCY_MAX_KEYS`` raises here, before anything is written)."""
+    max_idempotency_keys()
     txn.changes.idempotency = (key, time.time() + float(conf.get("IDEMPOTENCY_WINDOW")))
 
 

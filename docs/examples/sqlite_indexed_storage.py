@@ -22,7 +22,13 @@ from typing import Any
 from triggers.exceptions import LockHeldError, LockTimeoutError
 from triggers.storages import IndexedStorage, storage_backends
 from triggers.storages.base import config_from_stored
-from triggers.storages.data import Changes, FetchRequest, Snapshot, build_index
+from triggers.storages.data import (
+    Changes,
+    FetchRequest,
+    Snapshot,
+    build_index,
+    max_idempotency_keys,
+)
 
 DEFAULT_PATH = str(Path(tempfile.gettempdir()) / "triggers-indexed.sqlite3")
 
@@ -221,9 +227,12 @@ class SQLiteIndexedStorage(IndexedStorage):
             run("INSERT OR REPLACE INTO s_timer VALUES (?, ?, ?)", (uid, timer_id, value))
         for timer_id in ch.timers_remove:
             run("DELETE FROM s_timer WHERE uid = ? AND id = ?", (uid, timer_id))
-        if ch.idempotency is not None:  # drop expired keys as new ones come
+        if ch.idempotency is not None:  # drop expired keys, and all but the newest N
             run("DELETE FROM s_idem WHERE uid = ? AND expires <= ?", (uid, time.time()))
             run("INSERT OR REPLACE INTO s_idem VALUES (?, ?, ?)", (uid, *ch.idempotency))
+            run("DELETE FROM s_idem WHERE uid = ? AND key NOT IN (SELECT key FROM s_idem"
+                " WHERE uid = ? ORDER BY expires DESC LIMIT ?)",
+                (uid, uid, max_idempotency_keys()))  # fmt: skip
 
     def renew_lease(self, name: str, token: str, ms: int) -> bool:
         # One statement, no session lock: it only extends a lease still ours.

@@ -11,6 +11,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import conf
+from ..exceptions import ConfigurationError
 from ..types import TaskConfig, TaskInstance
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "build_index",
     "full_snapshot",
     "instance_sort_key",
+    "max_idempotency_keys",
 ]
 
 #: ``(task name, trigger name)``: the instances of a task still waiting on a trigger.
@@ -222,4 +225,20 @@ def apply_changes(
         now = time.time()
         keys = {k: t for k, t in (metas.get("idempotency") or {}).items() if t > now}
         keys[changes.idempotency[0]] = changes.idempotency[1]
+        cap = max_idempotency_keys()
+        if len(keys) > cap:
+            keys = dict(sorted(keys.items(), key=lambda item: item[1])[-cap:])
         metas["idempotency"] = keys
+
+
+def max_idempotency_keys() -> int:
+    """``TRIGGERS['IDEMPOTENCY_MAX_KEYS']``: the most idempotency keys a
+    session keeps. Recording one more drops those that expire first (the
+    oldest, for a constant window) besides the expired ones; every backend
+    applies it in the commit that records the key."""
+    value = conf.get("IDEMPOTENCY_MAX_KEYS")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(
+            f"TRIGGERS['IDEMPOTENCY_MAX_KEYS'] must be a positive integer, not {value!r}"
+        )
+    return value

@@ -21,7 +21,7 @@ from django.db.models import DurationField, ExpressionWrapper, F, Func, OuterRef
 from django.db.models.functions import Now
 
 from .base import config_from_stored
-from .data import UNLESS, Changes, FetchRequest, Snapshot, build_index
+from .data import UNLESS, Changes, FetchRequest, Snapshot, build_index, max_idempotency_keys
 
 __all__ = ["read_all", "read_rows", "write_changes"]
 
@@ -344,11 +344,14 @@ def _write_extras(db: str, sid: int | None, changes: Changes) -> None:
     if changes.idempotency is not None:
         key, expires = changes.idempotency
         keys = models.IdempotencyKey.objects.using(db)
-        # Expired keys go as new ones come, so a session's keys stay bounded.
-        keys.filter(session_id=sid, expires__lte=time.time()).delete()
         keys.bulk_create(
             [models.IdempotencyKey(session_id=sid, key=key, expires=float(expires))],
             update_conflicts=True,
             unique_fields=["session", "key"],
             update_fields=["expires"],
         )
+        # Expired keys go as new ones come, and past IDEMPOTENCY_MAX_KEYS
+        # those expiring first, so a session's keys stay bounded (one query).
+        mine = keys.filter(session_id=sid)
+        beyond = mine.order_by("-expires", "-id").values("id")[max_idempotency_keys() :]
+        mine.filter(Q(expires__lte=time.time()) | Q(id__in=beyond)).delete()

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from .base import config_from_stored
-from .data import UNLESS, Changes, Snapshot, build_index
+from .data import UNLESS, Changes, Snapshot, build_index, max_idempotency_keys
 
 __all__ = [
     "FIRST_LEASE",
@@ -216,7 +216,7 @@ def operations(changes: Changes, lease_prefix: str, leases: list[str]) -> list[A
         ops += ["D", _TIMERS, timer]
     if changes.idempotency is not None:
         key, expiry = changes.idempotency
-        ops += ["I", key, repr(float(expiry))]
+        ops += ["I", key, repr(float(expiry)), str(max_idempotency_keys())]
     for name, (token, ms) in changes.leases_set.items():
         leases.append(lease_prefix + name)
         ops += ["L", str(FIRST_LEASE + len(leases) - 1), token, str(int(ms))]

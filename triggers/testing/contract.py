@@ -193,6 +193,27 @@ class StorageContractTests(TriggerManagerTestCaseMixin):
         assert fresh.fetch(FetchRequest(idempotency_key="order-2")).idempotency_seen is False
         assert fresh.fetch(FetchRequest(idempotency_key="order-3")).idempotency_seen is True
 
+    def test_a_session_keeps_at_most_idempotency_max_keys_keys(self) -> None:
+        from django.conf import settings
+        from django.test import override_settings
+
+        manager = self.configured({"t_a": {"after": ["a", "b"], "run": DEV}})
+        storage = manager.storage
+        capped = {**getattr(settings, "TRIGGERS", {}), "IDEMPOTENCY_MAX_KEYS": 3}
+        soon = time.time() + 60
+        # Given five keys recorded one after another with a cap of three
+        with override_settings(TRIGGERS=capped):
+            for n in range(5):
+                with storage.transaction() as txn:
+                    txn.fetch()
+                    txn.changes.idempotency = (f"evt-{n}", soon + n)
+        # Then the newest three are kept and the two oldest were dropped
+        fresh = self.make_storage(storage.uid)
+        seen = [
+            fresh.fetch(FetchRequest(idempotency_key=f"evt-{n}")).idempotency_seen for n in range(5)
+        ]
+        assert seen == [False, False, True, True, True]
+
     def test_an_idempotency_key_is_not_recorded_when_its_block_raises(self) -> None:
         manager = self.configured({"t_a": {"after": ["a", "b"], "run": DEV}})
         storage = manager.storage

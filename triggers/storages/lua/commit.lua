@@ -15,7 +15,8 @@
 --   Z <member>  ZADD waiting   R <member>  ZREM waiting
 --   S <value>   SET meta       X <key#>    DEL
 --   L <key#> <token> <ms>      set a lease  U <key#>  drop a lease
---   I <key> <expiry>           record an idempotency key (and drop expired ones)
+--   I <key> <expiry> <max>     record an idempotency key, drop expired ones and
+--                              keep at most <max> (those expiring last)
 -- Returns 0, or 1 when the lock is no longer ours (nothing written).
 -- A client that lost the reply and sends the script again finds its token
 -- among the recent commits and gets 0 without writing twice.
@@ -53,7 +54,11 @@ while i <= n do
     redis.call('DEL', KEYS[tonumber(ops[i + 1])]); i = i + 2
   elseif op == 'I' then
     redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', ARGV[5])
-    redis.call('ZADD', KEYS[10], ops[i + 2], ops[i + 1]); i = i + 3
+    redis.call('ZADD', KEYS[10], ops[i + 2], ops[i + 1])
+    -- At most <max> keys: those expiring first (lowest scores) go.
+    local extra = redis.call('ZCARD', KEYS[10]) - tonumber(ops[i + 3])
+    if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[10], 0, extra - 1) end
+    i = i + 4
   else
     return redis.error_reply('triggers commit: unknown operation ' .. tostring(op))
   end
