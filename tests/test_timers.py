@@ -21,8 +21,9 @@ import pytest
 from tests.contract_backends import DEV, PASS, DictStorage
 from triggers.exceptions import InvalidTriggerError, InvalidTriggerTypeError
 from triggers.manager import TriggerManager
+from triggers.schedule import timer_record
 from triggers.storages.cache import CacheStorageBackend
-from triggers.storages.due_index import DueEntry, index_for
+from triggers.storages.due_index import CLAIM_SECONDS, DueEntry, entry_for, index_for
 from triggers.testing import TriggerManagerTestCaseMixin, run_due_timers
 from triggers.timers import fire_due_timers
 
@@ -185,6 +186,30 @@ def test_a_stale_index_entry_fires_nothing_and_is_dropped(
     assert run_due_timers(manager, 61) == 1
     assert _count(manager) == 1
     assert index.count() == 0
+
+
+@pytest.mark.parametrize("timer_storage", ["redis", "locmem"], indirect=True)
+def test_a_sweep_ahead_of_the_timers_commit_leaves_its_entry_for_later(
+    timer_storage: Callable[[str], Any], threaded: None
+) -> None:
+    # Given an index entry written a moment ago whose fire has not committed
+    # yet (a sweeper in another process may read the session in between)
+    manager = _manager(timer_storage)
+    storage = manager.storage
+    timer = timer_record("tick", _now(), {})
+    index_for(storage).add([entry_for(storage, "in-flight", timer)])
+    # When a sweep finds the session without the timer
+    assert fire_due_timers(now=_now(), storage=storage) == 0
+    # Then the entry stays (claimed), and once the fire commits the timer
+    # the sweep after the claim applies it
+    assert index_for(storage).count() == 1
+    with storage.transaction() as txn:
+        txn.fetch()
+        txn.changes.timers_add["in-flight"] = timer
+    later = _now() + timedelta(seconds=CLAIM_SECONDS + 1)
+    assert fire_due_timers(now=later, storage=storage) == 1
+    assert _count(manager) == 1
+    assert index_for(storage).count() == 0
 
 
 def test_timers_and_deadlines_on_a_redis_cluster(

@@ -15,12 +15,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import conf, engine
-from .exceptions import SessionLostError, SessionNotConfiguredError
 from .integrity import check_before_fire
 from .registry import trigger_managers
 from .schedule import check_idempotency_key, due_time, new_timer_id, timer_record
 from .storages.data import max_idempotency_keys
-from .storages.due_index import index_for, write_ahead
 from .validation import check_name
 
 if TYPE_CHECKING:
@@ -75,32 +73,23 @@ def fire_with_options(
     storage = manager.storage
     timer_id = new_timer_id()
     timer = timer_record(trigger, due, kwargs, manager=_sweepable(manager, manager_key))
-    index = index_for(storage)
-    # Index first: a process dying before the commit leaves an entry the
-    # sweeper drops (the session holds no such timer), never a timer that
-    # no sweeper would find.
-    write_ahead(storage, {timer_id: timer})
 
-    def store(txn: Transaction) -> bool:
+    def store(txn: Transaction) -> None:
         if key is not None and key_seen(txn, key, trigger):
-            return False
+            return
         # A fire that would be refused now (unconfigured session with
         # ON_UNCONFIGURED='raise', lost state) is refused at once.
         txn.load(engine.load_for_fire(trigger))
         check_before_fire(storage, txn, trigger)
         if key is not None:
             record_key(txn, key)
-        txn.changes.timers_add[timer_id] = timer
-        return True
+        # The due index first (Transaction.add_timers), under the session
+        # lock: a sweeper that finds the entry waits for this commit before
+        # it reads the session, and a process dying before the commit leaves
+        # an entry the sweeper drops, never a timer no sweeper would find.
+        txn.add_timers({timer_id: timer})
 
-    try:
-        stored = manager.atomic(store)
-    except (SessionNotConfiguredError, SessionLostError):
-        # Refused before anything was written: the entry points at nothing.
-        index.remove([(storage.uid, timer_id)])
-        raise
-    if not stored:
-        index.remove([(storage.uid, timer_id)])
+    manager.atomic(store)
     return []
 
 

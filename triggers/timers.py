@@ -24,6 +24,7 @@ are due, not with the number of sessions: it reads the due index
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -139,11 +140,25 @@ def _apply_entry(index: DueIndex, entry: DueEntry, now: datetime, fallback: dict
         if timer is not None:
             index.add([entry._replace(due=from_iso(timer["due"]).timestamp())])
         return 0
-    if outcome == "gone":
+    if outcome == "gone" and not _maybe_in_flight(entry):
         # Nothing was committed; an applied or dropped timer's entry went
         # with its commit (after_commit).
         index.remove([(entry.uid, entry.timer_id)])
     return 1 if outcome == "applied" else 0
+
+
+def _maybe_in_flight(entry: DueEntry) -> bool:
+    """Whether the fire that wrote ``entry`` may not have committed yet: the
+    entry is written first, and a backend whose reads do not wait for the
+    session lock (the document tier, across processes) can show the session
+    without the timer until then. Such an entry stays claimed and comes back
+    after ``CLAIM_SECONDS`` (the timer fires late, not never); an older one
+    points at nothing and is dropped."""
+    written = (entry.locator or {}).get("written")
+    if not isinstance(written, int | float):
+        return False
+    grace = float(conf.get("LOCK_TIMEOUT")) + float(conf.get("LOCK_EXPIRE"))
+    return time.time() - written < grace
 
 
 def read_timer(manager: TriggerManager, timer_id: str) -> dict[str, Any] | None:

@@ -82,7 +82,7 @@ class DueEntry(NamedTuple):
     #: Unix time it is due (or, once claimed, when the claim lapses).
     due: float
     #: ``{"storage": key, "options": {...}, "manager": key or None,
-    #: "trigger": name, "instance": name or None}``.
+    #: "trigger": name, "instance": name or None, "written": Unix time}``.
     locator: dict[str, Any]
 
 
@@ -98,6 +98,9 @@ def entry_for(storage: BaseTriggerStorage, timer_id: str, timer: dict[str, Any])
         # What applying it will read, so the sweeper reads it with the timer.
         "trigger": timer["trigger"],
         "instance": timer.get("instance"),
+        # When the entry was written (Unix time): a sweeper that finds no
+        # such timer in the session soon after may be ahead of its commit.
+        "written": time.time(),
     }
     return DueEntry(storage.uid, timer_id, from_iso(timer["due"]).timestamp(), locator)
 
