@@ -310,13 +310,20 @@ class ResendingRedis(redis.Redis):
 
 def retrying_client(port: int, db: int) -> redis.Redis:
     """A client that retries a command at once, 3 times, when its
-    connection drops (a common production setting)."""
+    connection drops (a common production setting). Before redis-py 6 a
+    client retries only the errors ``retry_on_error`` lists."""
     try:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
     except ImportError:  # redis-py < 4.1
         return ResendingRedis(port=port, db=db, socket_timeout=5)
-    return redis.Redis(port=port, db=db, retry=Retry(NoBackoff(), 3), socket_timeout=5)
+    return redis.Redis(
+        port=port,
+        db=db,
+        retry=Retry(NoBackoff(), 3),
+        retry_on_error=[redis.ConnectionError],
+        socket_timeout=5,
+    )
 
 
 class ProxiedStorage(CacheStorageBackend):

@@ -341,16 +341,3 @@ def with_timeouts(client: Any, timeout: float | None) -> Any:
         connection_class=pool.connection_class, max_connections=pool.max_connections, **kwargs
     )
     return type(client)(connection_pool=bounded)
-
-
-def redis_client_from_setting(value: Any) -> Any:
-    """``TRIGGERS['REDIS_CLIENT']``: a URL or the dotted path of a factory."""
-    if callable(value):
-        return value()
-    if isinstance(value, str) and "://" in value:
-        import redis
-
-        return redis.Redis.from_url(value)
-    from django.utils.module_loading import import_string
-
-    return import_string(value)()

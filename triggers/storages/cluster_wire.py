@@ -6,7 +6,9 @@ redis-py's cluster pipeline asks a server ``COMMAND GETKEYS`` for every
 command goes to the master of its key's slot (``RedisCluster.get_node_from_key``)
 on a connection of that master's own pool: the commands for every master
 are written first and the replies read after, so a commit and its session
-index update, in two slots, still take one round trip.
+index update, in two slots, still take one round trip. This is for
+redis-py 6 and later (see :mod:`~triggers.storages.redis_wire`); an older
+cluster client gets its own pipeline.
 
 When the cluster answers ``MOVED``, ``ASK`` or ``TRYAGAIN`` (slots being
 moved) or a master refuses the connection (a failover), the whole batch
@@ -40,14 +42,6 @@ def _key(command: tuple[Any, ...]) -> Any:
     return command[1] if len(command) > 1 else None
 
 
-def _checkout(pool: Any) -> Any:
-    """A connection of ``pool`` (redis-py before 5.3 wants a command name)."""
-    try:
-        return pool.get_connection()
-    except TypeError:
-        return pool.get_connection("EVALSHA")
-
-
 def pipelined(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     """``commands`` through redis-py's pipeline (error replies returned)."""
     pipe = client.pipeline(transaction=False)
@@ -59,8 +53,8 @@ def pipelined(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
 def routed(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Send ``commands`` on cluster ``client``, each to its slot's master, in
     one round trip; error replies come back as exceptions in the list."""
-    # (redis-py 4.1 and later: what a cluster client needs; not at import
-    # time, so redis-py 3 can still import this module)
+    # (not at import time: redis-py 3, which has no cluster client, still
+    # imports this module)
     from redis.exceptions import AskError, MovedError, TryAgainError
 
     groups: dict[str, tuple[Any, list[int]]] = {}
@@ -76,7 +70,7 @@ def routed(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
         try:
             for node, positions in groups.values():
                 pool = node.redis_connection.connection_pool
-                conn = _checkout(pool)
+                conn = pool.get_connection()
                 taken.append((pool, conn))
                 conn.send_packed_command(conn.pack_commands([commands[i] for i in positions]))
             for (_, conn), (_, positions) in zip(taken, groups.values(), strict=True):

@@ -2,14 +2,20 @@
 :mod:`triggers.storages.redis` and the commands queued beside them, in one
 round trip.
 
-On a plain ``redis.Redis`` client the commands go straight to one
-connection checked out of the client's pool (redis-py's public
-``ConnectionPool.get_connection``/``release`` and ``Connection.pack_commands``
-/ ``send_packed_command`` / ``read_response``), retried with the
+On a plain ``redis.Redis`` client of redis-py 6 or later the commands go
+straight to one connection checked out of the client's pool (redis-py's
+public ``ConnectionPool.get_connection``/``release`` and
+``Connection.send_packed_command`` / ``read_response``), retried with the
 connection's own retry policy, as the client itself would: a client-level
-call costs several times more CPU than the bytes it sends. Any other client
-(a cluster client, a project's own class) gets a redis-py pipeline without
-MULTI. Either way a script missing from the server's cache (``NOSCRIPT``) is
+call costs several times more CPU than the bytes it sends. A cluster client
+of redis-py 6 or later sends each command to its slot's master
+(:mod:`~triggers.storages.cluster_wire`). Any other client -- a project's
+own class, or any client of an older redis-py -- gets each command through
+its own ``execute_command``, a round trip each, so that its own rules apply:
+before redis-py 6 a client retries only the errors its ``retry_on_error``
+lists (redis-py 3 has no retry policy at all), its pipeline retries by
+other rules, and a pool wants a command name to hand out a connection.
+Either way a script missing from the server's cache (``NOSCRIPT``) is
 loaded and sent again: both scripts are safe to send twice.
 """
 
@@ -62,9 +68,18 @@ class Batch:
         return self.execute_command("ZREM", name, *values)
 
 
+#: Whether this redis-py's client retries a command by its connection's
+#: ``retry`` policy alone (redis-py 6 and later), which :func:`_retried` does
+#: too; an older client raises the errors its ``retry_on_error`` does not
+#: list, and its pool wants a command name.
+DIRECT = redis.VERSION >= (6,)
+
+
 def _direct(client: Any) -> bool:
-    return type(client) in (redis.Redis, redis.StrictRedis) and isinstance(
-        getattr(client, "connection_pool", None), redis.ConnectionPool
+    return (
+        DIRECT
+        and type(client) in (redis.Redis, redis.StrictRedis)
+        and isinstance(getattr(client, "connection_pool", None), redis.ConnectionPool)
     )
 
 
@@ -74,15 +89,21 @@ def run(
     scripts: dict[str, Script],
     holder: Any = None,
 ) -> list[Any]:
-    """Send ``commands`` in one round trip and return their replies (an
-    error reply is raised); ``scripts`` maps the SHA1 of each script the
+    """Send ``commands`` (in one round trip but on a client of the last kind
+    the module's docstring lists) and return their replies (an error reply
+    is raised); ``scripts`` maps the SHA1 of each script the
     commands run to the script, to load it if the server lacks it.
     ``holder`` (a :class:`~triggers.locking.SessionLock`) keeps one pool
     connection for the whole operation."""
     direct = _direct(client)
+    cluster = DIRECT and not direct and is_cluster(client)
 
     def send(batch: list[tuple[Any, ...]]) -> list[Any]:
-        return _direct_run(client, batch, holder) if direct else _pipelined(client, batch)
+        if direct:
+            return _direct_run(client, batch, holder)
+        if cluster:
+            return routed(client, batch)  # see cluster_wire: the pipeline's routing is slow
+        return _one_by_one(client, batch)
 
     replies = send(commands)
     missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
@@ -111,8 +132,8 @@ def _direct_run(client: Any, commands: list[tuple[Any, ...]], holder: Any) -> li
 
 
 def _retried(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-    # As the client does: the connection's retry policy, reconnecting after
-    # a failure (both scripts are safe to send again).
+    # As redis-py 6+'s client does: the connection's retry policy,
+    # reconnecting after a failure (both scripts are safe to send again).
     return list(
         conn.retry.call_with_retry(
             lambda: _exchange(conn, commands), lambda _error: conn.disconnect()
@@ -156,10 +177,12 @@ def _exchange(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     return replies
 
 
-def _pipelined(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-    if is_cluster(client):
-        return routed(client, commands)  # see cluster_wire: the pipeline's routing is slow
-    pipe = client.pipeline(transaction=False)
+def _one_by_one(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """``commands`` sent by the client itself, one call each."""
+    replies: list[Any] = []
     for command in commands:
-        pipe.execute_command(*command)
-    return list(pipe.execute(raise_on_error=False))
+        try:
+            replies.append(client.execute_command(*command))
+        except ResponseError as exc:  # an error reply, as the other ways return it
+            replies.append(exc)
+    return replies
