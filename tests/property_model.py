@@ -1,6 +1,7 @@
 """The reference model and the random workflows of the property tests
-(tests/test_properties.py, tests/test_engine.py): SPEC §3 and §14 (groups,
-``if`` conditions) written as plainly as possible, sequentially, with no
+(tests/test_properties.py, tests/test_property_timers.py,
+tests/test_engine.py): SPEC §3 and §14 (groups, ``if`` conditions, delayed
+fires, deadlines) written as plainly as possible, sequentially, with no
 storage and none of the library's rule code -- only its CEL evaluator, so a
 condition means the same thing to both."""
 
@@ -22,6 +23,10 @@ CONDITIONS = ["kwargs.n > 1", "kwargs.n % 2 == 0", "has(kwargs.n) && kwargs.n !=
 
 #: A fire: a trigger name, or a name and its kwargs.
 Fire = str | tuple[str, dict[str, Any]]
+#: Seconds of the random workflows' deadlines (task ti waits this plus i, so
+#: no two instances' deadlines fall due at once): far beyond the minutes the
+#: delayed fires use, they come due only when a test sweeps past them.
+DEADLINE_SECONDS = 10**6
 
 
 def _number(name: str) -> int:
@@ -62,9 +67,16 @@ class Model:
             every = d.get("andEvery")
             after, unless = Need(d["after"], every), Need(d.get("unless", []))
             self.tasks[name] = (after, every, unless, d.get("if", {}))
+        self.deadline_of = {
+            n: d["deadline"]["fire"] for n, d in configuration.items() if "deadline" in d
+        }
         self.latest: dict[str, dict[str, Any]] = {}
         self.instances: dict[str, dict[str, Any]] = {}
         self.queue: deque[str] = deque()
+        #: Pending delayed fires ``(due, trigger, kwargs)`` and the instances
+        #: whose deadline is pending, in creation order.
+        self.timers: list[tuple[float, str, dict[str, Any]]] = []
+        self.deadlines: list[str] = []
 
     @staticmethod
     def _passes(conditions: dict[str, str], trigger: str, kwargs: dict[str, Any]) -> bool:
@@ -80,6 +92,8 @@ class Model:
             "unless_got": unless.names & seed,
             "status": "unstarted",
         }
+        if task in self.deadline_of:
+            self.deadlines.append(name)
         return name
 
     def _waits_for(self, name: str, trigger: str) -> bool:
@@ -119,12 +133,46 @@ class Model:
             self.instances[name]["status"] = "scheduled"
             self.queue.append(name)
 
-    def fire(self, trigger: str, kwargs: dict[str, Any] | None = None) -> None:
-        self._apply(trigger, kwargs or {})
+    def _drain(self) -> None:
         while self.queue:
             name = self.queue.popleft()
             self.instances[name]["status"] = "finished"
             self._apply(self.instances[name]["task"], {})
+
+    def fire(self, trigger: str, kwargs: dict[str, Any] | None = None) -> None:
+        self._apply(trigger, kwargs or {})
+        self._drain()
+
+    def later(self, due: float, trigger: str, kwargs: dict[str, Any] | None = None) -> None:
+        """A delayed fire: nothing happens until a sweep at ``due`` or later."""
+        self.timers.append((due, trigger, kwargs or {}))
+
+    def sweep(self, now: float) -> int:
+        """Apply the delayed fires due at ``now``, earliest first, each as a
+        plain fire but with the tasks they schedule run only after the last
+        one (a sweep applies them all, then the runner runs what they
+        scheduled); how many it applied."""
+        due = sorted((t for t in self.timers if t[0] <= now), key=lambda t: t[0])
+        self.timers = [t for t in self.timers if t[0] > now]
+        for _, trigger, kwargs in due:
+            self._apply(trigger, kwargs)
+        self._drain()
+        return len(due)
+
+    def sweep_deadlines(self, order: list[str]) -> int:
+        """Apply the pending deadlines (instance names, in the order they
+        fall due): an instance still unstarted fires its task's deadline
+        trigger with ``{"instance": name}``, any other is dropped. Deadlines
+        of instances this creates stay pending. How many fired."""
+        assert sorted(order) == sorted(self.deadlines), "the same pending deadlines"
+        self.deadlines = []
+        fired = 0
+        for name in order:
+            if self.instances[name]["status"] == "unstarted":
+                fired += 1
+                self._apply(self.deadline_of[self.instances[name]["task"]], {"instance": name})
+        self._drain()
+        return fired
 
     def statuses(self) -> dict[str, str]:
         return {n: i["status"] for n, i in self.instances.items()}
@@ -175,11 +223,16 @@ def _group(draw: Any, members: list[str]) -> dict[str, Any]:
 
 @st.composite
 def workflows(
-    draw: Any, with_unless: bool = True, with_groups: bool = True, with_conditions: bool = False
+    draw: Any,
+    with_unless: bool = True,
+    with_groups: bool = True,
+    with_conditions: bool = False,
+    with_deadlines: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Tasks t0..tn; each waits on external triggers and/or the cascades of
     earlier tasks (maybe through groups), so every workflow is acyclic and
-    valid; conditions go on external triggers the task mentions."""
+    valid; conditions go on external triggers the task mentions; a deadline
+    fires an external trigger."""
     configuration: dict[str, dict[str, Any]] = {}
     for i in range(draw(st.integers(1, 5))):
         pool = EXTERNAL + [f"t{j}" for j in range(i)]
@@ -201,6 +254,9 @@ def workflows(
             chosen = draw(st.lists(st.sampled_from(external), unique=True)) if external else []
             if chosen:
                 directives["if"] = {t: draw(st.sampled_from(CONDITIONS)) for t in chosen}
+        if with_deadlines and draw(st.booleans()):
+            fire = draw(st.sampled_from(EXTERNAL))
+            directives["deadline"] = {"seconds": DEADLINE_SECONDS + i, "fire": fire}
         configuration[f"t{i}"] = directives
     return configuration
 
