@@ -20,7 +20,7 @@ from ..types import TaskConfig, TaskInstance
 from .data import FetchRequest, Snapshot, WaitKey, build_index, instance_sort_key
 
 if TYPE_CHECKING:
-    from ..engine import Load
+    from ..effects import Load
     from .base import BaseTriggerStorage
 
 __all__ = ["SessionView"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..engine import Effects
+from ..effects import Effects
 from ..types import TaskConfig, TaskInstance, now_iso
 from .changeset import partial_waiting, received_changes, whole_waiting
 from .data import Changes, Snapshot, build_index
