@@ -263,13 +263,11 @@ def test_delayed_fires_from_several_processes_sweeping_at_once_apply_once(
     # Given a workflow with andEvery, groups, a condition and cascades, and
     # 40 fires (half of them delayed) dealt out to three processes, each
     # also sweeping between its fires
-    from tests.contract_backends import POSTGRES_ALIAS
-    from tests.test_timer_sweepers import _prefix_of
+    from tests.test_timer_sweepers import sweeper_target
 
     manager = _new_session(timer_storage, PROCESS_WORKFLOW)
     storage = manager.storage
-    kind = "database" if storage.name == "database" else "redis"
-    option = POSTGRES_ALIAS if kind == "database" else _prefix_of(timer_storage)
+    kind, option = sweeper_target(timer_storage)
     base = (datetime.now(UTC) + timedelta(hours=1)).timestamp()
     fires: list[Fire] = ["e0", ("e1", {"n": 2}), "e0", "e2", "e3", "e0", "e1", "e0"] * 5
     plan = [(fire, base + i if i % 2 else None) for i, fire in enumerate(fires)]

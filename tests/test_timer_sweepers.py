@@ -21,35 +21,14 @@ from typing import Any
 
 import pytest
 
-from tests.contract_backends import DEV, POSTGRES_ALIAS
+from tests.contract_backends import POSTGRES_ALIAS
+from tests.test_timers import COUNTING, _count, _manager, _now
 from tests.utils import wait_for
 from triggers.manager import TriggerManager
 from triggers.storages.base import BaseTriggerStorage
 from triggers.storages.cache import CacheStorageBackend
 from triggers.storages.due_index import CLAIM_SECONDS, index_for
 from triggers.timers import fire_due_timers
-
-#: Each fire of "tick" makes a new instance that never runs ("never" does
-#: not fire): counting instances counts how often a timer was applied.
-COUNTING = {"t_count": {"after": ["never"], "andEvery": "tick", "run": DEV}}
-KINDS = ["redis", "database", "locmem", "custom"]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _manager(
-    timer_storage: Callable[[str], Any], config: dict[str, Any] = COUNTING
-) -> TriggerManager:
-    manager = TriggerManager(timer_storage(f"timers-{uuid.uuid4().hex}"))
-    manager.update_configuration(config)
-    return manager
-
-
-def _count(manager: TriggerManager) -> int:
-    return len(manager.storage.instances)
-
 
 # -- many sessions, many sweepers ---------------------------------------------------
 
@@ -80,12 +59,20 @@ def _prefix_of(timer_storage: Callable[[str], Any]) -> str:
     return str(settings.CACHES["timers"]["KEY_PREFIX"])
 
 
+def sweeper_target(timer_storage: Callable[[str], Any]) -> tuple[str, str]:
+    """What a sweeper process needs to sweep ``timer_storage``'s due index:
+    its kind (``"redis"``/``"database"``) and the cache key prefix or the
+    database alias (see :func:`_setup_child`)."""
+    if timer_storage(f"probe-{uuid.uuid4().hex}").name == "database":
+        return "database", POSTGRES_ALIAS
+    return "redis", _prefix_of(timer_storage)
+
+
 @pytest.mark.parametrize("timer_storage", ["redis", "database"], indirect=True)
 def test_racing_sweepers_in_four_processes_apply_each_timer_once(
     timer_storage: Callable[[str], Any], children: list[subprocess.Popen[str]]
 ) -> None:
-    kind = "database" if timer_storage(f"probe-{uuid.uuid4().hex}").name == "database" else "redis"
-    option = POSTGRES_ALIAS if kind == "database" else _prefix_of(timer_storage)
+    kind, option = sweeper_target(timer_storage)
     # Given 40 sessions with a due timer each
     managers = [_manager(timer_storage) for _ in range(40)]
     for manager in managers:
@@ -109,8 +96,7 @@ def test_racing_sweepers_in_four_processes_apply_each_timer_once(
 def test_a_sweeper_killed_mid_way_loses_nothing_and_repeats_nothing(
     timer_storage: Callable[[str], Any], children: list[subprocess.Popen[str]]
 ) -> None:
-    kind = "database" if timer_storage(f"probe-{uuid.uuid4().hex}").name == "database" else "redis"
-    option = POSTGRES_ALIAS if kind == "database" else _prefix_of(timer_storage)
+    kind, option = sweeper_target(timer_storage)
     managers = [_manager(timer_storage) for _ in range(10)]
     for manager in managers:
         manager.fire("tick", delay=1)
@@ -287,7 +273,7 @@ def _main(argv: list[str]) -> None:
             signal.pause()  # killed here, with the other claimed timers unapplied
             return outcome
 
-        timers.apply_timer = apply_then_hold  # type: ignore[assignment]
+        timers.apply_timer = apply_then_hold
     now = datetime.fromtimestamp(float(when), tz=UTC)
     print("applied", timers.fire_due_timers(now=now, storage=probe), flush=True)
 

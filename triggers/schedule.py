@@ -26,6 +26,7 @@ from .validation import check_name
 
 __all__ = [
     "DEADLINE",
+    "aware_utc",
     "check_deadline",
     "check_idempotency_key",
     "deadline_of",
@@ -84,16 +85,23 @@ def due_time(trigger: str, delay: Any, at: Any, now: datetime | None = None) -> 
     now = now or datetime.now(UTC)
     if delay is not None:
         return now + timedelta(seconds=_seconds(trigger, delay))
-    if not isinstance(at, datetime):
+    return aware_utc(at, f"at for trigger {trigger!r}")
+
+
+def aware_utc(value: Any, what: str) -> datetime:
+    """``value`` in UTC if it is an aware datetime; ``what`` names it in the
+    ``TypeError``/``ValueError`` (library subclasses) raised otherwise: a
+    naive one would mean a different moment on every server."""
+    if not isinstance(value, datetime):
         raise InvalidTriggerTypeError(
-            f"at for trigger {trigger!r} must be an aware datetime, not {type(at).__name__}"
+            f"{what} must be an aware datetime, not {type(value).__name__}"
         )
-    if at.tzinfo is None or at.utcoffset() is None:
+    if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidTriggerError(
-            f"at for trigger {trigger!r} must be an aware datetime "
-            f"(e.g. django.utils.timezone.now() + timedelta(days=7)), not the naive {at}"
+            f"{what} must be an aware datetime "
+            f"(e.g. django.utils.timezone.now() + timedelta(days=7)), not the naive {value}"
         )
-    return at.astimezone(UTC)
+    return value.astimezone(UTC)
 
 
 def check_idempotency_key(trigger: str, key: Any) -> str | None:

@@ -33,7 +33,7 @@ from . import conf
 from .exceptions import DispatchError
 from .manager import TriggerManager
 from .registry import trigger_managers
-from .schedule import from_iso
+from .schedule import aware_utc, from_iso
 from .storages import BaseTriggerStorage, storage_backends
 from .storages.due_index import BATCH, DueEntry, DueIndex, after_commit, index_for
 from .storages.transaction import Transaction
@@ -47,13 +47,7 @@ Outcome = Literal["applied", "dropped", "gone", "later"]
 
 
 def _check_now(now: Any) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if not isinstance(now, datetime):
-        raise TypeError(f"now must be an aware datetime, not {type(now).__name__}")
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise ValueError(f"now must be an aware datetime, not the naive {now}")
-    return now.astimezone(UTC)
+    return datetime.now(UTC) if now is None else aware_utc(now, "fire_due_timers(now=...)")
 
 
 def _check_limit(limit: Any) -> int | None:

@@ -227,6 +227,14 @@ def read_all(
     return snap
 
 
+def _upsert(db: str, model: Any, rows: list[Any], unique: list[str], update: list[str]) -> None:
+    """Insert ``rows`` of ``model`` in one statement; a row whose
+    ``(session, *unique)`` exists already gets the new ``update`` fields."""
+    model.objects.using(db).bulk_create(
+        rows, update_conflicts=True, unique_fields=["session", *unique], update_fields=update
+    )
+
+
 def write_changes(
     db: str, sid: int | None, changes: Changes, counters: dict[str, int] | None = None
 ) -> None:
@@ -234,14 +242,15 @@ def write_changes(
     operation read them under the lock (the changed ones are merged in)."""
     models = _models()
     if changes.configs:
-        models.SessionTask.objects.using(db).bulk_create(
+        _upsert(
+            db,
+            models.SessionTask,
             [
                 models.SessionTask(session_id=sid, name=name, config=cfg.to_directives())
                 for name, cfg in sorted(changes.configs.items())
             ],
-            update_conflicts=True,
-            unique_fields=["session", "name"],
-            update_fields=["config"],
+            ["name"],
+            ["config"],
         )
     if changes.index is not None:
         models.TriggerIndex.objects.using(db).filter(session_id=sid).delete()
@@ -252,7 +261,9 @@ def write_changes(
             ]
         )
     if changes.instances:
-        models.SessionInstance.objects.using(db).bulk_create(
+        _upsert(
+            db,
+            models.SessionInstance,
             [
                 models.SessionInstance(
                     session_id=sid,
@@ -262,9 +273,8 @@ def write_changes(
                 )
                 for name, inst in sorted(changes.instances.items())
             ],
-            update_conflicts=True,
-            unique_fields=["session", "name"],
-            update_fields=["task", "record"],
+            ["name"],
+            ["task", "record"],
         )
     if changes.waiting_remove:
         gone = Q()
@@ -280,14 +290,15 @@ def write_changes(
             ignore_conflicts=True,
         )
     if changes.latest_kwargs:
-        models.LatestKwargs.objects.using(db).bulk_create(
+        _upsert(
+            db,
+            models.LatestKwargs,
             [
                 models.LatestKwargs(session_id=sid, trigger=trig, kwargs=kwargs)
                 for trig, kwargs in sorted(changes.latest_kwargs.items())
             ],
-            update_conflicts=True,
-            unique_fields=["session", "trigger"],
-            update_fields=["kwargs"],
+            ["trigger"],
+            ["kwargs"],
         )
     _write_extras(db, sid, changes)
     instances = models.SessionInstance.objects.using(db).filter(session_id=sid)
@@ -312,15 +323,16 @@ def _write_extras(db: str, sid: int | None, changes: Changes) -> None:
     """What instances received, the session's timers and idempotency keys."""
     models = _models()
     if changes.received:
-        models.ReceivedKwargs.objects.using(db).bulk_create(
+        _upsert(
+            db,
+            models.ReceivedKwargs,
             [
                 models.ReceivedKwargs(session_id=sid, instance=name, field=field, kwargs=kwargs)
                 for name, fields in sorted(changes.received.items())
                 for field, kwargs in sorted(fields.items())
             ],
-            update_conflicts=True,
-            unique_fields=["session", "instance", "field"],
-            update_fields=["kwargs"],
+            ["instance", "field"],
+            ["kwargs"],
         )
     if changes.received_drop:
         gone = Q()
@@ -328,14 +340,15 @@ def _write_extras(db: str, sid: int | None, changes: Changes) -> None:
             gone |= Q(instance=name, field__in=sorted(fields))
         models.ReceivedKwargs.objects.using(db).filter(gone, session_id=sid).delete()
     if changes.timers_add:
-        models.SessionTimer.objects.using(db).bulk_create(
+        _upsert(
+            db,
+            models.SessionTimer,
             [
                 models.SessionTimer(session_id=sid, timer_id=timer_id, timer=timer)
                 for timer_id, timer in sorted(changes.timers_add.items())
             ],
-            update_conflicts=True,
-            unique_fields=["session", "timer_id"],
-            update_fields=["timer"],
+            ["timer_id"],
+            ["timer"],
         )
     if changes.timers_remove:
         models.SessionTimer.objects.using(db).filter(
@@ -344,12 +357,8 @@ def _write_extras(db: str, sid: int | None, changes: Changes) -> None:
     if changes.idempotency is not None:
         key, expires = changes.idempotency
         keys = models.IdempotencyKey.objects.using(db)
-        keys.bulk_create(
-            [models.IdempotencyKey(session_id=sid, key=key, expires=float(expires))],
-            update_conflicts=True,
-            unique_fields=["session", "key"],
-            update_fields=["expires"],
-        )
+        row = models.IdempotencyKey(session_id=sid, key=key, expires=float(expires))
+        _upsert(db, models.IdempotencyKey, [row], ["key"], ["expires"])
         # Expired keys go as new ones come, and past IDEMPOTENCY_MAX_KEYS
         # those expiring first, so a session's keys stay bounded (one query).
         mine = keys.filter(session_id=sid)

@@ -258,35 +258,16 @@ class DatabaseDueIndex(DueIndex):
         return int(self.rows.count())
 
 
-# -- any other Django cache: one document -------------------------------------------
+# -- any other Django cache, or this process only: one table ------------------------
 
 
-class DocumentDueIndex(DueIndex):
-    """``{member: [due, locator]}`` in one cache value, changed under a
-    ``cache.add()`` mutex (atomic on every shared Django cache)."""
-
-    def __init__(self, cache: Any) -> None:
-        self.cache = cache
-        self.key = "triggers:due"
+class TableDueIndex(DueIndex):
+    """The index as one table ``{"uid<US>timer id": [due, locator]}``, read
+    and changed whole by :meth:`_change` (atomically, as the subclass says)."""
 
     def _change(self, edit: Any) -> Any:
-        token = uuid.uuid4().hex
-        give_up = time.monotonic() + float(conf.get("LOCK_TIMEOUT"))
-        while not self.cache.add(f"{self.key}:mutex", token, timeout=int(conf.get("LOCK_EXPIRE"))):
-            if time.monotonic() > give_up:
-                from ..exceptions import LockTimeoutError
-
-                raise LockTimeoutError("(the due index)", float(conf.get("LOCK_TIMEOUT")))
-            time.sleep(0.005)
-        try:
-            raw = self.cache.get(self.key)
-            table: dict[str, list[Any]] = json.loads(raw) if raw else {}
-            result = edit(table)
-            self.cache.set(self.key, json.dumps(table), timeout=None)
-            return result
-        finally:
-            if self.cache.get(f"{self.key}:mutex") == token:
-                self.cache.delete(f"{self.key}:mutex")
+        """Run ``edit(table)`` on the table and keep what it left; its result."""
+        raise NotImplementedError
 
     def add(self, entries: Iterable[DueEntry]) -> None:
         items = [(f"{e.uid}{SEP}{e.timer_id}", [e.due, e.locator]) for e in entries]
@@ -312,39 +293,52 @@ class DocumentDueIndex(DueIndex):
         return result
 
     def count(self) -> int:
-        raw = self.cache.get(self.key)
+        result: int = self._change(len)
+        return result
+
+
+class DocumentDueIndex(TableDueIndex):
+    """The table in one cache value, changed under a ``cache.add()`` mutex
+    (atomic on every shared Django cache)."""
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+        self.key = "triggers:due"
+
+    def _change(self, edit: Any) -> Any:
+        token = uuid.uuid4().hex
+        give_up = time.monotonic() + float(conf.get("LOCK_TIMEOUT"))
+        while not self.cache.add(f"{self.key}:mutex", token, timeout=int(conf.get("LOCK_EXPIRE"))):
+            if time.monotonic() > give_up:
+                from ..exceptions import LockTimeoutError
+
+                raise LockTimeoutError("(the due index)", float(conf.get("LOCK_TIMEOUT")))
+            time.sleep(0.005)
+        try:
+            raw = self.cache.get(self.key)
+            table: dict[str, list[Any]] = json.loads(raw) if raw else {}
+            result = edit(table)
+            self.cache.set(self.key, json.dumps(table), timeout=None)
+            return result
+        finally:
+            if self.cache.get(f"{self.key}:mutex") == token:
+                self.cache.delete(f"{self.key}:mutex")
+
+    def count(self) -> int:
+        raw = self.cache.get(self.key)  # a read: no mutex
         return len(json.loads(raw)) if raw else 0
 
 
-# -- anything else: this process only -----------------------------------------------
+class MemoryDueIndex(TableDueIndex):
+    """The table in this process (a backend the module cannot place)."""
 
-
-class MemoryDueIndex(DueIndex):
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.table: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self.table: dict[str, list[Any]] = {}
 
-    def add(self, entries: Iterable[DueEntry]) -> None:
+    def _change(self, edit: Any) -> Any:
         with self.lock:
-            for e in entries:
-                self.table[(e.uid, e.timer_id)] = (e.due, e.locator)
-
-    def remove(self, pairs: Iterable[tuple[str, str]]) -> None:
-        with self.lock:
-            for pair in pairs:
-                self.table.pop(pair, None)
-
-    def claim(self, now: float, limit: int) -> list[DueEntry]:
-        with self.lock:
-            due = sorted((v[0], k) for k, v in self.table.items() if v[0] <= now)[:limit]
-            found = []
-            for when, key in due:
-                found.append(DueEntry(key[0], key[1], when, self.table[key][1]))
-                self.table[key] = (now + CLAIM_SECONDS, self.table[key][1])
-            return found
-
-    def count(self) -> int:
-        return len(self.table)
+            return edit(self.table)
 
 
 _MEMORY = MemoryDueIndex()
