@@ -188,6 +188,35 @@ def test_a_stale_index_entry_fires_nothing_and_is_dropped(
     assert index.count() == 0
 
 
+@pytest.mark.parametrize("timer_storage", ["redis"], indirect=True)
+def test_a_due_index_that_fails_after_the_commit_does_not_fail_the_cancel(
+    timer_storage: Callable[[str], Any], monkeypatch: Any, caplog: Any, settings: Any
+) -> None:
+    # Given a timer, and a due index that cannot drop entries just now
+    manager = _manager(timer_storage)
+    manager.fire("tick", delay=60)
+    index_class = type(index_for(manager.storage))
+
+    def refuse(self: Any, pairs: Any) -> None:
+        raise ConnectionError("the due index is away")
+
+    monkeypatch.setattr(index_class, "remove", refuse)
+    # When the timer is cancelled, the cancel (committed) still says so, and
+    # the entry left behind is reported
+    assert manager.cancel_timers("tick") == 1
+    assert manager.storage.timers == []
+    assert "stay in the due index until a sweep drops them" in caplog.text
+    # Then, the index back, that entry fires nothing and (once older than a
+    # commit can take) goes
+    monkeypatch.undo()
+    later = _now() + timedelta(hours=1)
+    assert fire_due_timers(now=later, storage=manager.storage) == 0
+    settings.TRIGGERS = {**settings.TRIGGERS, "LOCK_TIMEOUT": 0, "LOCK_EXPIRE": 0}
+    assert fire_due_timers(now=later + timedelta(hours=1), storage=manager.storage) == 0
+    assert _count(manager) == 0
+    assert index_for(manager.storage).count() == 0
+
+
 @pytest.mark.parametrize("timer_storage", ["redis", "locmem"], indirect=True)
 def test_a_sweep_ahead_of_the_timers_commit_leaves_its_entry_for_later(
     timer_storage: Callable[[str], Any], threaded: None
