@@ -100,7 +100,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "postgres: the test uses the run's PostgreSQL database (database backend)"
     )
-    config.addinivalue_line("markers", "redis_cluster: the test uses the run's Redis Cluster")
+    config.addinivalue_line(
+        "markers", "redis_cluster: the test uses the run's Redis Cluster or a cluster client"
+    )
 
 
 # -- fixtures the workflow tests share (moved from tests/contract_backends.py) --

@@ -305,10 +305,7 @@ def redis_client_for_cache(cache: Any) -> Any | None:
     # django-redis
     client = getattr(cache, "client", None)
     if client is not None and hasattr(client, "get_client"):
-        try:
-            return client.get_client(write=True)
-        except TypeError:
-            pass  # a client API without ``write=``: the next way below finds it
+        return client.get_client(write=True)
     # Django's built-in RedisCache (django.core.cache.backends.redis)
     inner = getattr(cache, "_cache", None)
     if inner is not None and hasattr(inner, "get_client") and hasattr(inner, "_pools"):
