@@ -103,6 +103,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "redis_cluster: the test uses the run's Redis Cluster or a cluster client"
     )
+    config.addinivalue_line(
+        "markers",
+        "redis_broker: the test publishes through kombu's Redis transport whatever the "
+        "suite's broker (it needs redis-py 6.1 or later)",
+    )
 
 
 # -- fixtures the workflow tests share (moved from tests/contract_backends.py) --

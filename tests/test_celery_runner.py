@@ -142,6 +142,7 @@ def test_a_publish_sends_what_apply_async_sends(probe):
     assert probe.app.control.purge() == 2
 
 
+@pytest.mark.redis_broker
 def test_a_publish_whose_batch_fails_is_sent_again_the_ordinary_way(redis_client):
     # Given a probe app whose broker is the suite's Redis (whatever broker the
     # suite uses) reached through a proxy, and a
