@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
     # Cache alias that holds session state (a Redis cache in production).
@@ -86,22 +87,46 @@ DEFAULTS: dict[str, Any] = {
 KNOWN_KEYS = frozenset(DEFAULTS) | {"TIMEOUT"}
 
 
+#: ``settings.TRIGGERS`` as last read (the object itself, so an edit in
+#: place shows), or ``_UNREAD``: a fire reads several keys, and each read of
+#: Django's lazy settings object costs more than the lookup. Django sends
+#: ``setting_changed`` whenever a setting is replaced (``override_settings``,
+#: pytest-django's ``settings`` fixture), which forgets it.
+_UNREAD: Any = object()
+_user: list[Any] = [_UNREAD]
+
+
+def _forget(*, setting: str, **kwargs: Any) -> None:
+    if setting == "TRIGGERS":
+        _user[0] = _UNREAD
+
+
+setting_changed.connect(_forget, dispatch_uid="triggers.conf")
+
+
+def _triggers() -> Any:
+    user = _user[0]
+    if user is _UNREAD:
+        user = _user[0] = getattr(settings, "TRIGGERS", None)
+    return user or {}
+
+
 def get(key: str) -> Any:
     """One ``TRIGGERS`` value, falling back to :data:`DEFAULTS`."""
-    user = getattr(settings, "TRIGGERS", None) or {}
+    user = _triggers()
     if key in user:
         return user[key]
     return DEFAULTS.get(key)
 
 
 def has(key: str) -> bool:
-    return key in (getattr(settings, "TRIGGERS", None) or {})
+    return key in _triggers()
 
 
 def user_settings() -> Any:
     """The raw ``TRIGGERS`` setting as the project wrote it (``{}`` if absent);
     the system checks validate its shape."""
-    return getattr(settings, "TRIGGERS", None) or {}
+    return _triggers()
 
 
 def workflows_dir() -> str:

@@ -51,10 +51,15 @@ def check_uid(uid: Any) -> str:
     return check_name(uid, "session uid", max_length=MAX_UID_LENGTH)
 
 
+#: ``json.dumps(value, separators=(",", ":"), allow_nan=False)``, built
+#: once (``json.dumps`` builds an encoder per call when given options).
+_compact = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def dump_json(value: Any, what: str) -> str:
     """Serialise to compact JSON, raising a library error for what cannot be."""
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+        return _compact(value)
     except (TypeError, ValueError) as exc:
         raise InvalidTriggerTypeError(f"{what} must serialise to JSON: {exc}") from exc
 
@@ -72,6 +77,9 @@ def check_json_tree(what: str, value: Any, max_depth: int) -> None:
     stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
     while stack:
         item, parts = stack.pop()
+        kind = type(item)
+        if kind is int or kind is bool or item is None:  # the common cases first
+            continue
         if isinstance(item, str):
             if not item.isascii() and not _encodable(item):
                 raise InvalidTriggerError(f"{what}: {_path(parts)} contains a lone surrogate")
@@ -84,13 +92,13 @@ def check_json_tree(what: str, value: Any, max_depth: int) -> None:
                     f"{what}: {_path(parts)} is {item!r}, which JSON cannot represent"
                 )
             continue
-        if isinstance(item, Mapping | list | tuple):
+        if kind is dict or kind is list or isinstance(item, Mapping | list | tuple):
             if len(parts) > max_depth:
                 raise InvalidTriggerError(
                     f"{what}: {_path(parts)} nests deeper than {max_depth} levels "
                     "(TRIGGERS['MAX_KWARGS_DEPTH'])"
                 )
-            if isinstance(item, Mapping):
+            if kind is dict or (kind is not list and isinstance(item, Mapping)):
                 for key, child in item.items():
                     if not isinstance(key, str):
                         raise InvalidTriggerTypeError(
