@@ -313,3 +313,50 @@ def test_threads_and_processes_hammering_one_session_never_deadlock(unique_uid):
         for n in range(FIRES_PER_THREAD)
     )
     assert received == expected
+
+
+def test_a_fire_waiting_for_the_lock_survives_its_connection_dropping_mid_wait(
+    redis_client, unique_uid
+):
+    import threading
+
+    import psutil
+
+    # Given a fire in another thread waiting for a lock this test holds: it
+    # blocks on the release signal over the connection its operation holds
+    manager = TriggerManager(CacheStorageBackend(unique_uid))
+    manager.update_configuration({"t_a": {"after": ["ping", "pong"], "run": RecordingTask.name}})
+    outcome: dict[str, Any] = {}
+
+    def fire() -> None:
+        try:
+            waiting = TriggerManager(CacheStorageBackend(unique_uid))
+            outcome["fired"] = waiting.fire("ping", {"n": 1})
+        except BaseException as exc:  # reported to the test below
+            outcome["error"] = exc
+
+    def blocked_clients() -> list[dict[str, Any]]:
+        # This process's connections blocked in BLPOP (other processes may
+        # use the same server).
+        ours = {f"127.0.0.1:{c.laddr.port}" for c in psutil.Process().net_connections("tcp")}
+        return [c for c in redis_client.client_list() if c["cmd"] == "blpop" and c["addr"] in ours]
+
+    with manager.storage.acquire_lock() as session:
+        waiter = threading.Thread(target=fire)
+        waiter.start()
+        wait_for(lambda: len(blocked_clients()) == 1, timeout=10, interval=0.01)
+
+        # When that connection is dropped mid-wait
+        redis_client.client_kill_filter(_id=blocked_clients()[0]["id"])
+        assert "ping" not in CacheStorageBackend(unique_uid).latest_kwargs
+        lock_key = session.lock.key
+
+    # Then, once the lock is released, the fire reconnects, takes it and
+    # applies exactly once
+    waiter.join(timeout=10)
+    assert not waiter.is_alive()
+    assert "error" not in outcome, outcome.get("error")
+    storage = CacheStorageBackend(unique_uid)
+    assert storage.latest_kwargs == {"ping": {"n": 1}}
+    assert storage["t_a#0"].kwargs == {"ping": {"n": 1}}
+    assert redis_client.exists(lock_key) == 0

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import redis_lock
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .exceptions import LockTimeoutError
 
@@ -211,7 +213,35 @@ class SessionLock:
             if left <= 0:
                 raise LockTimeoutError(self.uid, self._timeout)
             # Woken by the holder's release (its commit pushes the signal).
-            self._client.blpop([self.signal_key], max(1, min(LOCK_POLL, int(left + 0.999))))
+            wait = max(1, min(LOCK_POLL, int(left + 0.999)))
+            if not self._wait_on_connection(wait):
+                self._client.blpop([self.signal_key], wait)
+
+    def _wait_on_connection(self, seconds: int) -> bool:
+        """BLPOP the release signal on the connection this operation already
+        holds (see :meth:`connection`): a client call would check out a
+        second connection and cost several times the CPU, on the path every
+        waiter takes once per fire under contention. ``False`` when there is
+        no such connection or its socket timeout is shorter than the wait."""
+        conn = self._conn
+        if conn is None:
+            return False
+        socket_timeout = getattr(conn, "socket_timeout", None)
+        if socket_timeout is not None and socket_timeout < seconds + 1:
+            return False
+        try:
+            conn.send_command("BLPOP", self.signal_key, seconds)
+            conn.read_response()
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            # The next attempt reconnects (the connection's retry policy);
+            # the lock is not ours, so nothing is lost.
+            conn.disconnect()
+        except BaseException:
+            # Interrupted with a reply still to come: drop the socket so the
+            # next command does not read this BLPOP's reply.
+            conn.disconnect()
+            raise
+        return True
 
     def ensure(self) -> None:
         """Take a pending lock now (for work that does not start with a read)."""
