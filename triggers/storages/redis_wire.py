@@ -141,6 +141,12 @@ def _retried(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     )
 
 
+#: ``$<n>\r\n``, the head of an argument of ``n`` bytes, made once for
+#: the sizes most arguments have (formatting the number is most of the cost
+#: of a short argument).
+_HEADS = tuple(f"${n}\r\n" for n in range(1024))
+
+
 def pack(commands: list[tuple[Any, ...]]) -> bytes:
     """``commands`` in the Redis protocol (RESP): what
     ``Connection.pack_commands`` makes, for the ``str``/``int``/``float``/
@@ -148,8 +154,9 @@ def pack(commands: list[tuple[Any, ...]]) -> bytes:
     (redis-py's packer checks and encodes each argument on its own; here the
     text is built as one string and encoded once)."""
     out: list[str] = []
+    add, heads = out.append, _HEADS
     for command in commands:
-        out.append(f"*{len(command)}\r\n")
+        add(f"*{len(command)}\r\n")
         for arg in command:
             kind = type(arg)
             if kind is str:
@@ -162,7 +169,9 @@ def pack(commands: list[tuple[Any, ...]]) -> bytes:
                 arg = arg.decode("utf-8", "surrogateescape")
             else:
                 raise TypeError(f"cannot send {kind.__name__} {arg!r} to Redis")
-            out.append(f"${size}\r\n{arg}\r\n")
+            add(heads[size] if size < 1024 else f"${size}\r\n")
+            add(arg)
+            add("\r\n")
     return "".join(out).encode("utf-8", "surrogateescape")
 
 

@@ -150,7 +150,8 @@ class Transaction(SessionView):
 
     def touch_meta(self, **values: Any) -> None:
         meta = dict(self.meta or {})
-        meta.setdefault("created", now_iso())
+        if "created" not in meta:
+            meta["created"] = now_iso()
         meta.update(values)
         self.meta = meta
         self.changes.meta = meta
