@@ -197,8 +197,6 @@ class CacheStorageBackend(BaseTriggerStorage):
             )
         self.timeout = timeout
         self._redis = _client_for(self.cache)
-        # The length prefix keeps keys unambiguous whatever the uid contains.
-        self._base = str(self.cache.make_key(f"triggers:{len(self.uid)}:{self.uid}"))
         # Become the backend this cache calls for (a project's subclass of
         # this name keeps its own methods on top of it).
         kind = self._kinds["document" if self._redis is None else "indexed"]
@@ -213,7 +211,10 @@ class CacheStorageBackend(BaseTriggerStorage):
         self._prepare()
 
     def _prepare(self) -> None:
-        """Set up what this kind of backend needs once the cache is known."""
+        """Set up what this kind of backend needs once the cache is known
+        (the document's key here; the indexed backend names its own)."""
+        # The length prefix keeps keys unambiguous whatever the uid contains.
+        self._base = str(self.cache.make_key(f"triggers:{len(self.uid)}:{self.uid}"))
 
     @property
     def uses_redis(self) -> bool:
