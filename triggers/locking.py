@@ -199,23 +199,63 @@ class SessionLock:
         self._held = True
         renewer.add(self, self.expire / 3)
 
-    def take_with(self, attempt: Callable[[], R]) -> R:
+    def take_with(
+        self,
+        attempt: Callable[[], R | None],
+        wait_then_attempt: Callable[[int], R | None] | None = None,
+    ) -> R:
         """Take a pending lock with ``attempt``, a call that sets the lock key
         (``SET NX PX`` with :attr:`id` and :attr:`expire_ms`) in the same
         script as a read and returns ``None`` when the lock is busy. Waits for
-        the holder's release signal between attempts."""
-        while True:
-            result = attempt()
-            if result is not None:
-                self._taken()
-                return result
+        the holder's release signal between attempts.
+
+        ``wait_then_attempt(seconds)``, if given, sends the wait (``BLPOP`` of
+        :attr:`signal_key` for at most ``seconds``) and the attempt in one
+        round trip on this operation's connection: Redis runs the attempt as
+        soon as the release signal wakes the wait, so the lock changes hands
+        without a wake-up of this process in between. Used once the first
+        attempt has checked out that connection."""
+        result = attempt()
+        while result is None:
             left = self._deadline - time.monotonic()
             if left <= 0:
                 raise LockTimeoutError(self.uid, self._timeout)
             # Woken by the holder's release (its commit pushes the signal).
             wait = max(1, min(LOCK_POLL, int(left + 0.999)))
+            if wait_then_attempt is not None and self._can_block_on_connection(wait):
+                try:
+                    result = wait_then_attempt(wait)
+                except (RedisConnectionError, RedisTimeoutError, OSError):
+                    # The connection dropped during the wait (its retries
+                    # spent). Whether or not the attempt ran, the next one
+                    # tells: it finds the lock already ours after a lost reply.
+                    self._drop_connection()
+                    result = attempt()
+                except BaseException:
+                    # Interrupted with replies still to come.
+                    self._drop_connection()
+                    raise
+                continue
             if not self._wait_on_connection(wait):
                 self._client.blpop([self.signal_key], wait)
+            result = attempt()
+        self._taken()
+        return result
+
+    def _drop_connection(self) -> None:
+        """Close this operation's connection (it reconnects on next use), so
+        no reply still due on it is read as another command's."""
+        if self._conn is not None:
+            self._conn.disconnect()
+
+    def _can_block_on_connection(self, seconds: int) -> bool:
+        """This operation holds a connection whose socket timeout (if any)
+        outlasts a wait of ``seconds``."""
+        conn = self._conn
+        if conn is None:
+            return False
+        socket_timeout = getattr(conn, "socket_timeout", None)
+        return socket_timeout is None or socket_timeout >= seconds + 1
 
     def _wait_on_connection(self, seconds: int) -> bool:
         """BLPOP the release signal on the connection this operation already
@@ -224,22 +264,15 @@ class SessionLock:
         waiter takes once per fire under contention. ``False`` when there is
         no such connection or its socket timeout is shorter than the wait."""
         conn = self._conn
-        if conn is None:
-            return False
-        socket_timeout = getattr(conn, "socket_timeout", None)
-        if socket_timeout is not None and socket_timeout < seconds + 1:
+        if conn is None or not self._can_block_on_connection(seconds):
             return False
         try:
             conn.send_command("BLPOP", self.signal_key, seconds)
             conn.read_response()
         except (RedisConnectionError, RedisTimeoutError, OSError):
-            # The next attempt reconnects (the connection's retry policy);
-            # the lock is not ours, so nothing is lost.
-            conn.disconnect()
+            self._drop_connection()  # the lock is not ours: nothing is lost
         except BaseException:
-            # Interrupted with a reply still to come: drop the socket so the
-            # next command does not read this BLPOP's reply.
-            conn.disconnect()
+            self._drop_connection()  # interrupted with the reply still due
             raise
         return True
 

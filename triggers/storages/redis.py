@@ -240,7 +240,11 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
             reply = self._run([call], self._operation_lock())[0]
         else:
             call = _FETCH.call(keys, [lock.id, lock.expire_ms, wanted, *extra])
-            reply = lock.take_with(lambda: self._run([call], lock)[0])
+            signal = lock.signal_key
+            reply = lock.take_with(
+                lambda: self._run([call], lock)[0],
+                lambda seconds: self._run([("BLPOP", signal, seconds), call], lock)[1],
+            )
         snap, found = decode_fetch(json.loads(reply))
         if self.current_transaction is not None:
             # existing_parts() answers from this, under the same lock.
