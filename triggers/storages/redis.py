@@ -83,7 +83,7 @@ from .redis_codec import (
     operations,
     text,
 )
-from .redis_wire import Batch, Script, run
+from .redis_wire import Script, run
 from .session_index import RedisSessionIndex, clock
 
 __all__ = ["SEP", "SUFFIXES", "RedisStorageBackend", "session_base"]
@@ -91,7 +91,8 @@ __all__ = ["SEP", "SUFFIXES", "RedisStorageBackend", "session_base"]
 _FETCH = Script("fetch")
 _COMMIT = Script("commit")
 _RENEW = Script("renew_lease")
-_SCRIPTS = {s.sha: s for s in (_FETCH, _COMMIT, _RENEW)}
+_TOUCH = Script("touch_index")
+_SCRIPTS = {s.sha: s for s in (_FETCH, _COMMIT, _RENEW, _TOUCH)}
 
 
 _INDEXES: weakref.WeakKeyDictionary[Any, tuple[Any, RedisSessionIndex]] = (
@@ -288,10 +289,9 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         if ttl:
             # The session index (retention), in another hash slot: queued
             # before the script, in the same round trip.
-            expires = None if self.timeout is None else now + self.timeout
-            batch = Batch()
-            _session_index(self.cache, self._redis).queue_touch(batch, self.uid, now, expires)
-            commands += batch.commands
+            expires = "" if self.timeout is None else now + self.timeout
+            shard = _session_index(self.cache, self._redis).keys_of(self.uid)
+            commands.append(_TOUCH.call(shard, [self.uid, now, expires]))
         commands.append(_COMMIT.call(keys, args))
         try:
             result = self._run(commands, lock)[-1]

@@ -22,7 +22,6 @@ loaded and sent again: both scripts are safe to send twice.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
@@ -31,7 +30,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from .cluster_wire import is_cluster, routed
 
-__all__ = ["Batch", "Script", "run"]
+__all__ = ["Script", "run"]
 
 
 class Script:
@@ -45,27 +44,6 @@ class Script:
     def call(self, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
         """The ``EVALSHA`` command that runs it."""
         return ("EVALSHA", self.sha, len(keys), *keys, *args)
-
-
-class Batch:
-    """Commands queued instead of sent, with the pipeline methods a
-    session operation's companion updates use (``zadd``, ``zrem``, the
-    subset ``RedisSessionIndex.queue_touch`` calls, same signatures as
-    redis-py's), so they go out in the same round trip as a script."""
-
-    def __init__(self) -> None:
-        self.commands: list[tuple[Any, ...]] = []
-
-    def execute_command(self, *args: Any) -> Batch:
-        self.commands.append(args)
-        return self
-
-    def zadd(self, name: str, mapping: Mapping[Any, float]) -> Batch:
-        pairs = [part for member, score in mapping.items() for part in (score, member)]
-        return self.execute_command("ZADD", name, *pairs)
-
-    def zrem(self, name: str, *values: Any) -> Batch:
-        return self.execute_command("ZREM", name, *values)
 
 
 #: Whether this redis-py's client retries a command by its connection's

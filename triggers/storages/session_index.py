@@ -20,9 +20,10 @@ key                                         members and scores
 The shards spread the index over the masters of a Redis Cluster (a fire
 writes one shard, never a slot shared by every session). A session's own
 keys live in another hash slot, so no script touches the index and the
-session at once: the storage queues :meth:`RedisSessionIndex.queue_touch`
-on the same pipeline as its commit script (one round trip), and the update
-is idempotent (``ZADD`` of a time, ``ZREM``), so it is safe to send again.
+session at once: the storage sends ``lua/touch_index.lua`` on the shard's
+keys (:meth:`RedisSessionIndex.keys_of`) just before its commit script, in
+the same round trip, and the update is idempotent (``ZADD`` of a time,
+``ZREM``), so it is safe to send again.
 Reads (listing, counting) read every shard in one pipeline and merge.
 
 The previous release kept one unsharded index (``triggers:{sessions}:*``)
@@ -163,24 +164,11 @@ class RedisSessionIndex:
         self.shards = [shard_keys(cache, k) for k in range(SHARDS)]
 
     def keys_of(self, uid: str) -> list[str]:
-        """The activity, names and expires keys that list ``uid``."""
+        """The activity, names and expires keys that list ``uid`` (what
+        ``lua/touch_index.lua`` updates when the storage commits a write of
+        it; that script goes *before* the commit script, so a deletion that
+        takes the session lock after the commit finds the new activity)."""
         return self.shards[shard_of(uid)]
-
-    def queue_touch(self, pipe: Any, uid: str, now: float, expires_at: float | None) -> Any:
-        """Queue on ``pipe`` (a redis-py pipeline, without MULTI on a
-        cluster) the index update of a commit that wrote session ``uid`` at
-        ``now`` whose keys expire at ``expires_at`` (``None``: never).
-
-        Queue it *before* the commit script: a deletion that takes the
-        session lock after the commit then finds the new activity."""
-        activity, names, expires = self.shards[shard_of(uid)]
-        pipe.zadd(activity, {uid: now})
-        pipe.zadd(names, {uid: 0})
-        if expires_at is None:
-            pipe.zrem(expires, uid)
-        else:
-            pipe.zadd(expires, {uid: expires_at})
-        return pipe
 
     def _each(self, command: Callable[[Any, list[str]], Any]) -> list[Any]:
         """Run ``command(pipe, shard_keys)`` for every shard in one pipeline."""

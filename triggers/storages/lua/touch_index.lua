@@ -1,0 +1,13 @@
+-- Record that a session was written, in its shard of the session index
+-- (see session_index.py): one command and one reply beside a commit instead
+-- of three. Idempotent: sending it again after a lost reply changes nothing.
+-- KEYS: 1 activity, 2 names, 3 expires (one shard: one hash slot)
+-- ARGV: 1 uid, 2 time of the write (Unix s), 3 when its keys expire ('' never)
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+else
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+end
+return 0
