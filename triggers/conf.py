@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
     # Cache alias that holds session state (a Redis cache in production).
@@ -87,28 +86,12 @@ DEFAULTS: dict[str, Any] = {
 KNOWN_KEYS = frozenset(DEFAULTS) | {"TIMEOUT"}
 
 
-#: ``settings.TRIGGERS`` as last read (the object itself, so an edit in
-#: place shows), or ``_UNREAD``: a fire reads several keys, and each read of
-#: Django's lazy settings object costs more than the lookup. Django sends
-#: ``setting_changed`` whenever a setting is replaced (``override_settings``,
-#: pytest-django's ``settings`` fixture), which forgets it.
-_UNREAD: Any = object()
-_user: list[Any] = [_UNREAD]
-
-
-def _forget(*, setting: str, **kwargs: Any) -> None:
-    if setting == "TRIGGERS":
-        _user[0] = _UNREAD
-
-
-setting_changed.connect(_forget, dispatch_uid="triggers.conf")
-
-
 def _triggers() -> Any:
-    user = _user[0]
-    if user is _UNREAD:
-        user = _user[0] = getattr(settings, "TRIGGERS", None)
-    return user or {}
+    # Read on every call: after its first read Django's lazy settings object
+    # holds the value as a plain attribute, so this costs a lookup, and a
+    # TRIGGERS replaced at run time (assigned, or by override_settings) is
+    # seen at once.
+    return getattr(settings, "TRIGGERS", None) or {}
 
 
 def get(key: str) -> Any:
