@@ -237,7 +237,13 @@ class SessionLock:
                     raise
                 continue
             if not self._wait_on_connection(wait):
-                self._client.blpop([self.signal_key], wait)
+                try:
+                    self._client.blpop([self.signal_key], wait)
+                except (RedisConnectionError, RedisTimeoutError, OSError):
+                    # Only a wait was lost (a client that does not retry it,
+                    # redis-py before 6): the next attempt reconnects, and
+                    # raises if Redis is really gone.
+                    pass
             result = attempt()
         self._taken()
         return result
