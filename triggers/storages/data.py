@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import conf
+from ..effects import instance_sort_key
 from ..exceptions import ConfigurationError
 from ..types import TaskConfig, TaskInstance
 
@@ -43,11 +44,6 @@ def build_index(configs: dict[str, TaskConfig]) -> dict[str, list[str]]:
         for trigger in configs[name].triggers:
             index[trigger].append(name)
     return dict(index)
-
-
-def instance_sort_key(name: str) -> tuple[str, int]:
-    task, _, number = name.rpartition("#")
-    return task, int(number) if number.isdigit() else -1
 
 
 @dataclass(frozen=True)
