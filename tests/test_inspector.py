@@ -63,8 +63,6 @@ def allow_operators(request: Any) -> bool:
     return request.user.is_authenticated and request.user.username == "operator"
 
 
-
-
 @pytest.fixture
 def failed_session(unique_uid):
     """t_fetch#0 failed; t_report#0 waits on t_fetch (approved fired)."""

@@ -22,6 +22,9 @@ import redis_lock
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .connections import keeps_connections, kept_connection
+from .connections import redis_client_for_cache as redis_client_for_cache
+from .connections import with_timeouts as with_timeouts
 from .exceptions import LockTimeoutError
 
 logger = logging.getLogger(__name__)
@@ -293,18 +296,23 @@ class SessionLock:
 
     def connection(self, pool: Any) -> Any:
         """One connection of ``pool`` (a redis-py ``ConnectionPool``) for
-        every command of this operation, checked out at the first and
-        returned when the lock is released or forgotten: a checkout per
-        command costs a poll of the socket and the pool's bookkeeping."""
+        every command of this operation: the one this thread keeps
+        (:func:`~triggers.connections.kept_connection`) on a plain pool,
+        else one checked out at the first command and returned when the lock
+        is released or forgotten."""
         if self._conn is None:
-            self._conn = pool.get_connection()
-            self._pool = pool
+            if keeps_connections(pool):
+                self._conn = kept_connection(pool)
+            else:
+                self._conn = pool.get_connection()
+                self._pool = pool
         return self._conn
 
     def _return_connection(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
+        if conn is not None and self._pool is not None:
             self._pool.release(conn)
+            self._pool = None
 
     def forget(self) -> None:
         """Stop renewing after the lock was released by a commit script."""
@@ -363,47 +371,3 @@ class LocalLock:
 
     def release(self) -> None:
         self._lock.release()
-
-
-def redis_client_for_cache(cache: Any) -> Any | None:
-    """The redis-py client behind a Django cache, or ``None`` if it has none.
-
-    Knows Django's built-in RedisCache, django-redis and the legacy
-    django-redis-cache.
-    """
-    # django-redis
-    client = getattr(cache, "client", None)
-    if client is not None and hasattr(client, "get_client"):
-        return client.get_client(write=True)
-    # Django's built-in RedisCache (django.core.cache.backends.redis)
-    inner = getattr(cache, "_cache", None)
-    if inner is not None and hasattr(inner, "get_client") and hasattr(inner, "_pools"):
-        return inner.get_client(write=True)
-    # django-redis-cache
-    if hasattr(cache, "get_master_client"):
-        return cache.get_master_client()
-    return None
-
-
-def with_timeouts(client: Any, timeout: float | None) -> Any:
-    """``client``, or a client on a pool of its own whose connections time out
-    after ``timeout`` seconds (connect and each reply) when the original sets
-    no socket timeout: a hung Redis must not block a session operation for
-    as long as the operating system lets a socket wait."""
-    if timeout is None or client is None:
-        return client
-    import redis
-
-    pool = getattr(client, "connection_pool", None)
-    if type(pool) is not redis.ConnectionPool:
-        return client  # cluster, sentinel, blocking pools: left as configured
-    kwargs = dict(pool.connection_kwargs)
-    if kwargs.get("socket_timeout") is not None:
-        return client
-    kwargs["socket_timeout"] = float(timeout)
-    if kwargs.get("socket_connect_timeout") is None:
-        kwargs["socket_connect_timeout"] = float(timeout)
-    bounded = redis.ConnectionPool(
-        connection_class=pool.connection_class, max_connections=pool.max_connections, **kwargs
-    )
-    return type(client)(connection_pool=bounded)

@@ -3,9 +3,10 @@
 round trip.
 
 On a plain ``redis.Redis`` client of redis-py 6 or later the commands go
-straight to one connection checked out of the client's pool (redis-py's
-public ``ConnectionPool.get_connection``/``release`` and
-``Connection.send_packed_command`` / ``read_response``), retried with the
+straight to one connection of the client's pool -- the one the thread keeps
+(:mod:`triggers.connections`) on a plain ``ConnectionPool`` -- through
+redis-py's public ``ConnectionPool.get_connection``/``release`` and
+``Connection.send_packed_command`` / ``read_response``, retried with the
 connection's own retry policy, as the client itself would: a client-level
 call costs several times more CPU than the bytes it sends. A cluster client
 of redis-py 6 or later sends each command to its slot's master
@@ -28,6 +29,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from ..connections import keeps_connections, kept_connection
 from .cluster_wire import is_cluster, routed
 
 __all__ = ["Script", "run"]
@@ -100,8 +102,9 @@ def run(
 def _direct_run(client: Any, commands: list[tuple[Any, ...]], holder: Any) -> list[Any]:
     pool = client.connection_pool
     if holder is not None:
-        conn = holder.connection(pool)
-        return _retried(conn, commands)
+        return _retried(holder.connection(pool), commands)
+    if keeps_connections(pool):
+        return _retried(kept_connection(pool), commands)
     conn = pool.get_connection()
     try:
         return _retried(conn, commands)
@@ -112,11 +115,17 @@ def _direct_run(client: Any, commands: list[tuple[Any, ...]], holder: Any) -> li
 def _retried(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     # As redis-py 6+'s client does: the connection's retry policy,
     # reconnecting after a failure (both scripts are safe to send again).
-    return list(
-        conn.retry.call_with_retry(
-            lambda: _exchange(conn, commands), lambda _error: conn.disconnect()
+    try:
+        return list(
+            conn.retry.call_with_retry(
+                lambda: _exchange(conn, commands), lambda _error: conn.disconnect()
+            )
         )
-    )
+    except BaseException:
+        # Replies may still be due (an interrupt, an unexpected reply): a
+        # kept connection must not hand them to the next operation.
+        conn.disconnect()
+        raise
 
 
 #: ``$<n>\r\n``, the head of an argument of ``n`` bytes, made once for
