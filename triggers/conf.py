@@ -102,6 +102,12 @@ def get(key: str) -> Any:
     return DEFAULTS.get(key)
 
 
+def get_many(*keys: str) -> tuple[Any, ...]:
+    """Several ``TRIGGERS`` values (as :func:`get`), reading the setting once."""
+    user = _triggers()
+    return tuple(user[key] if key in user else DEFAULTS.get(key) for key in keys)
+
+
 def has(key: str) -> bool:
     return key in _triggers()
 

@@ -37,6 +37,7 @@ from .exceptions import InstanceStateError
 from .readiness import is_abandoned, is_ready, progress_of, receive, requirements_met
 from .schedule import deadline_timer
 from .types import TaskConfig, TaskInstance, now_iso
+from .validation import copy_json
 
 __all__ = [
     "Claim",
@@ -64,9 +65,13 @@ __all__ = [
 
 
 def _new_instance(
-    config: TaskConfig, number: int, kwargs: dict[str, Any], abandon_state: dict[str, Any]
+    config: TaskConfig,
+    number: int,
+    kwargs: dict[str, Any],
+    abandon_state: dict[str, Any],
+    when: str | None = None,
 ) -> TaskInstance:
-    when = now_iso()
+    when = when or now_iso()
     inst = TaskInstance(
         f"{config.name}#{number}", config, kwargs=kwargs, abandon_state=abandon_state
     )
@@ -75,7 +80,9 @@ def _new_instance(
     return inst
 
 
-def _create_instance(session: SessionData, config: TaskConfig, number: int) -> TaskInstance:
+def _create_instance(
+    session: SessionData, config: TaskConfig, number: int, when: str | None = None
+) -> TaskInstance:
     """A new unstarted instance ``<task>#<number>``, seeded with the latest
     kwargs of the triggers its task mentions that fired before (those whose
     ``if`` condition holds on them)."""
@@ -83,8 +90,9 @@ def _create_instance(session: SessionData, config: TaskConfig, number: int) -> T
     return _new_instance(
         config,
         number,
-        kwargs={t: copy.deepcopy(seeds[t]) for t in config.after if t in seeds},
-        abandon_state={t: copy.deepcopy(seeds[t]) for t in config.unless if t in seeds},
+        kwargs={t: copy_json(seeds[t]) for t in config.after if t in seeds},
+        abandon_state={t: copy_json(seeds[t]) for t in config.unless if t in seeds},
+        when=when,
     )
 
 
@@ -111,6 +119,7 @@ def apply_trigger(session: SessionData, trigger: str, kwargs: Mapping[str, Any])
     ``kwargs`` is left alone.
     """
     fx = Effects()
+    when = now_iso()  # one time for everything this fire changes
     for config in session.tasks_for(trigger):
         counts, error = counts_for(config.conditions, trigger, kwargs)
         if not counts:
@@ -122,7 +131,7 @@ def apply_trigger(session: SessionData, trigger: str, kwargs: Mapping[str, Any])
         if number == 0 or (not candidates and trigger == config.and_every):
             if number == 0:
                 fx.first_of.append(config.name)
-            inst = _create_instance(session, config, number)
+            inst = _create_instance(session, config, number, when)
             fx.created.append(inst)
             fx.timers_add.update(_deadline(inst))
             candidates = [inst]
@@ -130,7 +139,7 @@ def apply_trigger(session: SessionData, trigger: str, kwargs: Mapping[str, Any])
             fx.changed += candidates
         for inst in candidates:
             fx.unwaited.setdefault(inst.name, set()).update(receive(inst, trigger, kwargs))
-            inst.touch()
+            inst.touch(when)
             if is_abandoned(inst):
                 inst.set_status(TaskInstance.STATUS_ABANDONED)
                 fx.abandoned.append(inst)

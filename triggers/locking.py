@@ -50,13 +50,16 @@ class _Renewer:
 
     def __init__(self) -> None:
         self._items: dict[int, tuple[weakref.ref[Any], float, float]] = {}
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._thread: threading.Thread | None = None
         #: When the thread wakes up next on its own (monotonic clock).
         self._wake_at = 0.0
 
     def add(self, item: Renewable, interval: float) -> None:
-        with self._cond:
+        # The condition's plain lock taken directly (a C call) rather than
+        # through the Condition (Python code): this runs twice per operation.
+        with self._mutex:
             due = time.monotonic() + interval
             self._items[id(item)] = (weakref.ref(item), interval, due)
             if self._thread is None or not self._thread.is_alive():
@@ -72,7 +75,7 @@ class _Renewer:
                 self._cond.notify()
 
     def remove(self, item: Renewable) -> None:
-        with self._cond:
+        with self._mutex:
             self._items.pop(id(item), None)
 
     def _loop(self) -> None:
@@ -113,7 +116,8 @@ class _Renewer:
         # Threads do not survive fork(); locks held by the parent are the
         # parent's business.
         self._items = {}
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._thread = None
         self._wake_at = 0.0
 
@@ -150,14 +154,8 @@ class SessionLock:
         #: How long a release signal waits for a waiter (milliseconds).
         self.signal_expire = SIGNAL_EXPIRE_MS
         self._client = client
-        self._lock = redis_lock.Lock(
-            client,
-            name,
-            expire=self.expire,
-            id=self.id,
-            strict=False,
-            signal_expire=SIGNAL_EXPIRE_MS,
-        )
+        self._name = name
+        self._redis_lock: redis_lock.Lock | None = None
         self._held = False
         self._pending = False
         #: The pool connection this operation's commands go through (see
@@ -168,6 +166,21 @@ class SessionLock:
         self._timeout = 0.0
         #: When the operation holding this lock started (see OPERATION_TIMEOUT).
         self.started: float | None = None
+
+    @property
+    def _lock(self) -> redis_lock.Lock:
+        """The python-redis-lock ``Lock``, built when first needed: a fire
+        takes and releases the lock in its scripts and never needs it."""
+        if self._redis_lock is None:
+            self._redis_lock = redis_lock.Lock(
+                self._client,
+                self._name,
+                expire=self.expire,
+                id=self.id,
+                strict=False,
+                signal_expire=SIGNAL_EXPIRE_MS,
+            )
+        return self._redis_lock
 
     @property
     def expire_ms(self) -> int:

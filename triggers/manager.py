@@ -141,8 +141,9 @@ class TriggerManager:
         not be handed to its runner (the trigger is still recorded).
         """
         check_name(trigger_name, "trigger name")
+        max_bytes, max_depth = conf.get_many("MAX_KWARGS_BYTES", "MAX_KWARGS_DEPTH")
         kwargs = normalise_kwargs(
-            trigger_name, trigger_kwargs, max_bytes=conf.get("MAX_KWARGS_BYTES")
+            trigger_name, trigger_kwargs, max_bytes=max_bytes, max_depth=int(max_depth)
         )
         if delay is not None or at is not None or idempotency_key is not None:
             return timer_ops.fire_with_options(

@@ -19,9 +19,10 @@ groups. A side is met when its count is 0.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+from .validation import copy_json
 
 if TYPE_CHECKING:
     from .types import TaskConfig, TaskInstance
@@ -92,7 +93,7 @@ def receive(inst: TaskInstance, trigger: str, kwargs: Mapping[str, Any]) -> set[
         received = _received(inst, side)
         if inst.partial and trigger not in received:
             _count(inst, side, rule, trigger, gone)
-        received[trigger] = copy.deepcopy(kwargs)
+        received[trigger] = copy_json(kwargs)
     return gone
 
 

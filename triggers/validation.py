@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -68,18 +69,29 @@ def _path(parts: tuple[Any, ...]) -> str:
     return "kwargs" + "".join(f"[{p!r}]" for p in parts)
 
 
-def check_json_tree(what: str, value: Any, max_depth: int) -> None:
+#: Types whose values a JSON round trip gives back equal and of the same type.
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def check_json_tree(what: str, value: Any, max_depth: int) -> bool:
     """Refuse what JSON cannot hold faithfully, naming where it is
     (``kwargs['a'][2]['b']``): values of other types, non-finite floats, text
     with lone surrogates, non-string keys, and nesting deeper than
     ``max_depth`` (which would otherwise hit Python's recursion limit inside
-    a locked operation). Iterative, so any depth is safe to inspect."""
+    a locked operation). Iterative, so any depth is safe to inspect.
+
+    Returns whether ``value`` is flat: a container holding only values (and
+    keys) of exactly the plain JSON types (no subclass, no nested container),
+    so that a shallow copy gives what a JSON round trip would."""
+    flat = True
     stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
     while stack:
         item, parts = stack.pop()
         kind = type(item)
         if kind is int or kind is bool or item is None:  # the common cases first
             continue
+        if parts and kind not in _PLAIN:
+            flat = False  # a subclass or a nested container: not shallow-copyable
         if isinstance(item, str):
             if not item.isascii() and not _encodable(item):
                 raise InvalidTriggerError(f"{what}: {_path(parts)} contains a lone surrogate")
@@ -100,6 +112,8 @@ def check_json_tree(what: str, value: Any, max_depth: int) -> None:
                 )
             if kind is dict or (kind is not list and isinstance(item, Mapping)):
                 for key, child in item.items():
+                    if type(key) is not str:
+                        flat = False
                     if not isinstance(key, str):
                         raise InvalidTriggerTypeError(
                             f"{what}: {_path(parts)} has a non-string key {key!r}; "
@@ -117,10 +131,28 @@ def check_json_tree(what: str, value: Any, max_depth: int) -> None:
             f"{what}: {_path(parts)} is a {type(item).__name__} ({item!r:.60}), "
             "which JSON cannot represent"
         )
+    return flat
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of a JSON value (dicts, lists and immutable scalars), a
+    few times cheaper than ``copy.deepcopy``; anything else is deep-copied."""
+    kind = type(value)
+    if kind is dict:
+        return {k: v if type(v) in _PLAIN else copy_json(v) for k, v in value.items()}
+    if kind is list:
+        return [v if type(v) in _PLAIN else copy_json(v) for v in value]
+    if kind in _PLAIN:
+        return value
+    return copy.deepcopy(value)
 
 
 def normalise_kwargs(
-    trigger_name: str, trigger_kwargs: Any, *, max_bytes: int | None = None
+    trigger_name: str,
+    trigger_kwargs: Any,
+    *,
+    max_bytes: int | None = None,
+    max_depth: int | None = None,
 ) -> dict[str, Any]:
     """Validate trigger kwargs and return a private JSON-round-tripped copy, so
     what a task later receives is exactly what was stored."""
@@ -136,15 +168,20 @@ def normalise_kwargs(
             raise InvalidTriggerTypeError(
                 f"kwargs for trigger {trigger_name!r} must have string keys, got {key!r}"
             )
-    from . import conf
+    if max_depth is None:
+        from . import conf
 
+        max_depth = int(conf.get("MAX_KWARGS_DEPTH"))
     what = f"kwargs for trigger {trigger_name!r}"
-    check_json_tree(what, trigger_kwargs, int(conf.get("MAX_KWARGS_DEPTH")))
-    text = dump_json(dict(trigger_kwargs), what)
-    if max_bytes is not None and len(text.encode()) > max_bytes:
+    flat = check_json_tree(what, trigger_kwargs, max_depth)
+    copied = dict(trigger_kwargs)
+    text = dump_json(copied, what)  # ASCII (ensure_ascii): one byte per character
+    if max_bytes is not None and len(text) > max_bytes:
         raise InvalidTriggerError(
-            f"kwargs for trigger {trigger_name!r} are {len(text.encode())} bytes "
+            f"kwargs for trigger {trigger_name!r} are {len(text)} bytes "
             f"as JSON; the limit is {max_bytes} (TRIGGERS['MAX_KWARGS_BYTES'])"
         )
+    if flat:
+        return copied  # only immutable plain values: the copy is already private
     result: dict[str, Any] = json.loads(text)
     return result

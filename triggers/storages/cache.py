@@ -119,8 +119,8 @@ def redis_client(value: Any) -> Any:
     return client
 
 
-def _client_for(cache: Any) -> Any | None:
-    setting = conf.get("REDIS_CLIENT")
+def _client_for(cache: Any, setting: Any = None) -> Any | None:
+    """The Redis client of ``cache`` (``setting``: ``TRIGGERS['REDIS_CLIENT']``)."""
     if setting:
         # State and locks go on that client whatever the cache alias.
         return redis_client(setting)
@@ -137,7 +137,7 @@ def _client_for(cache: Any) -> Any | None:
 
 
 def _cache(alias: str | None) -> tuple[str, Any]:
-    name = alias or conf.get("CACHE")
+    name = alias or str(conf.get("CACHE"))
     try:
         return name, caches[name]
     except Exception as exc:
@@ -187,16 +187,17 @@ class CacheStorageBackend(BaseTriggerStorage):
 
     def __init__(self, uid: str, cache: str | None = None, timeout: Any = DEFAULT) -> None:
         super().__init__(uid)
-        self.cache_name, self.cache = _cache(cache)
+        user = conf.user_settings()  # read once: a web request builds a storage per fire
+        self.cache_name, self.cache = _cache(cache or user.get("CACHE"))
         if timeout is DEFAULT:
-            timeout = conf.get("TIMEOUT") if conf.has("TIMEOUT") else self.cache.default_timeout
+            timeout = user["TIMEOUT"] if "TIMEOUT" in user else self.cache.default_timeout
         if timeout is not None and timeout <= 0:
             raise ConfigurationError(
                 f"session timeout must be positive seconds or None, not {timeout!r}",
                 directive="TIMEOUT",
             )
         self.timeout = timeout
-        self._redis = _client_for(self.cache)
+        self._redis = _client_for(self.cache, user.get("REDIS_CLIENT"))
         # Become the backend this cache calls for (a project's subclass of
         # this name keeps its own methods on top of it).
         kind = self._kinds["document" if self._redis is None else "indexed"]
