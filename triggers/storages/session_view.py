@@ -78,19 +78,27 @@ class SessionView:
                 snap = self.storage.fetch(FetchRequest(idempotency_key=key, timers=timers))
                 self._absorb_extras(snap, key, timers)
             return
-        kwargs = [t for t in dict.fromkeys(kwargs) if t not in self._kwargs_known]
-        triggers = [t for t in dict.fromkeys(triggers) if t not in self._known_triggers]
-        instances = [
-            i
-            for i in dict.fromkeys(instances)
-            if i not in self._known_instances or self._is_partial(i)
-        ]
-        tasks = [t for t in dict.fromkeys(tasks) if t not in self._known_tasks]
-        # An instance's config comes with it.
-        tasks += [
-            n.rpartition("#")[0] for n in instances if n.rpartition("#")[0] not in self._known_tasks
-        ]
-        tasks = list(dict.fromkeys(tasks))
+        # (Each filter only when there is something to filter: a fire asks
+        # for one trigger and nothing else.)
+        if kwargs:
+            kwargs = [t for t in dict.fromkeys(kwargs) if t not in self._kwargs_known]
+        if triggers:
+            triggers = [t for t in dict.fromkeys(triggers) if t not in self._known_triggers]
+        if instances:
+            instances = [
+                i
+                for i in dict.fromkeys(instances)
+                if i not in self._known_instances or self._is_partial(i)
+            ]
+        if tasks or instances:
+            tasks = [t for t in dict.fromkeys(tasks) if t not in self._known_tasks]
+            # An instance's config comes with it.
+            tasks += [
+                n.rpartition("#")[0]
+                for n in instances
+                if n.rpartition("#")[0] not in self._known_tasks
+            ]
+            tasks = list(dict.fromkeys(tasks))
         extras = timers or key is not None
         if not (triggers or instances or tasks or everything or kwargs or extras):
             if self.meta_loaded:
@@ -121,7 +129,11 @@ class SessionView:
         self.fetch(load.triggers, load.instances, everything=load.everything)
 
     def _absorb(
-        self, snap: Snapshot, triggers: list[str], instances: list[str], tasks: list[str]
+        self,
+        snap: Snapshot,
+        triggers: Iterable[str],
+        instances: Iterable[str],
+        tasks: Iterable[str],
     ) -> None:
         if not self.meta_loaded:
             self.meta = snap.meta
