@@ -21,17 +21,51 @@ commits, the index update is a ``ZADD``.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-__all__ = ["is_cluster", "routed"]
+__all__ = ["is_cluster", "refuses_cross_slot", "routed", "spans_slots"]
 
 
 def is_cluster(client: Any) -> bool:
     """Whether ``client`` is a Redis Cluster client (routes by key slot)."""
     return callable(getattr(client, "get_node_from_key", None))
+
+
+#: Clients found talking to a server that refuses a script whose keys are in
+#: several hash slots (``CROSSSLOT``: a cluster-enabled server reached by a
+#: plain client, e.g. a one-node cluster).
+_ONE_SLOT: weakref.WeakSet[Any] = weakref.WeakSet()
+_ONE_SLOT_IDS: set[int] = set()  # clients that cannot be weakly referenced
+
+
+def spans_slots(client: Any) -> bool:
+    """Whether one script sent on ``client`` may name keys of several hash
+    slots (a plain client of a plain server: the commit script then updates
+    the session index too)."""
+    if is_cluster(client):
+        return False
+    try:
+        return client not in _ONE_SLOT
+    except TypeError:
+        return id(client) not in _ONE_SLOT_IDS
+
+
+def refuses_cross_slot(client: Any, error: Exception) -> bool:
+    """Whether ``error`` is the server refusing a script whose keys span
+    hash slots (nothing ran); if so, ``client`` is remembered as one whose
+    scripts must keep to one slot."""
+    # (redis-py 4.1+ raises its own class, without the error code)
+    if type(error).__name__ != "ClusterCrossSlotError" and not str(error).startswith("CROSSSLOT"):
+        return False
+    try:
+        _ONE_SLOT.add(client)
+    except TypeError:
+        _ONE_SLOT_IDS.add(id(client))
+    return True
 
 
 def _key(command: tuple[Any, ...]) -> Any:

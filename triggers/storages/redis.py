@@ -44,8 +44,10 @@ entry for its trigger, the configs of those tasks and the records of the
 instances listed as waiting on it (one Lua script; what they received is
 read only for an instance asked for by name, and the seed kwargs only when
 the fire creates an instance), then writes its changes and releases the
-lock in a second script that checks the lock is still ours, sent in one
-round trip with the session index update. What a fire costs depends on
+lock in a second script that checks the lock is still ours and, on one
+Redis server, also updates the session index shard (on a cluster, whose
+scripts keep to one slot, ``touch_index.lua`` goes in the same round trip
+instead; see :mod:`~triggers.storages.session_index`). What a fire costs depends on
 its trigger, not on the size of the session or the width of a task.
 
 Upgrading from a release that used ``triggers:<len>:<uid>`` keys (no
@@ -64,6 +66,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import conf
@@ -71,6 +74,7 @@ from ..exceptions import LockHeldError, LockLostError, SessionTimeoutError
 from ..locking import SessionLock
 from .base import IndexedStorage
 from .cache import CacheStorageBackend
+from .cluster_wire import refuses_cross_slot, spans_slots
 from .data import Changes, FetchRequest, Snapshot
 from .redis_codec import (
     PARTS,
@@ -283,23 +287,38 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         else:
             ttl = int(self.timeout * 1000)
         now = clock()
-        args = [lock.id, lock.signal_expire, ttl, "1" if release else "0", repr(now), *ops]
+        args = [lock.id, lock.signal_expire, ttl, "1" if release else "0", repr(now)]
         keys = [*self._keys, *self._lock_keys(lock), *leases]
-        commands: list[tuple[Any, ...]] = []
-        if ttl:
-            # The session index (retention), in another hash slot: queued
-            # before the script, in the same round trip.
-            expires = "" if self.timeout is None else now + self.timeout
-            shard = _session_index(self.cache, self._redis).keys_of(self.uid)
-            commands.append(_TOUCH.call(shard, [self.uid, now, expires]))
-        commands.append(_COMMIT.call(keys, args))
         try:
-            result = self._run(commands, lock)[-1]
+            try:
+                result = self._run(self._commit_commands(keys, args, ops, ttl, now), lock)[-1]
+            except ResponseError as exc:
+                if not (ttl and refuses_cross_slot(self._redis, exc)):
+                    raise
+                # Nothing ran: send the index update on its own after all.
+                result = self._run(self._commit_commands(keys, args, ops, ttl, now), lock)[-1]
         finally:
             if release:
                 lock.forget()
         if result == 1:
             raise LockLostError(self.uid)
+
+    def _commit_commands(
+        self, keys: list[str], args: list[Any], ops: list[Any], ttl: int, now: float
+    ) -> list[tuple[Any, ...]]:
+        """The commit script's command, with the session index update (in
+        another hash slot) in it or, on a client whose scripts keep to one
+        slot (a cluster), queued before it in the same round trip."""
+        if not ttl:
+            return [_COMMIT.call(keys, [*args, "", "", *ops])]
+        expires = "" if self.timeout is None else now + self.timeout
+        shard = _session_index(self.cache, self._redis).keys_of(self.uid)
+        if spans_slots(self._redis):
+            return [_COMMIT.call([*keys, *shard], [*args, self.uid, expires, *ops])]
+        return [
+            _TOUCH.call(shard, [self.uid, now, expires]),
+            _COMMIT.call(keys, [*args, "", "", *ops]),
+        ]
 
     @_bounded
     def renew_lease(self, name: str, token: str, ms: int) -> bool:

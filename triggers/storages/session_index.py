@@ -19,11 +19,16 @@ key                                         members and scores
 
 The shards spread the index over the masters of a Redis Cluster (a fire
 writes one shard, never a slot shared by every session). A session's own
-keys live in another hash slot, so no script touches the index and the
+keys live in another hash slot. On one Redis server the commit script
+updates the shard too (its keys, :meth:`RedisSessionIndex.keys_of`, are
+declared in the script's KEYS; written only while the lock is still the
+committer's): one command and one reply per commit. On a Redis Cluster (or
+a server that refuses a script spanning slots, ``CROSSSLOT``, which the
+storage then remembers for that client) no script touches the index and the
 session at once: the storage sends ``lua/touch_index.lua`` on the shard's
-keys (:meth:`RedisSessionIndex.keys_of`) just before its commit script, in
-the same round trip, and the update is idempotent (``ZADD`` of a time,
-``ZREM``), so it is safe to send again.
+keys just before its commit script, in the same round trip. Either way the
+update is idempotent (``ZADD`` of a time, ``ZREM``), so it is safe to send
+again.
 Reads (listing, counting) read every shard in one pipeline and merge.
 
 The previous release kept one unsharded index (``triggers:{sessions}:*``)
@@ -165,9 +170,10 @@ class RedisSessionIndex:
 
     def keys_of(self, uid: str) -> list[str]:
         """The activity, names and expires keys that list ``uid`` (what
-        ``lua/touch_index.lua`` updates when the storage commits a write of
-        it; that script goes *before* the commit script, so a deletion that
-        takes the session lock after the commit finds the new activity)."""
+        the commit script -- or, on a cluster, ``lua/touch_index.lua`` sent
+        just *before* it -- updates when the storage commits a write of it,
+        so a deletion that takes the session lock after the commit finds the
+        new activity)."""
         return self.shards[shard_of(uid)]
 
     def _each(self, command: Callable[[Any, list[str]], Any]) -> list[Any]:

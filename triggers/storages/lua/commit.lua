@@ -1,15 +1,19 @@
 -- Write one transaction's changes, but only while the caller still holds the
 -- session lock; then (optionally) release the lock the way python-redis-lock
--- does, waking one waiter. Every key it touches is in KEYS and shares the
--- session's hash slot (the session index, in another slot, is updated by
--- the client in the same round trip, outside this script).
+-- does, waking one waiter. Every key it touches is in KEYS. The session's keys
+-- share one hash slot; the session index shard (another slot) is updated here
+-- only when the client names its keys, which a cluster client never does (it
+-- sends touch_index.lua beside this script instead).
 -- KEYS: 1 config, 2 index, 3 instances, 4 waiting, 5 counters, 6 kwargs, 7 meta,
 --       8 received, 9 timers, 10 idempotency, 11 values (large received kwargs
 --       by digest, stored once), 12 recent commits (the lock tokens of the last
 --       commits, " tok1 tok2 ... ", at most 1 KB), 13 lock, 14 lock signal,
---       then the lease keys the operations name by position
+--       then the lease keys the operations name by position, then (when ARGV[6]
+--       is not '') the session index shard's activity, names and expires keys
 -- ARGV: token, signal expire ms, ttl ms (-1 persist, 0 leave), release (1/0),
---       now (Unix seconds), then the operations, one argument each:
+--       now (Unix seconds), session uid to record in the index ('' none),
+--       when its keys expire for the index (Unix seconds, '' never), then the
+--       operations, one argument each:
 --   H <key#> <field> <value>   HSET        D <key#> <field>   HDEL
 --   N <key#> <field> <value>   HSETNX
 --   Z <member>  ZADD waiting   R <member>  ZREM waiting
@@ -19,7 +23,8 @@
 --                              keep at most <max> (those expiring last)
 -- Returns 0, or 1 when the lock is no longer ours (nothing written).
 -- A client that lost the reply and sends the script again finds its token
--- among the recent commits and gets 0 without writing twice.
+-- among the recent commits and gets 0 without writing twice (the index was
+-- updated by the first run: the update is a ZADD of the same scores anyway).
 local COMMITS, LOCK, SIGNAL = 12, 13, 14
 local recent = redis.call('GET', KEYS[COMMITS])
 if ARGV[1] ~= '' and recent and string.find(recent, ' ' .. ARGV[1] .. ' ', 1, true) then
@@ -29,7 +34,7 @@ if ARGV[1] ~= '' and redis.call('GET', KEYS[LOCK]) ~= ARGV[1] then
   return 1
 end
 local ops = ARGV
-local i = 6
+local i = 8
 local n = #ops
 local waiting_changed = false
 while i <= n do
@@ -92,6 +97,17 @@ if ttl ~= 0 then
     else
       redis.call('PERSIST', KEYS[k])
     end
+  end
+end
+if ARGV[6] ~= '' then
+  -- The session index (see session_index.py and touch_index.lua).
+  local n = #KEYS
+  redis.call('ZADD', KEYS[n - 2], ARGV[5], ARGV[6])
+  redis.call('ZADD', KEYS[n - 1], 0, ARGV[6])
+  if ARGV[7] == '' then
+    redis.call('ZREM', KEYS[n], ARGV[6])
+  else
+    redis.call('ZADD', KEYS[n], ARGV[7], ARGV[6])
   end
 end
 if ARGV[4] == '1' then
