@@ -165,3 +165,18 @@ def test_a_forked_child_does_not_use_the_parents_connection(unique_uid: str) -> 
     assert connections.kept_connection(_storage_pool(unique_uid)) is parent_conn
     assert manager.fire("a", {"n": 1}) == []
     assert manager.storage["t#0"].kwargs == {"a": {"n": 0}, "b": {"from": "child"}}
+
+
+def test_a_kept_connection_the_server_closed_is_replaced(
+    unique_uid: str, redis_client: redis.Redis
+) -> None:
+    manager = TriggerManager(CacheStorageBackend(unique_uid))
+    manager.update_configuration(CONFIG)
+    manager.fire("a", {"n": 0})
+    conn = connections.kept_connection(_storage_pool(unique_uid))
+    conn.send_command("CLIENT", "ID")
+    client_id = conn.read_response()
+    # What an idle timeout or a restarted server does to a kept connection.
+    assert redis_client.client_kill_filter(_id=client_id) == 1
+    scheduled = TriggerManager(CacheStorageBackend(unique_uid)).fire("b", {"n": 1})
+    assert [inst.name for inst in scheduled] == ["t#0"]

@@ -96,6 +96,27 @@ def test_a_resent_commit_writes_once_and_keeps_the_index_entry(
     assert [i.name for i in manager.storage.instances.values()] == ["t_a#0"]
 
 
+@pytest.mark.parametrize("kind", REDIS_KINDS)
+def test_an_operation_that_writes_nothing_leaves_every_key_expiring(kind: str) -> None:
+    # Given a session whose keys expire, and a locked block that only reads
+    uid = new_uid("readonly")
+    storage = make_storage(kind, uid, timeout=600)
+    manager = TriggerManager(storage)
+    manager.update_configuration({"t": {"after": ["a", "b"], "run": DEV}})
+    manager.fire("a")
+    with storage.acquire_lock():
+        assert storage["t#0"].status == "unstarted"
+    # Then no key of the session was left without an expiry (the commit of
+    # the block, which wrote nothing, records nothing that would outlive it)
+    client = redis_cache_client()
+    base = session_base(storage.cache.make_key, uid)
+    keys = list(client.scan_iter(match=base.replace("{", "[{]").replace("}", "[}]") + "*"))
+    assert keys
+    assert all(0 < client.pttl(key) <= 600_000 for key in keys), {
+        key: client.pttl(key) for key in keys
+    }
+
+
 @pytest.fixture
 def plain_client_of_a_cluster(redis_cluster_url: str) -> Iterator[tuple[redis.Redis, Any]]:
     """A plain ``redis.Redis`` on one master of the test cluster, and that

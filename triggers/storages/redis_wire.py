@@ -27,6 +27,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from ..connections import keeps_connections, kept_connection
@@ -101,10 +102,11 @@ def run(
 
 def _direct_run(client: Any, commands: list[tuple[Any, ...]], holder: Any) -> list[Any]:
     pool = client.connection_pool
+    kept = keeps_connections(pool)
     if holder is not None:
-        return _retried(holder.connection(pool), commands)
-    if keeps_connections(pool):
-        return _retried(kept_connection(pool), commands)
+        return _retried(holder.connection(pool), commands, kept)
+    if kept:
+        return _retried(kept_connection(pool), commands, kept)
     conn = pool.get_connection()
     try:
         return _retried(conn, commands)
@@ -112,15 +114,27 @@ def _direct_run(client: Any, commands: list[tuple[Any, ...]], holder: Any) -> li
         pool.release(conn)
 
 
-def _retried(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+def _retried(conn: Any, commands: list[tuple[Any, ...]], kept: bool = False) -> list[Any]:
     # As redis-py 6+'s client does: the connection's retry policy,
     # reconnecting after a failure (both scripts are safe to send again).
-    try:
+    def attempt() -> list[Any]:
         return list(
             conn.retry.call_with_retry(
                 lambda: _exchange(conn, commands), lambda _error: conn.disconnect()
             )
         )
+
+    try:
+        try:
+            return attempt()
+        except RedisConnectionError:
+            if not kept:
+                raise
+            # A kept connection may have died while the thread did something
+            # else (a Redis restart, an idle timeout): what the pool's
+            # checkout would have noticed. Reconnect and send once more.
+            conn.disconnect()
+            return attempt()
     except BaseException:
         # Replies may still be due (an interrupt, an unexpected reply): a
         # kept connection must not hand them to the next operation.

@@ -73,7 +73,9 @@ if waiting_changed then
   -- beside the counters: a fire can then tell "empty" from "evicted".
   redis.call('HSET', KEYS[5], '\31w', redis.call('EXISTS', KEYS[4]))
 end
-if ARGV[1] ~= '' then
+if ARGV[1] ~= '' and ARGV[3] ~= '0' then
+  -- (A commit that writes nothing -- ttl '0' -- records no token: a resend
+  -- could apply nothing twice, and the record would outlive the session.)
   local kept = ' ' .. ARGV[1] .. (recent or ' ')
   if #kept > 1024 then
     -- Cut after the last separator within the first 1 KB (tokens are far
