@@ -59,8 +59,9 @@ class CeleryTaskRunner(BaseTaskRunner):
 
     def run(self, manager: TriggerManager, task_instance: TaskInstance) -> None:
         task = self.resolve(task_instance.config.run, task_instance.config.name)
-        bound_broker_timeouts(task.app)
-        if task.app.conf.task_always_eager:
+        app = task.app
+        bound_broker_timeouts(app)
+        if app.conf.task_always_eager:
             # Eager mode would run the task inside the fire, under the session
             # lock the task itself needs: refuse rather than deadlock.
             raise ConfigurationError(
@@ -76,7 +77,7 @@ class CeleryTaskRunner(BaseTaskRunner):
             publish(task, message, countdown=cooldown or None)
         except Exception as exc:
             # DispatchError names the broker it tried (password hidden).
-            exc.broker_url = safe_broker_url(task.app)  # type: ignore[attr-defined]
+            exc.broker_url = safe_broker_url(app)  # type: ignore[attr-defined]
             raise
 
 
