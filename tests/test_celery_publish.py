@@ -19,9 +19,22 @@ from triggers.runners.celery import _sender, publish, task_id
 MESSAGE = {"uid": "u1", "instance": "t_x#0", "manager": "default", "storage": "cache"}
 
 
-def test_task_ids_are_random_version_4_uuids_in_their_usual_form():
-    # When many task ids are made
-    ids = [task_id() for _ in range(2000)]
+@pytest.fixture
+def any_probe() -> Iterator[Any]:
+    """ProbeTask on an app of its own, on the suite's broker."""
+    app, task = _probe_app()
+    yield task
+    _close_probe_app(app)
+
+
+@pytest.mark.parametrize("source", ["task_id", "sender"])
+def test_task_ids_are_random_version_4_uuids_in_their_usual_form(source, any_probe):
+    # When many task ids are made, one at a time or by a thread's sender
+    # (which reads random bytes for many at once, and reads again when they
+    # run out)
+    sender = _sender(any_probe.app)
+    make = task_id if source == "task_id" else sender.task_id
+    ids = [make() for _ in range(2000)]
     # Then each is a version 4 (random) RFC 4122 UUID, written as uuid4()
     # writes one, and no two are the same
     for text in ids:

@@ -163,6 +163,10 @@ def _count_fork() -> None:
 os.register_at_fork(after_in_child=_count_fork)
 
 
+#: Task ids' worth of random bytes a sender reads at once.
+_IDS_PER_READ = 64
+
+
 class _Sender:
     """This thread's producer on a broker connection of its own (not the
     app's pool, which a long-lived producer per thread could exhaust), and
@@ -181,6 +185,19 @@ class _Sender:
         # node name (both fixed for the thread's life).
         self.reply_to = app.thread_oid
         self.origin = anon_nodename()
+        # Random digits for this thread's next task ids, read from
+        # os.urandom 64 ids at a time (one system call, not one per id); a
+        # forked child builds its own sender, so never reuses these.
+        self.digits = ""
+        self.digits_at = 0
+
+    def task_id(self) -> str:
+        at = self.digits_at
+        if at >= len(self.digits):
+            self.digits = os.urandom(16 * _IDS_PER_READ).hex()
+            at = 0
+        self.digits_at = at + 32
+        return task_id(self.digits, at)
 
     def open_batch(self) -> None:
         if self.batch is None and self.producer.supports_batch_publish:
@@ -316,15 +333,17 @@ def _declared(plan: _Plan, producer: Any) -> dict[str, Any]:
 _UUID_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
-def task_id() -> str:
+def task_id(digits: str | None = None, at: int = 0) -> str:
     """A new random (version 4) UUID in its usual text form, as kombu's
     ``uuid()`` (what ``apply_async`` uses) gives, without building the
-    ``uuid.UUID`` object: the same 16 bytes from ``os.urandom``, the version
-    and variant bits set as RFC 4122 says."""
-    digits = os.urandom(16).hex()
+    ``uuid.UUID`` object: 16 bytes from ``os.urandom`` (or the 32 hex digits
+    of them at ``at`` in ``digits``), the version and variant bits set as
+    RFC 4122 says."""
+    if digits is None:
+        digits = os.urandom(16).hex()
     return (
-        f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-"
-        f"{_UUID_VARIANT[digits[16]]}{digits[17:20]}-{digits[20:]}"
+        f"{digits[at : at + 8]}-{digits[at + 8 : at + 12]}-4{digits[at + 13 : at + 16]}-"
+        f"{_UUID_VARIANT[digits[at + 16]]}{digits[at + 17 : at + 20]}-{digits[at + 20 : at + 32]}"
     )
 
 
@@ -367,7 +386,7 @@ def _send(
         )
         return str(result.id)
     amqp = app.amqp
-    new_id = task_id()
+    new_id = sender.task_id()
     message = amqp.create_task_message(
         new_id,
         task.name,
