@@ -3,10 +3,12 @@ message a runner sends, and finding the Celery task an instance runs."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from .. import conf
 from ..exceptions import ConfigurationError
 from ..registry import trigger_managers
 from ..storages import storage_backends
@@ -52,14 +54,14 @@ def default_runner() -> str | type[BaseTaskRunner]:
     """The default runner now: ``DEFAULT_TASK_RUNNER`` as the application
     last set it (on ``triggers.runners`` or this module), else
     ``TRIGGERS['DEFAULT_RUNNER']``, else ``'celery'``."""
-    import sys
-
-    for module in ("triggers.runners", __name__):
-        value = getattr(sys.modules.get(module), "DEFAULT_TASK_RUNNER", _SHIPPED)
+    package = sys.modules.get("triggers.runners")
+    if package is not None:
+        value = getattr(package, "DEFAULT_TASK_RUNNER", _SHIPPED)
         if not isinstance(value, _BuiltinDefault):
             return value
-    from .. import conf
-
+    value = globals().get("DEFAULT_TASK_RUNNER", _SHIPPED)
+    if not isinstance(value, _BuiltinDefault):
+        return value
     return conf.get("DEFAULT_RUNNER") or str(_SHIPPED)
 
 
@@ -109,14 +111,15 @@ _LOADED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 #: The Celery task classes runners can run: TriggerTask adds itself when
 #: triggers.task is imported (it builds on this module, not the other way).
-_RUNNABLE: list[type] = []
+_RUNNABLE: tuple[type, ...] = ()
 
 
 def runnable_task_class(cls: type[T]) -> type[T]:
     """Declare ``cls`` (a Celery task class) the kind of task :meth:`BaseTaskRunner.resolve`
     accepts; used as a class decorator by :class:`~triggers.task.TriggerTask`."""
+    global _RUNNABLE
     if cls not in _RUNNABLE:
-        _RUNNABLE.append(cls)
+        _RUNNABLE = (*_RUNNABLE, cls)
     return cls
 
 
@@ -144,11 +147,12 @@ class BaseTaskRunner:
         from celery import current_app
 
         task = current_app.tasks.get(target)
-        loader = current_app.loader  # one per app
-        if task is None and loader not in _LOADED:
-            _LOADED.add(loader)
-            loader.import_default_modules()
-            task = current_app.tasks.get(target)
+        if task is None:
+            loader = current_app.loader  # one per app
+            if loader not in _LOADED:
+                _LOADED.add(loader)
+                loader.import_default_modules()
+                task = current_app.tasks.get(target)
         if task is None:
             raise ConfigurationError(
                 f"no Celery task named {target!r} is registered with the Celery app "
@@ -156,7 +160,7 @@ class BaseTaskRunner:
                 task=task_name,
                 directive="run",
             )
-        if not isinstance(task, tuple(_RUNNABLE)):
+        if not isinstance(task, _RUNNABLE):
             raise ConfigurationError(
                 f"Celery task {target!r} is not a TriggerTask subclass",
                 task=task_name,

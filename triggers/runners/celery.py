@@ -9,8 +9,6 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from kombu.utils.uuid import uuid
-
 from .. import conf
 from ..exceptions import ConfigurationError
 from ..registry import trigger_managers
@@ -61,8 +59,9 @@ class CeleryTaskRunner(BaseTaskRunner):
 
     def run(self, manager: TriggerManager, task_instance: TaskInstance) -> None:
         task = self.resolve(task_instance.config.run, task_instance.config.name)
-        bound_broker_timeouts(task.app)
-        if task.app.conf.task_always_eager:
+        app = task.app
+        bound_broker_timeouts(app)
+        if app.conf.task_always_eager:
             # Eager mode would run the task inside the fire, under the session
             # lock the task itself needs: refuse rather than deadlock.
             raise ConfigurationError(
@@ -78,7 +77,7 @@ class CeleryTaskRunner(BaseTaskRunner):
             publish(task, message, countdown=cooldown or None)
         except Exception as exc:
             # DispatchError names the broker it tried (password hidden).
-            exc.broker_url = safe_broker_url(task.app)  # type: ignore[attr-defined]
+            exc.broker_url = safe_broker_url(app)  # type: ignore[attr-defined]
             raise
 
 
@@ -135,6 +134,9 @@ _REBUILDABLE: set[tuple[type, type]] = set()
 # - once this connection declared the queue, ``declare=[]`` spares kombu
 #   copying and binding it again (kombu forgets what it declared when the
 #   connection is re-established, and we ask it each time).
+# What does not change between two sends is worked out once: per task (its
+# options and route, ``_Plan``), per thread (the reply queue and the origin
+# header apply_async would give, ``_Sender``).
 #
 # kombu's Redis transport builds a redis-py client for every command it
 # sends (``Channel.conn_or_acquire``; redis-py's client copies its table of
@@ -147,6 +149,23 @@ _REBUILDABLE: set[tuple[type, type]] = set()
 
 _producers = threading.local()
 
+#: How many forks this process is from the one that imported this module: a
+#: sender made before a fork belongs to the parent (its socket, its pid in
+#: the origin header). Counted instead of comparing ``os.getpid()``, a
+#: system call, on every publish.
+_forks = [0]
+
+
+def _count_fork() -> None:
+    _forks[0] += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
+
+#: Task ids' worth of random bytes a sender reads at once.
+_IDS_PER_READ = 64
+
 
 class _Sender:
     """This thread's producer on a broker connection of its own (not the
@@ -155,10 +174,30 @@ class _Sender:
     transports that batch: kombu's Redis transport)."""
 
     def __init__(self, app: Any) -> None:
+        from celery.utils.nodenames import anon_nodename
+
         self.app = app
-        self.pid = os.getpid()
+        self.forks = _forks[0]
         self.producer = app.amqp.Producer(app.connection_for_write(), auto_declare=False)
         self.batch: contextlib.ExitStack | None = None
+        # What apply_async puts in the message headers of a send from this
+        # thread of this process: the thread's reply queue and the process's
+        # node name (both fixed for the thread's life).
+        self.reply_to = app.thread_oid
+        self.origin = anon_nodename()
+        # Random digits for this thread's next task ids, read from
+        # os.urandom 64 ids at a time (one system call, not one per id); a
+        # forked child builds its own sender, so never reuses these.
+        self.digits = ""
+        self.digits_at = 0
+
+    def task_id(self) -> str:
+        at = self.digits_at
+        if at >= len(self.digits):
+            self.digits = os.urandom(16 * _IDS_PER_READ).hex()
+            at = 0
+        self.digits_at = at + 32
+        return task_id(self.digits, at)
 
     def open_batch(self) -> None:
         if self.batch is None and self.producer.supports_batch_publish:
@@ -176,11 +215,12 @@ class _Sender:
 def _sender(app: Any) -> _Sender:
     """This thread's sender for ``app``; rebuilt in a forked child, whose
     inherited socket belongs to the parent."""
-    held = getattr(_producers, "by_app", None)
-    if held is None:
+    try:
+        held = _producers.by_app
+    except AttributeError:
         held = _producers.by_app = {}
     sender = held.get(id(app))
-    if sender is None or sender.app is not app or sender.pid != os.getpid():
+    if sender is None or sender.app is not app or sender.forks != _forks[0]:
         sender = held[id(app)] = _Sender(app)
     return sender
 
@@ -215,10 +255,17 @@ class _Plan:
         self.router = router = app.amqp.router
         # As apply_async passes them: unset ones too (as None).
         options = {name: getattr(task, name, None) for name in _TASK_OPTIONS}
-        self.time_limit = options.pop("time_limit", None)
-        self.soft_time_limit = options.pop("soft_time_limit", None)
-        self.ignore_result = bool(task.ignore_result)
-        self.sent_event = bool(app.conf.task_send_sent_event)
+        time_limit = options.pop("time_limit", None)
+        soft_time_limit = options.pop("soft_time_limit", None)
+        ignore_result = bool(task.ignore_result)
+        #: create_task_message's arguments that are the same for every send.
+        self.message_options: dict[str, Any] = {
+            "time_limit": time_limit,
+            "soft_time_limit": soft_time_limit,
+            "create_sent_event": bool(app.conf.task_send_sent_event),
+            "ignore_result": ignore_result,
+            "argsrepr": "()",
+        }
         #: Whether create/send_task_message sends what apply_async would:
         #: nothing overridden, no option that changes the message per call,
         #: no result-backend hook to call, no argument check that could fail.
@@ -230,13 +277,22 @@ class _Plan:
             and not getattr(task, "pydantic", False)
             and not (task.typing and not _takes_any_kwargs(task.run))
             # apply_async refuses a soft limit above the hard one.
-            and not (self.soft_time_limit or 0) > (self.time_limit or float("inf"))
-            and (self.ignore_result or type(app.backend).on_task_call is BaseBackend.on_task_call)
+            and not (soft_time_limit or 0) > (time_limit or float("inf"))
+            and (ignore_result or type(app.backend).on_task_call is BaseBackend.on_task_call)
         )
         #: Without task_routes the route depends on nothing but the task.
         self.route: dict[str, Any] | None = None
+        #: The route with ``declare=[]``, for a connection that declared its
+        #: queue; and that queue's key in kombu's record of what it declared
+        #: (a named queue's: an unnamed one gets its name when declared).
+        self.declared_route: dict[str, Any] = {}
+        self.queue_key: int | None = None
         if not router.routes:
             self.route = dict(router.route(dict(options), task.name, (), {}, task))
+            self.declared_route = {**self.route, "declare": []}
+            queue = self.route.get("queue")
+            if queue is not None and getattr(queue, "name", None):
+                self.queue_key = hash(queue)
 
 
 def _takes_any_kwargs(run: Any) -> bool:
@@ -252,44 +308,68 @@ def _takes_any_kwargs(run: Any) -> bool:
 _plans: dict[int, _Plan] = {}
 
 
-def _plan(task: Any) -> _Plan:
+def _plan(task: Any, app: Any = None) -> _Plan:
+    if app is None:
+        app = task.app
     plan = _plans.get(id(task))
-    if plan is None or plan.task is not task or plan.router is not task.app.amqp.router:
+    if plan is None or plan.task is not task or plan.router is not app.amqp.router:
         plan = _plans[id(task)] = _Plan(task)
     return plan
 
 
-def _declared(route: dict[str, Any] | None, producer: Any) -> dict[str, Any]:
-    """``route`` plus ``declare=[]`` once this connection declared its queue."""
-    if route is None:
+def _declared(plan: _Plan, producer: Any) -> dict[str, Any]:
+    """The route's options, with ``declare=[]`` once this connection
+    declared its queue."""
+    if plan.route is None:
         return {}
-    queue = route.get("queue")
-    connection = producer.connection
-    if queue is not None and connection.connected and hash(queue) in connection.declared_entities:
-        return {**route, "declare": []}
-    return route
+    if plan.queue_key is not None:
+        connection = producer.connection
+        if connection.connected and plan.queue_key in connection.declared_entities:
+            return plan.declared_route
+    return plan.route
+
+
+#: The variant nibble of a random UUID for each value of its random nibble.
+_UUID_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def task_id(digits: str | None = None, at: int = 0) -> str:
+    """A new random (version 4) UUID in its usual text form, as kombu's
+    ``uuid()`` (what ``apply_async`` uses) gives, without building the
+    ``uuid.UUID`` object: 16 bytes from ``os.urandom`` (or the 32 hex digits
+    of them at ``at`` in ``digits``), the version and variant bits set as
+    RFC 4122 says."""
+    if digits is None:
+        digits = os.urandom(16).hex()
+    return (
+        f"{digits[at : at + 8]}-{digits[at + 8 : at + 12]}-4{digits[at + 13 : at + 16]}-"
+        f"{_UUID_VARIANT[digits[at + 16]]}{digits[at + 17 : at + 20]}-{digits[at + 20 : at + 32]}"
+    )
 
 
 def publish(task: Any, kwargs: dict[str, Any], countdown: float | None = None) -> str:
     """Send ``task`` with ``kwargs`` as ``task.apply_async(kwargs=kwargs,
     countdown=countdown)`` would, on this thread's producer; returns the
     task id."""
-    sender = _sender(task.app)
+    app = task.app
+    sender = _sender(app)
     if sender.batch is not None:
         try:
-            return _send(task, kwargs, countdown, sender.producer)
+            return _send(app, task, kwargs, countdown, sender)
         except Exception as exc:
             sender.drop_batch(exc)
             logger.info("publishing %s in a batch failed (%s); sending it again", task.name, exc)
-    task_id = _send(task, kwargs, countdown, sender.producer)
+    sent = _send(app, task, kwargs, countdown, sender)
     sender.open_batch()
-    return task_id
+    return sent
 
 
-def _send(task: Any, kwargs: dict[str, Any], countdown: float | None, producer: Any) -> str:
-    app = task.app
-    plan = _plan(task)
-    options = _declared(plan.route, producer)
+def _send(
+    app: Any, task: Any, kwargs: dict[str, Any], countdown: float | None, sender: _Sender
+) -> str:
+    plan = _plan(task, app)
+    producer = sender.producer
+    options = _declared(plan, producer)
     # Sent from inside a worker task, apply_async links the new task to the
     # running one (parent and root ids).
     if not plan.direct or countdown or app.current_worker_task is not None:
@@ -306,20 +386,19 @@ def _send(task: Any, kwargs: dict[str, Any], countdown: float | None, producer: 
         )
         return str(result.id)
     amqp = app.amqp
-    task_id = uuid()
+    new_id = sender.task_id()
     message = amqp.create_task_message(
-        task_id,
+        new_id,
         task.name,
         (),
         kwargs,
-        reply_to=app.thread_oid,
-        time_limit=plan.time_limit,
-        soft_time_limit=plan.soft_time_limit,
-        create_sent_event=plan.sent_event,
-        ignore_result=plan.ignore_result,
-        argsrepr="()",
+        reply_to=sender.reply_to,
+        origin=sender.origin,
         kwargsrepr=repr(kwargs),
-        **options,
+        **plan.message_options,
     )
-    amqp.send_task_message(producer, task.name, message, **options)
-    return task_id
+    if sender.batch is not None:
+        amqp.send_task_message(producer, task.name, message, retry=False, **options)
+    else:
+        amqp.send_task_message(producer, task.name, message, **options)
+    return new_id
