@@ -20,6 +20,8 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+import redis
+
 #: Pools a thread keeps a connection of at once; the least recently used is
 #: given back when another pool comes along (tests and odd projects build
 #: many pools; a web process has one or two).
@@ -70,8 +72,6 @@ def keeps_connections(pool: Any) -> bool:
     """Whether :func:`kept_connection` keeps connections of ``pool``: a plain
     ``redis.ConnectionPool`` (a blocking pool's size is a limit a kept
     connection would hold on to)."""
-    import redis
-
     return type(pool) is redis.ConnectionPool
 
 
@@ -132,8 +132,6 @@ def with_timeouts(client: Any, timeout: float | None) -> Any:
     as long as the operating system lets a socket wait."""
     if timeout is None or client is None:
         return client
-    import redis
-
     pool = getattr(client, "connection_pool", None)
     if type(pool) is not redis.ConnectionPool:
         return client  # cluster, sentinel, blocking pools: left as configured
