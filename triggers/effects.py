@@ -120,6 +120,8 @@ class Effects:
     #: ``(task, trigger, reason)``: ``if`` conditions that could not be
     #: evaluated on a fire (they counted as false); the caller logs them.
     condition_errors: list[tuple[str, str, str]] = field(default_factory=list)
+    #: When the rule ran (ISO-8601 UTC), the time of the changes it made.
+    when: str | None = None
 
     def extend(self, other: Effects) -> Effects:
         self.created += other.created
@@ -132,6 +134,7 @@ class Effects:
         self.first_of += other.first_of
         self.timers_add.update(other.timers_add)
         self.condition_errors += other.condition_errors
+        self.when = other.when or self.when
         for name, lease in other.leases_set.items():
             self.leases_set[name] = lease
             self.leases_dropped.discard(name)

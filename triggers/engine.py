@@ -118,8 +118,8 @@ def apply_trigger(session: SessionData, trigger: str, kwargs: Mapping[str, Any])
     is ready. A task whose ``if`` condition on the trigger is false for
     ``kwargs`` is left alone.
     """
-    fx = Effects()
     when = now_iso()  # one time for everything this fire changes
+    fx = Effects(when=when)
     for config in session.tasks_for(trigger):
         counts, error = counts_for(config.conditions, trigger, kwargs)
         if not counts:

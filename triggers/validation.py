@@ -83,6 +83,20 @@ def check_json_tree(what: str, value: Any, max_depth: int) -> bool:
     Returns whether ``value`` is flat: a container holding only values (and
     keys) of exactly the plain JSON types (no subclass, no nested container),
     so that a shallow copy gives what a JSON round trip would."""
+    if type(value) is dict:
+        # The usual kwargs (ASCII keys; ASCII text, int, bool or None
+        # values) need no walk; anything else takes the general one.
+        for key, item in value.items():
+            kind = type(item)
+            if type(key) is not str or not key.isascii():
+                break
+            if kind is str:
+                if not item.isascii():
+                    break
+            elif not (kind is int or kind is bool or item is None):
+                break
+        else:
+            return True
     flat = True
     stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
     while stack:

@@ -34,6 +34,8 @@ class Transaction(SessionView):
         self.dispatch_failures: dict[str, BaseException] = {}
         #: Set once the manager checked that no part of the session vanished.
         self.parts_checked = False
+        #: When the engine made this operation's changes (``updated`` then).
+        self.changed_at: str | None = None
 
     # -- changes -------------------------------------------------------------
     def new_instance(self, config: TaskConfig, **attrs: Any) -> TaskInstance:
@@ -63,6 +65,8 @@ class Transaction(SessionView):
         """Take in what an engine operation changed, to write at commit. An
         instance that became ready is read whole first (it is dispatched
         and returned to the caller with every kwargs it received)."""
+        if effects.when is not None:
+            self.changed_at = effects.when
         partial = [inst.name for inst in effects.ready if inst.partial]
         if partial:
             self.fetch(instances=partial)
@@ -176,7 +180,7 @@ class Transaction(SessionView):
                 if written and not meta.get(flag)
             }
             if ch.meta is None or flags:
-                self.touch_meta(updated=now_iso(), **flags)
+                self.touch_meta(updated=self.changed_at or now_iso(), **flags)
         return ch
 
     def _received_changes(self, inst: TaskInstance, ch: Changes) -> None:
