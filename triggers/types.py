@@ -11,6 +11,7 @@ from typing import Any
 
 from .conditions import Group, Rule, rule_of
 from .exceptions import ConfigurationError
+from .readiness import progress_of, requirements_met
 from .registry import task_runners
 
 # Also ``validate_configuration`` and ``find_cascade_cycle``, looked up late
@@ -254,8 +255,6 @@ class TaskInstance:
         return met and not self.can_abandon
 
     def _counted(self, side: str) -> bool:
-        from .readiness import requirements_met  # it imports this module
-
         return requirements_met(self, side)
 
     @property
@@ -313,8 +312,6 @@ class TaskInstance:
         so applying a trigger writes one); ``progress`` says how far its
         requirements are met either way. A :attr:`partial` instance never
         includes kwargs (it does not hold them all)."""
-        from .readiness import progress_of  # it imports this module
-
         record: dict[str, Any] = {"task": self.config.name, "status": self.status}
         if kwargs and not self.partial:
             record["kwargs"] = self.kwargs

@@ -77,21 +77,39 @@ def run(
     ``holder`` (a :class:`~triggers.locking.SessionLock`) keeps one pool
     connection for the whole operation."""
     direct = _direct(client)
-    cluster = DIRECT and not direct and is_cluster(client)
+    if direct:
+        replies = _direct_run(client, commands, holder)
+    else:
+        replies = _send(client, commands, holder, direct)
+    for reply in replies:
+        if isinstance(reply, ResponseError):  # rare: checked once, then sorted out
+            return _answered(client, commands, replies, scripts, holder, direct)
+    return replies
 
-    def send(batch: list[tuple[Any, ...]]) -> list[Any]:
-        if direct:
-            return _direct_run(client, batch, holder)
-        if cluster:
-            return routed(client, batch)  # see cluster_wire: the pipeline's routing is slow
-        return _one_by_one(client, batch)
 
-    replies = send(commands)
+def _send(client: Any, batch: list[tuple[Any, ...]], holder: Any, direct: bool) -> list[Any]:
+    if direct:
+        return _direct_run(client, batch, holder)
+    if DIRECT and is_cluster(client):
+        return routed(client, batch)  # see cluster_wire: the pipeline's routing is slow
+    return _one_by_one(client, batch)
+
+
+def _answered(
+    client: Any,
+    commands: list[tuple[Any, ...]],
+    replies: list[Any],
+    scripts: dict[str, Script],
+    holder: Any,
+    direct: bool,
+) -> list[Any]:
+    """``replies`` with the scripts the server lacked loaded and run again;
+    raises any other error reply."""
     missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if missing:
         for sha in {commands[i][1] for i in missing}:
             client.script_load(scripts[sha].source)
-        resent = send([commands[i] for i in missing])
+        resent = _send(client, [commands[i] for i in missing], holder, direct)
         for i, reply in zip(missing, resent, strict=True):
             replies[i] = reply
     for reply in replies:
