@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -209,48 +209,13 @@ class BaseTriggerStorage(SessionAPI):
     def _seen_state(self, value: bool) -> None:
         self.seen_state = value
 
-    @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self) -> AbstractContextManager[Transaction]:
         """Lock the session and yield a unit of work; its changes are written
         in one step when the outermost block exits without an exception.
 
         Nested blocks in the same thread join the open transaction.
         """
-        current = self.current_transaction
-        if current is not None:
-            yield current
-            return
-        lock = self.make_lock()
-        lock.acquire_within(float(conf.get("LOCK_TIMEOUT")))
-        txn = Transaction(self, lock)
-        self._local.txn = txn
-        committed = False
-        try:
-            yield txn
-            changes = txn.build_changes()
-            self.commit(lock, changes, release=True)
-            committed = True
-        finally:
-            self._local.txn = None
-            if not committed:
-                try:
-                    lock.release()
-                except Exception:  # the lock may have expired meanwhile
-                    pass
-        if changes.timers_add or changes.timers_remove:
-            # The cross-session due index lives outside the session (another
-            # hash slot in a cluster), so it is updated after the commit.
-            from .due_index import after_commit  # what triggers.timers re-exports
-
-            after_commit(self, changes)
-        if txn.meta is not None:
-            self.seen_state = True
-        for callback in txn.after_commit:
-            callback()
-        if txn.dispatch_failures:
-            from ..exceptions import DispatchError
-
-            raise DispatchError(self.uid, txn.dispatch_failures)
+        return _TransactionBlock(self)
 
     @contextmanager
     def acquire_lock(self) -> Iterator[BaseTriggerStorage]:
@@ -364,3 +329,60 @@ class IndexedStorage(BaseTriggerStorage):
 
     def delete(self, *, idle_before: datetime | None = None) -> bool:
         raise NotImplementedError
+
+
+class _TransactionBlock:
+    """What :meth:`BaseTriggerStorage.transaction` returns (a class rather
+    than a generator: every operation enters one)."""
+
+    __slots__ = ("joined", "lock", "storage", "txn")
+
+    def __init__(self, storage: BaseTriggerStorage) -> None:
+        self.storage = storage
+
+    def __enter__(self) -> Transaction:
+        storage = self.storage
+        current = storage.current_transaction
+        self.joined = current is not None
+        if current is not None:
+            self.txn = current
+            return current
+        self.lock = lock = storage.make_lock()
+        lock.acquire_within(float(conf.get("LOCK_TIMEOUT")))
+        self.txn = txn = Transaction(storage, lock)
+        storage._local.txn = txn
+        return txn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.joined:
+            return
+        storage, txn, lock = self.storage, self.txn, self.lock
+        committed = False
+        try:
+            if exc_type is None:
+                changes = txn.build_changes()
+                storage.commit(lock, changes, release=True)
+                committed = True
+        finally:
+            storage._local.txn = None
+            if not committed:
+                try:
+                    lock.release()
+                except Exception:  # the lock may have expired meanwhile
+                    pass
+        if exc_type is not None:
+            return
+        if changes.timers_add or changes.timers_remove:
+            # The cross-session due index lives outside the session (another
+            # hash slot in a cluster), so it is updated after the commit.
+            from .due_index import after_commit  # what triggers.timers re-exports
+
+            after_commit(storage, changes)
+        if txn.meta is not None:
+            storage.seen_state = True
+        for callback in txn.after_commit:
+            callback()
+        if txn.dispatch_failures:
+            from ..exceptions import DispatchError
+
+            raise DispatchError(storage.uid, txn.dispatch_failures)
