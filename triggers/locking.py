@@ -166,6 +166,9 @@ class SessionLock:
         self._timeout = 0.0
         #: When the operation holding this lock started (see OPERATION_TIMEOUT).
         self.started: float | None = None
+        #: ``TRIGGERS['OPERATION_TIMEOUT']`` as read when the operation
+        #: started (``None``: read it when needed).
+        self.operation_timeout: float | None = None
 
     @property
     def _lock(self) -> redis_lock.Lock:

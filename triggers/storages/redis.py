@@ -185,9 +185,10 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         return parts
 
     def make_lock(self) -> Any:
-        return SessionLock(
-            self._redis, f"{self._base}:lock", int(conf.get("LOCK_EXPIRE")), self.uid, deferred=True
-        )
+        expire, limit = conf.get_many("LOCK_EXPIRE", "OPERATION_TIMEOUT")
+        lock = SessionLock(self._redis, f"{self._base}:lock", int(expire), self.uid, deferred=True)
+        lock.operation_timeout = float(limit)  # read once per operation, not per command
+        return lock
 
     def _operation_lock(self) -> SessionLock | None:
         txn = self.current_transaction
@@ -206,7 +207,8 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         started = getattr(lock, "started", None) if isinstance(lock, SessionLock) else None
         if started is not None:
             waited = time.monotonic() - started
-            if waited > float(conf.get("OPERATION_TIMEOUT")):
+            limit = lock.operation_timeout
+            if waited > (float(conf.get("OPERATION_TIMEOUT")) if limit is None else limit):
                 raise SessionTimeoutError(
                     self.uid, waited, "TRIGGERS['OPERATION_TIMEOUT'] passed; nothing written"
                 )
