@@ -108,6 +108,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "redis_broker: the test publishes through kombu's Redis transport whatever the "
         "suite's broker (it needs redis-py 6.1 or later)",
     )
+    config.addinivalue_line(
+        "markers",
+        "redis_py6: the test checks redis-py 6+'s direct path (a connection each thread "
+        "keeps, one batch of commands per round trip); older redis-py sends each command "
+        "through the client",
+    )
 
 
 # -- fixtures the workflow tests share (moved from tests/contract_backends.py) --

@@ -17,6 +17,9 @@ from triggers import connections
 from triggers.manager import TriggerManager
 from triggers.storages.cache import CacheStorageBackend
 
+# Kept connections are redis-py 6+'s direct path (see triggers.storages.redis_wire).
+pytestmark = pytest.mark.redis_py6
+
 CONFIG = {"t": {"after": ["a", "b"], "run": RecordingTask.name}}
 
 

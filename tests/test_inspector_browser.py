@@ -135,7 +135,8 @@ def test_replay_a_failed_instance_from_the_browser(
         browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
         wait_for(lambda: browser.current_url.endswith(reverse("triggers:sessions")), what="list")
         # And finds the session by its uid prefix
-        search = browser.find_element(By.ID, "searchbar")
+        # (the URL changes before the new page's elements exist: wait for them)
+        search = wait_for(lambda: browser.find_elements(By.ID, "searchbar"), what="search")[0]
         search.send_keys(family)
         search.submit()
         link = wait_for(

@@ -35,6 +35,7 @@ def batches(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[Any, ...]]]:
     return sent
 
 
+@pytest.mark.redis_py6  # counts the batches of the direct path
 @pytest.mark.parametrize("kind", REDIS_KINDS)
 def test_a_fire_commits_and_lists_its_session_in_one_script(
     kind: str, batches: list[list[tuple[Any, ...]]]
@@ -69,6 +70,7 @@ def test_a_fire_commits_and_lists_its_session_in_one_script(
         assert expires == pytest.approx(after + storage.timeout)
 
 
+@pytest.mark.redis_py6  # resends a batch of the direct path
 def test_a_resent_commit_writes_once_and_keeps_the_index_entry(
     batches: list[list[tuple[Any, ...]]],
 ) -> None:
