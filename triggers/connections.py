@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-#: Pools a thread keeps a connection of at once; the least recently used is
+#: Pools a thread keeps a connection of at once; the one kept longest is
 #: given back when another pool comes along (tests and odd projects build
 #: many pools; a web process has one or two).
 KEPT_PER_THREAD = 4

@@ -142,7 +142,13 @@ class SessionLock:
     """
 
     def __init__(
-        self, client: Any, name: str, expire: int, uid: str, deferred: bool = False
+        self,
+        client: Any,
+        name: str,
+        expire: int,
+        uid: str,
+        deferred: bool = False,
+        operation_timeout: float | None = None,
     ) -> None:
         self.uid = uid
         self.deferred = deferred
@@ -168,7 +174,7 @@ class SessionLock:
         self.started: float | None = None
         #: ``TRIGGERS['OPERATION_TIMEOUT']`` as read when the operation
         #: started (``None``: read it when needed).
-        self.operation_timeout: float | None = None
+        self.operation_timeout = operation_timeout
 
     @property
     def _lock(self) -> redis_lock.Lock:

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import conf
-from ..exceptions import NotLockedError
+from ..exceptions import DispatchError, NotLockedError
 from ..types import TaskConfig, TaskInstance
 from ..validation import check_uid
 from .data import Changes, FetchRequest, Snapshot, apply_changes, full_snapshot
@@ -383,6 +383,4 @@ class _TransactionBlock:
         for callback in txn.after_commit:
             callback()
         if txn.dispatch_failures:
-            from ..exceptions import DispatchError
-
             raise DispatchError(storage.uid, txn.dispatch_failures)

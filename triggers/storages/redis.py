@@ -185,10 +185,16 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         return parts
 
     def make_lock(self) -> Any:
+        # The operation timeout is read here, once per operation, not per command.
         expire, limit = conf.get_many("LOCK_EXPIRE", "OPERATION_TIMEOUT")
-        lock = SessionLock(self._redis, f"{self._base}:lock", int(expire), self.uid, deferred=True)
-        lock.operation_timeout = float(limit)  # read once per operation, not per command
-        return lock
+        return SessionLock(
+            self._redis,
+            f"{self._base}:lock",
+            int(expire),
+            self.uid,
+            deferred=True,
+            operation_timeout=float(limit),
+        )
 
     def _operation_lock(self) -> SessionLock | None:
         txn = self.current_transaction

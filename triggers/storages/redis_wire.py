@@ -77,10 +77,7 @@ def run(
     ``holder`` (a :class:`~triggers.locking.SessionLock`) keeps one pool
     connection for the whole operation."""
     direct = _direct(client)
-    if direct:
-        replies = _direct_run(client, commands, holder)
-    else:
-        replies = _send(client, commands, holder, direct)
+    replies = _send(client, commands, holder, direct)
     for reply in replies:
         if isinstance(reply, ResponseError):  # rare: checked once, then sorted out
             return _answered(client, commands, replies, scripts, holder, direct)
