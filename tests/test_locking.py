@@ -230,6 +230,33 @@ def test_a_holder_paused_past_its_lock_expiry_cannot_overwrite_newer_work(
     }
 
 
+def test_a_failed_block_whose_lock_was_taken_over_raises_its_own_error_and_logs_the_release(
+    redis_client, unique_uid, caplog
+):
+    # Given a block holding the session lock, whose lock then expires and is
+    # taken by another process (its key now holds another token)
+    manager = TriggerManager(CacheStorageBackend(unique_uid))
+    manager.update_configuration({"t": {"after": ["go", "later"], "run": RecordingTask.name}})
+    with caplog.at_level("WARNING", logger="triggers.manager"):
+        try:
+            with manager.storage.acquire_lock() as session:
+                manager.fire("go")
+                key = session.lock.key
+                redis_client.set(key, "another-holder", px=5000)
+                # When the block fails
+                raise KeyError("the block's own error")
+        except KeyError as exc:
+            raised: BaseException = exc
+    # Then the block's error is what the caller sees, nothing was written, the
+    # other holder's lock is untouched, and the failed release is on record
+    assert raised.args == ("the block's own error",)
+    assert manager.storage.instances == {}
+    assert redis_client.get(key) == b"another-holder"
+    records = [r for r in caplog.records if "could not release the lock" in r.getMessage()]
+    assert [r.levelname for r in records] == ["WARNING"]
+    assert unique_uid in records[0].getMessage() and records[0].exc_info is not None
+
+
 # -- contention ----------------------------------------------------------------------
 
 THREADS = 4

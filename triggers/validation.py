@@ -6,7 +6,8 @@ import copy
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from json import encoder as _json_encoder
 from typing import Any
 
 from .exceptions import InvalidTriggerError, InvalidTriggerTypeError
@@ -52,9 +53,31 @@ def check_uid(uid: Any) -> str:
     return check_name(uid, "session uid", max_length=MAX_UID_LENGTH)
 
 
-#: ``json.dumps(value, separators=(",", ":"), allow_nan=False)``, built
-#: once (``json.dumps`` builds an encoder per call when given options).
-_compact = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+def compact_encoder(*, ensure_ascii: bool, allow_nan: bool) -> Callable[[Any], str]:
+    """What ``json.dumps(value, separators=(",", ":"), ...)`` returns, made
+    by one C encoder built here rather than one per call (``json.dumps``
+    and ``JSONEncoder.encode`` build a new one each time, which costs more
+    than encoding a small dict). It skips the circular-reference check:
+    the values stored here are trees (a cycle ends in ``RecursionError``).
+    Falls back to ``JSONEncoder.encode`` where ``json`` has no C encoder."""
+    base = json.JSONEncoder(separators=(",", ":"), ensure_ascii=ensure_ascii, allow_nan=allow_nan)
+    make = _json_encoder.c_make_encoder
+    if make is None:  # pragma: no cover - CPython always has it
+        return base.encode
+    quote = (
+        _json_encoder.encode_basestring_ascii if ensure_ascii else _json_encoder.encode_basestring
+    )
+    chunks = make(None, base.default, quote, None, ":", ",", False, False, allow_nan)
+    join = "".join
+
+    def encode(value: Any) -> str:
+        return join(chunks(value, 0))
+
+    return encode
+
+
+#: ``json.dumps(value, separators=(",", ":"), allow_nan=False)``.
+_compact = compact_encoder(ensure_ascii=True, allow_nan=False)
 
 
 def dump_json(value: Any, what: str) -> str:
@@ -63,6 +86,10 @@ def dump_json(value: Any, what: str) -> str:
         return _compact(value)
     except (TypeError, ValueError) as exc:
         raise InvalidTriggerTypeError(f"{what} must serialise to JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidTriggerTypeError(
+            f"{what} must serialise to JSON: it nests too deep or contains itself"
+        ) from None
 
 
 def _path(parts: tuple[Any, ...]) -> str:

@@ -10,6 +10,7 @@ build them on the original's two primitives, ``_load_from_backend`` and
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -23,6 +24,8 @@ from ..validation import check_uid
 from .data import Changes, FetchRequest, Snapshot, apply_changes, full_snapshot
 from .session_api import MAX_INSTANCE_NAME_LENGTH, SessionAPI
 from .transaction import Transaction
+
+_logger = logging.getLogger("triggers.manager")
 
 __all__ = ["MAX_INSTANCE_NAME_LENGTH", "BaseTriggerStorage", "IndexedStorage"]
 
@@ -368,8 +371,16 @@ class _TransactionBlock:
             if not committed:
                 try:
                     lock.release()
-                except Exception:  # the lock may have expired meanwhile
-                    pass
+                except Exception:
+                    # The lock may have expired meanwhile (another process may
+                    # hold it now), or Redis went away: the error that ended the
+                    # operation is the one raised, this one is logged.
+                    _logger.warning(
+                        "could not release the lock of session %r after a failed operation",
+                        storage.uid,
+                        exc_info=True,
+                        extra={"triggers_session": storage.uid},
+                    )
         if exc_type is not None:
             return
         if changes.timers_add or changes.timers_remove:

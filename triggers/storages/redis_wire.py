@@ -161,6 +161,42 @@ def _retried(conn: Any, commands: list[tuple[Any, ...]], kept: bool = False) -> 
 #: the sizes most arguments have (formatting the number is most of the cost
 #: of a short argument).
 _HEADS = tuple(f"${n}\r\n" for n in range(1024))
+#: The KEYS of recent script calls in RESP, by the keys: a session's keys
+#: are the same in every call of every operation on it (its storage object
+#: names them once per process), so they are packed once, not per call.
+_PACKED_KEYS: dict[tuple[Any, ...], str] = {}
+_PACKED_KEYS_MAX = 2048
+
+
+def _pack_args(args: Any, out: list[str]) -> None:
+    add, heads = out.append, _HEADS
+    for arg in args:
+        kind = type(arg)
+        if kind is str:
+            size = len(arg) if arg.isascii() else len(arg.encode("utf-8"))
+        elif kind is int or kind is float:
+            arg = repr(arg)
+            size = len(arg)
+        elif kind is bytes:
+            size = len(arg)
+            arg = arg.decode("utf-8", "surrogateescape")
+        else:
+            raise TypeError(f"cannot send {kind.__name__} {arg!r} to Redis")
+        add(heads[size] if size < 1024 else f"${size}\r\n")
+        add(arg)
+        add("\r\n")
+
+
+def _packed_keys(keys: tuple[Any, ...]) -> str:
+    text = _PACKED_KEYS.get(keys)
+    if text is None:
+        out: list[str] = []
+        _pack_args(keys, out)
+        text = "".join(out)
+        if len(_PACKED_KEYS) >= _PACKED_KEYS_MAX:
+            _PACKED_KEYS.clear()  # many sessions: start over rather than track use
+        _PACKED_KEYS[keys] = text
+    return text
 
 
 def pack(commands: list[tuple[Any, ...]]) -> bytes:
@@ -168,26 +204,19 @@ def pack(commands: list[tuple[Any, ...]]) -> bytes:
     ``Connection.pack_commands`` makes, for the ``str``/``int``/``float``/
     ``bytes`` arguments these commands have, several times faster
     (redis-py's packer checks and encodes each argument on its own; here the
-    text is built as one string and encoded once)."""
+    text is built as one string and encoded once, and the KEYS of a script
+    call come packed from :data:`_PACKED_KEYS`)."""
     out: list[str] = []
-    add, heads = out.append, _HEADS
+    add = out.append
     for command in commands:
         add(f"*{len(command)}\r\n")
-        for arg in command:
-            kind = type(arg)
-            if kind is str:
-                size = len(arg) if arg.isascii() else len(arg.encode("utf-8"))
-            elif kind is int or kind is float:
-                arg = repr(arg)
-                size = len(arg)
-            elif kind is bytes:
-                size = len(arg)
-                arg = arg.decode("utf-8", "surrogateescape")
-            else:
-                raise TypeError(f"cannot send {kind.__name__} {arg!r} to Redis")
-            add(heads[size] if size < 1024 else f"${size}\r\n")
-            add(arg)
-            add("\r\n")
+        if command[0] == "EVALSHA" and type(command[2]) is int:
+            _pack_args(command[:3], out)
+            end = 3 + command[2]
+            add(_packed_keys(command[3:end]))
+            _pack_args(command[end:], out)
+        else:
+            _pack_args(command, out)
     return "".join(out).encode("utf-8", "surrogateescape")
 
 
