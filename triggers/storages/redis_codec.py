@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from .base import config_from_stored
-from .data import UNLESS, Changes, Snapshot, build_index, max_idempotency_keys
+from .data import UNLESS, Changes, FetchRequest, Snapshot, build_index, max_idempotency_keys
 
 __all__ = [
     "FIRST_LEASE",
@@ -25,6 +25,7 @@ __all__ = [
     "decode_all",
     "decode_fetch",
     "dumps",
+    "encode_request",
     "operations",
     "text",
 ]
@@ -82,59 +83,118 @@ def _shared(value: str) -> str:
     return hashlib.blake2b(value.encode("utf-8"), digest_size=16).hexdigest()
 
 
-def _merge_received(record: dict[str, Any], fields: Any) -> None:
+def _merge_received(record: dict[str, Any], fields: Any, unless: str = UNLESS) -> None:
     """Put what a named instance received (``[trigger, kwargs JSON, ...]``,
-    ``UNLESS + trigger`` for ``unless``) into its record, making it whole."""
+    ``unless + trigger`` for ``unless``) into its record, making it whole."""
     kwargs: dict[str, Any] = {}
     abandon: dict[str, Any] = {}
     fields = fields or []
     for i in range(0, len(fields), 2):
         name = fields[i]
-        if name.startswith(UNLESS):
-            abandon[name[len(UNLESS) :]] = json.loads(fields[i + 1])
+        if name.startswith(unless):
+            abandon[name[len(unless) :]] = json.loads(fields[i + 1])
         else:
             kwargs[name] = json.loads(fields[i + 1])
     record["kwargs"] = kwargs
     record["abandon_state"] = abandon
 
 
-def decode_fetch(parts: list[Any]) -> tuple[Snapshot, set[str]]:
-    """fetch.lua's reply: the snapshot, and the state keys that exist."""
-    # Empty arrays come back as {} (Lua cannot tell them from objects).
-    meta_raw: Any
-    meta_raw, index_raw, tasks_raw, waiting_raw, inst_raw, kw_raw, lease_raw, exist = (
-        part or [] for part in parts[:8]
-    )
-    received_raw, seen, timers_raw = parts[8] or [], parts[9], parts[10] or []
-    found = {name for name, e in zip(PARTS, exist, strict=False) if e}
-    snap = Snapshot(meta=json.loads(meta_raw) if meta_raw else None)
-    snap.idempotency_seen = bool(seen)
-    for i in range(0, len(timers_raw), 2):
-        snap.timers[timers_raw[i]] = json.loads(timers_raw[i + 1])
-    for i in range(0, len(index_raw), 2):
-        snap.index[index_raw[i]] = json.loads(index_raw[i + 1]) if index_raw[i + 1] else []
-    for i in range(0, len(tasks_raw), 3):
-        name = tasks_raw[i]
-        if tasks_raw[i + 1]:
-            snap.configs[name] = _config(name, tasks_raw[i + 1])
-        snap.counters[name] = int(tasks_raw[i + 2])
-    for i in range(0, len(waiting_raw), 3):
-        snap.waiting[(waiting_raw[i], waiting_raw[i + 1])] = waiting_raw[i + 2] or []
-    for i in range(0, len(inst_raw), 2):
-        if inst_raw[i + 1]:
-            snap.records[inst_raw[i]] = json.loads(inst_raw[i + 1])
-    for i in range(0, len(received_raw), 2):
-        record = snap.records.get(received_raw[i])
-        if record is not None:
-            _merge_received(record, received_raw[i + 1])
-    for i in range(0, len(kw_raw), 2):
-        trig = kw_raw[i]
-        snap.kwargs_known.add(trig)
-        if kw_raw[i + 1]:
-            snap.latest_kwargs[trig] = json.loads(kw_raw[i + 1])
-    for i in range(0, len(lease_raw), 2):
-        if lease_raw[i + 1] > 0:
-            snap.leases[lease_raw[i]] = int(lease_raw[i + 1])
+#: What separates the request's lists (see fetch.lua).
+_LISTS = "\x1e"
+#: What marks an ``unless`` trigger among what fetch.lua's reply says a named
+#: instance received (``UNLESS`` separates the reply's fields).
+_UNLESS_IN_REPLY = "\x1e"
+
+
+def _names(names: tuple[str, ...]) -> tuple[str, ...]:
+    # A name holding a separator cannot be stored (names are validated): it
+    # is left out rather than read as several names.
+    if any(SEP in n or _LISTS in n for n in names):
+        return tuple(n for n in names if SEP not in n and _LISTS not in n)
+    return names
+
+
+def encode_request(request: FetchRequest) -> tuple[str, tuple[str, ...]]:
+    """fetch.lua's request argument for ``request``, and the instances it
+    names (in the order their lease keys follow the script's other keys)."""
+    triggers = request.triggers
+    if len(triggers) == 1 and not (request.tasks or request.instances or request.kwargs):
+        trigger = triggers[0]  # a fire's request: the name alone
+        if SEP not in trigger and _LISTS not in trigger:
+            return trigger, ()
+    instances = _names(request.instances)
+    lists = (_names(triggers), _names(request.tasks), instances, _names(request.kwargs))
+    return _LISTS.join(map(SEP.join, lists)), instances
+
+
+def decode_fetch(reply: Any) -> tuple[Snapshot, set[str]]:
+    """fetch.lua's reply (one string: see the script): the snapshot, and the
+    state keys that exist."""
+    loads = json.loads
+    f = (reply.decode("utf-8") if isinstance(reply, bytes) else reply).split(SEP)
+    meta_raw = f[0]
+    snap = Snapshot(meta=loads(meta_raw) if meta_raw else None)
+    # The index: trigger -> the tasks that mention it.
+    n = int(f[1])
+    p = 2 + 2 * n
+    index = snap.index
+    for i in range(2, p, 2):
+        raw = f[i + 1]
+        index[f[i]] = loads(raw) if raw else []
+    # The tasks: config and counter.
+    n = int(f[p])
+    configs, counters = snap.configs, snap.counters
+    for i in range(p + 1, p + 1 + 3 * n, 3):
+        name = f[i]
+        if f[i + 1]:
+            configs[name] = _config(name, f[i + 1])
+        counters[name] = int(f[i + 2])
+    p += 1 + 3 * n
+    # The instances waiting on each (task, trigger).
+    waiting = snap.waiting
+    groups = int(f[p])
+    p += 1
+    for _ in range(groups):
+        m = int(f[p + 2])
+        waiting[(f[p], f[p + 1])] = f[p + 3 : p + 3 + m]
+        p += 3 + m
+    # The instance records, with what a named one received.
+    n = int(f[p])
+    p += 1
+    records = snap.records
+    for _ in range(n):
+        raw, m = f[p + 1], f[p + 2]
+        if raw:
+            records[f[p]] = record = loads(raw)
+        if m:
+            m = 2 * int(m)
+            if raw:
+                _merge_received(record, f[p + 3 : p + 3 + m], _UNLESS_IN_REPLY)
+            p += m
+        p += 3
+    # Latest kwargs of triggers (fired or not).
+    n = int(f[p])
+    known, latest = snap.kwargs_known, snap.latest_kwargs
+    for i in range(p + 1, p + 1 + 2 * n, 2):
+        trig, raw = f[i], f[i + 1]
+        known.add(trig)
+        if raw:
+            latest[trig] = loads(raw)
+    p += 1 + 2 * n
+    # Worker leases.
+    n = int(f[p])
+    for i in range(p + 1, p + 1 + 2 * n, 2):
+        left = int(f[i + 1])
+        if left > 0:
+            snap.leases[f[i]] = left
+    p += 1 + 2 * n
+    # Timers.
+    n = int(f[p])
+    for i in range(p + 1, p + 1 + 2 * n, 2):
+        snap.timers[f[i]] = loads(f[i + 1])
+    p += 1 + 2 * n
+    snap.idempotency_seen = f[p] == "1"
+    found = {name for name, e in zip(PARTS, f[p + 1], strict=True) if e == "1"}
     return snap, found
 
 
