@@ -52,6 +52,10 @@ _CONFIG, _INDEX, _INSTANCES, _WAITING, _COUNTERS, _KWARGS, _META, _RECEIVED, _TI
     str(k) for k in range(1, 10)
 )
 _VALUES = "11"
+#: commit.lua's HSET operations, one per hash (``H`` and the key's number).
+_H_CONFIG, _H_INDEX, _H_INSTANCES, _H_COUNTERS, _H_KWARGS, _H_RECEIVED, _H_TIMERS = (
+    "H" + k for k in (_CONFIG, _INDEX, _INSTANCES, _COUNTERS, _KWARGS, _RECEIVED, _TIMERS)
+)
 #: Received kwargs longer than this (JSON) are stored once by digest in
 #: ``:values`` and referenced as ``@<digest>``: an andEvery task's instances
 #: all receive the same kwargs from the triggers that fired before them.
@@ -242,13 +246,14 @@ def operations(changes: Changes, lease_prefix: str, leases: list[str]) -> list[A
     are appended to ``leases`` (the script's KEYS from ``FIRST_LEASE``)."""
     ops: list[Any] = []
     for name, cfg in changes.configs.items():
-        ops += ["H", _CONFIG, name, dumps(cfg.to_directives())]
+        ops += [_H_CONFIG, name, dumps(cfg.to_directives())]
     if changes.index is not None:
         ops += ["X", _INDEX]
         for trig, task_names in changes.index.items():
-            ops += ["H", _INDEX, trig, dumps(task_names)]
+            ops += [_H_INDEX, trig, dumps(task_names)]
     for name, inst in changes.instances.items():
-        ops += ["H", _INSTANCES, name, dumps(inst.to_record(kwargs=False))]
+        ops += [_H_INSTANCES, name, dumps(inst.to_record(kwargs=False))]
+    received: list[Any] = []  # after the shared values, in one HSET
     for name, fields in changes.received.items():
         for field, kwargs in fields.items():
             value = dumps(kwargs)
@@ -256,7 +261,8 @@ def operations(changes: Changes, lease_prefix: str, leases: list[str]) -> list[A
                 digest = _shared(value)
                 ops += ["N", _VALUES, digest, value]
                 value = "@" + digest
-            ops += ["H", _RECEIVED, f"{name}{SEP}{field}", value]
+            received += [_H_RECEIVED, f"{name}{SEP}{field}", value]
+    ops += received
     for name, gone in changes.received_drop.items():
         for field in gone:
             ops += ["D", _RECEIVED, f"{name}{SEP}{field}"]
@@ -265,13 +271,13 @@ def operations(changes: Changes, lease_prefix: str, leases: list[str]) -> list[A
     for task, trig, name in sorted(changes.waiting_add):
         ops += ["Z", f"{task}{SEP}{trig}{SEP}{name}"]
     for task, number in changes.counters.items():
-        ops += ["H", _COUNTERS, task, str(number)]
+        ops += [_H_COUNTERS, task, str(number)]
     for trig, kwargs in changes.latest_kwargs.items():
-        ops += ["H", _KWARGS, trig, dumps(kwargs)]
+        ops += [_H_KWARGS, trig, dumps(kwargs)]
     if changes.meta is not None:
         ops += ["S", dumps(changes.meta)]
     for timer, pending in changes.timers_add.items():
-        ops += ["H", _TIMERS, timer, dumps(pending)]
+        ops += [_H_TIMERS, timer, dumps(pending)]
     for timer in changes.timers_remove:
         ops += ["D", _TIMERS, timer]
     if changes.idempotency is not None:

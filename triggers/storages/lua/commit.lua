@@ -14,7 +14,9 @@
 --       now (Unix seconds), session uid to record in the index ('' none),
 --       when its keys expire for the index (Unix seconds, '' never), then the
 --       operations, one argument each:
---   H <key#> <field> <value>   HSET        D <key#> <field>   HDEL
+--   H<key#> <field> <value>    HSET (H3: of KEYS[3]; consecutive ones of a
+--                              key are one HSET)
+--   D <key#> <field>           HDEL
 --   N <key#> <field> <value>   HSETNX
 --   Z <member>  ZADD waiting   R <member>  ZREM waiting
 --   S <value>   SET meta       X <key#>    DEL
@@ -26,29 +28,54 @@
 -- among the recent commits and gets 0 without writing twice (the index was
 -- updated by the first run: the update is a ZADD of the same scores anyway).
 local COMMITS, LOCK, SIGNAL = 12, 13, 14
-local recent = redis.call('GET', KEYS[COMMITS])
-if ARGV[1] ~= '' and recent and string.find(recent, ' ' .. ARGV[1] .. ' ', 1, true) then
-  return 0
+local token = ARGV[1]
+local recent = nil
+if token ~= '' then
+  local got = redis.call('MGET', KEYS[COMMITS], KEYS[LOCK])
+  recent = got[1]
+  if recent and string.find(recent, ' ' .. token .. ' ', 1, true) then
+    return 0
+  end
+  if got[2] ~= token then
+    return 1
+  end
 end
-if ARGV[1] ~= '' and redis.call('GET', KEYS[LOCK]) ~= ARGV[1] then
-  return 1
-end
+-- The HSET operations' key numbers (the rest name theirs in an argument).
+local HSET_KEY = {H1 = 1, H2 = 2, H3 = 3, H5 = 5, H6 = 6, H8 = 8, H9 = 9, H11 = 11}
 local ops = ARGV
 local i = 8
 local n = #ops
-local waiting_changed = false
+-- waiting_changed: the waiting index's flag (see below) is to be written;
+-- removed: a member left it, so it may be gone.
+local waiting_changed, removed = false, false
 while i <= n do
   local op = ops[i]
-  if op == 'H' then
-    redis.call('HSET', KEYS[tonumber(ops[i + 1])], ops[i + 2], ops[i + 3]); i = i + 4
-  elseif op == 'N' then
-    redis.call('HSETNX', KEYS[tonumber(ops[i + 1])], ops[i + 2], ops[i + 3]); i = i + 4
+  local k = HSET_KEY[op]
+  if k then
+    if ops[i + 3] ~= op and not (k == 5 and waiting_changed) then
+      redis.call('HSET', KEYS[k], ops[i + 1], ops[i + 2]); i = i + 3
+    else
+      local args = {KEYS[k]}
+      repeat
+        args[#args + 1] = ops[i + 1]; args[#args + 1] = ops[i + 2]; i = i + 3
+      until ops[i] ~= op or #args > 1000
+      if k == 5 and waiting_changed then
+        -- The flag goes with the counters (the waiting index is done with:
+        -- the operations change it first).
+        args[#args + 1] = '\31w'
+        args[#args + 1] = (not removed or redis.call('EXISTS', KEYS[4]) == 1) and '1' or '0'
+        waiting_changed = false
+      end
+      redis.call('HSET', unpack(args))
+    end
   elseif op == 'Z' then
     redis.call('ZADD', KEYS[4], 0, ops[i + 1]); i = i + 2; waiting_changed = true
   elseif op == 'R' then
-    redis.call('ZREM', KEYS[4], ops[i + 1]); i = i + 2; waiting_changed = true
+    redis.call('ZREM', KEYS[4], ops[i + 1]); i = i + 2; waiting_changed = true; removed = true
   elseif op == 'S' then
     redis.call('SET', KEYS[7], ops[i + 1]); i = i + 2
+  elseif op == 'N' then
+    redis.call('HSETNX', KEYS[tonumber(ops[i + 1])], ops[i + 2], ops[i + 3]); i = i + 4
   elseif op == 'D' then
     redis.call('HDEL', KEYS[tonumber(ops[i + 1])], ops[i + 2]); i = i + 3
   elseif op == 'X' then
@@ -70,24 +97,21 @@ while i <= n do
 end
 if waiting_changed then
   -- Whether the waiting index should exist (Redis deletes an empty one), kept
-  -- beside the counters: a fire can then tell "empty" from "evicted".
-  redis.call('HSET', KEYS[5], '\31w', redis.call('EXISTS', KEYS[4]))
+  -- beside the counters: a fire can then tell "empty" from "evicted". (Only
+  -- a removal can leave it empty.)
+  redis.call('HSET', KEYS[5], '\31w', (not removed or redis.call('EXISTS', KEYS[4]) == 1) and '1' or '0')
 end
-if ARGV[1] ~= '' and ARGV[3] ~= '0' then
+if token ~= '' and ARGV[3] ~= '0' then
   -- (A commit that writes nothing -- ttl '0' -- records no token: a resend
   -- could apply nothing twice, and the record would outlive the session.)
-  local kept = ' ' .. ARGV[1] .. (recent or ' ')
+  local kept = ' ' .. token .. (recent or ' ')
   if #kept > 1024 then
-    -- Cut after the last separator within the first 1 KB (tokens are far
-    -- shorter than 256 bytes). Plain finds near the end: a pattern search
-    -- over the whole string costs more than the rest of the commit.
-    local last, at = nil, 1024 - 256
-    while true do
-      local found = string.find(kept, ' ', at, true)
-      if not found or found > 1024 then break end
-      last, at = found, found + 1
-    end
-    kept = string.sub(kept, 1, last or string.find(kept, ' ', 2, true))
+    -- Cut after the first separator past 768 bytes (tokens are far shorter
+    -- than 256 bytes): one plain find, and the record then grows for several
+    -- commits before it is cut again.
+    local at = string.find(kept, ' ', 769, true)
+    if at > 1024 then at = string.find(kept, ' ', 2, true) end
+    kept = string.sub(kept, 1, at)
   end
   redis.call('SET', KEYS[COMMITS], kept)
 end
@@ -113,9 +137,11 @@ if ARGV[6] ~= '' then
   end
 end
 if ARGV[4] == '1' then
-  redis.call('DEL', KEYS[SIGNAL])
+  -- python-redis-lock's release: a signal list of one element, expiring, for
+  -- a waiter's BLPOP (and no lock). The script is atomic, so one DEL of both
+  -- keys is the same as its DEL, LPUSH, PEXPIRE, DEL.
+  redis.call('DEL', KEYS[SIGNAL], KEYS[LOCK])
   redis.call('LPUSH', KEYS[SIGNAL], 1)
   redis.call('PEXPIRE', KEYS[SIGNAL], ARGV[2])
-  redis.call('DEL', KEYS[LOCK])
 end
 return 0
