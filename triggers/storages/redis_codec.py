@@ -74,6 +74,19 @@ def text(value: Any) -> str:
 #: encoder for the process (``json.dumps`` builds one per call).
 dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
+_scan = json.JSONDecoder().scan_once
+
+
+def _loads(raw: str) -> Any:
+    """``json.loads`` of a stored value, a third of its cost: the scanner
+    itself (stored values are compact JSON); anything else, such as bytes,
+    surrounding whitespace or a malformed value, goes to ``json.loads``."""
+    try:
+        value, end = _scan(raw, 0)
+    except (StopIteration, TypeError):
+        return json.loads(raw)
+    return value if end == len(raw) else json.loads(raw)
+
 
 @functools.lru_cache(maxsize=512)
 def _config(name: str, raw: str) -> Any:
@@ -96,9 +109,9 @@ def _merge_received(record: dict[str, Any], fields: Any, unless: str = UNLESS) -
     for i in range(0, len(fields), 2):
         name = fields[i]
         if name.startswith(unless):
-            abandon[name[len(unless) :]] = json.loads(fields[i + 1])
+            abandon[name[len(unless) :]] = _loads(fields[i + 1])
         else:
-            kwargs[name] = json.loads(fields[i + 1])
+            kwargs[name] = _loads(fields[i + 1])
     record["kwargs"] = kwargs
     record["abandon_state"] = abandon
 
@@ -131,20 +144,26 @@ def encode_request(request: FetchRequest) -> tuple[str, tuple[str, ...]]:
     return _LISTS.join(map(SEP.join, lists)), instances
 
 
-def decode_fetch(reply: Any) -> tuple[Snapshot, set[str]]:
+@functools.lru_cache(maxsize=64)
+def _parts_found(flags: str) -> frozenset[str]:
+    """The parts fetch.lua's flags (``'1'`` or ``'0'`` each, in ``PARTS``'
+    order) say exist."""
+    return frozenset(name for name, e in zip(PARTS, flags, strict=True) if e == "1")
+
+
+def decode_fetch(reply: Any) -> tuple[Snapshot, frozenset[str]]:
     """fetch.lua's reply (one string: see the script): the snapshot, and the
     state keys that exist."""
-    loads = json.loads
     f = (reply.decode("utf-8") if isinstance(reply, bytes) else reply).split(SEP)
     meta_raw = f[0]
-    snap = Snapshot(meta=loads(meta_raw) if meta_raw else None)
+    snap = Snapshot(meta=_loads(meta_raw) if meta_raw else None)
     # The index: trigger -> the tasks that mention it.
     n = int(f[1])
     p = 2 + 2 * n
     index = snap.index
     for i in range(2, p, 2):
         raw = f[i + 1]
-        index[f[i]] = loads(raw) if raw else []
+        index[f[i]] = _loads(raw) if raw else []
     # The tasks: config and counter.
     n = int(f[p])
     configs, counters = snap.configs, snap.counters
@@ -169,7 +188,7 @@ def decode_fetch(reply: Any) -> tuple[Snapshot, set[str]]:
     for _ in range(n):
         raw, m = f[p + 1], f[p + 2]
         if raw:
-            records[f[p]] = record = loads(raw)
+            records[f[p]] = record = _loads(raw)
         if m:
             m = 2 * int(m)
             if raw:
@@ -183,7 +202,7 @@ def decode_fetch(reply: Any) -> tuple[Snapshot, set[str]]:
         trig, raw = f[i], f[i + 1]
         known.add(trig)
         if raw:
-            latest[trig] = loads(raw)
+            latest[trig] = _loads(raw)
     p += 1 + 2 * n
     # Worker leases.
     n = int(f[p])
@@ -195,11 +214,10 @@ def decode_fetch(reply: Any) -> tuple[Snapshot, set[str]]:
     # Timers.
     n = int(f[p])
     for i in range(p + 1, p + 1 + 2 * n, 2):
-        snap.timers[f[i]] = loads(f[i + 1])
+        snap.timers[f[i]] = _loads(f[i + 1])
     p += 1 + 2 * n
     snap.idempotency_seen = f[p] == "1"
-    found = {name for name, e in zip(PARTS, f[p + 1], strict=True) if e == "1"}
-    return snap, found
+    return snap, _parts_found(f[p + 1])
 
 
 def decode_all(replies: list[Any], idem: str | None) -> Snapshot:
