@@ -198,10 +198,13 @@ if ttl ~= 0 and not fresh then
   end
 end
 if ARGV[6] ~= '' then
-  -- The session index (see session_index.py and touch_index.lua).
+  -- The session index (see session_index.py and touch_index.lua). A uid is
+  -- in the names set exactly when it is in the activity one (they are
+  -- written and removed together): only a newly listed uid needs adding.
   local n = #KEYS
-  redis.call('ZADD', KEYS[n - 2], ARGV[5], ARGV[6])
-  redis.call('ZADD', KEYS[n - 1], 0, ARGV[6])
+  if redis.call('ZADD', KEYS[n - 2], ARGV[5], ARGV[6]) == 1 then
+    redis.call('ZADD', KEYS[n - 1], 0, ARGV[6])
+  end
   if ARGV[7] == '' then
     redis.call('ZREM', KEYS[n], ARGV[6])
   else

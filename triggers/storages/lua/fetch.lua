@@ -86,35 +86,41 @@ local out = {meta_raw or '', DIGITS[#trigs] or tostring(#trigs)}
 
 local task_seen, task_order = {}, {}
 local index_lists = {}
-for _, trig in ipairs(trigs) do
+for x = 1, #trigs do
+  local trig = trigs[x]
   local raw = redis.call('HGET', KEYS[2], trig)
   local list = EMPTY
   if raw then present[2] = true; list = cjson.decode(raw) end
   index_lists[trig] = list
   out[#out + 1] = trig
   out[#out + 1] = raw or ''
-  for _, t in ipairs(list) do
+  for y = 1, #list do
+    local t = list[y]
     if not task_seen[t] then task_seen[t] = true; task_order[#task_order + 1] = t end
   end
 end
-for _, t in ipairs(req_tasks) do
+for x = 1, #req_tasks do
+  local t = req_tasks[x]
   if not task_seen[t] then task_seen[t] = true; task_order[#task_order + 1] = t end
 end
 
 local kw_seen, kw_order = {}, {}
-for _, list in ipairs({trigs, req_kwargs}) do
-  for _, trig in ipairs(list) do
-    if not kw_seen[trig] then kw_seen[trig] = true; kw_order[#kw_order + 1] = trig end
-  end
+for x = 1, #trigs + #req_kwargs do
+  local trig = trigs[x] or req_kwargs[x - #trigs]
+  if not kw_seen[trig] then kw_seen[trig] = true; kw_order[#kw_order + 1] = trig end
 end
 
 -- Every trigger name an after/unless list mentions (names and groups).
+-- (Numeric loops throughout: an ipairs step is a C call, dear here.)
 local function names_of(list, into)
-  for _, item in ipairs(list or EMPTY) do
+  list = list or EMPTY
+  for x = 1, #list do
+    local item = list[x]
     if type(item) == 'string' then
       into[#into + 1] = item
     else
-      for _, n in ipairs(item['anyOf'] or item['of'] or EMPTY) do into[#into + 1] = n end
+      local group = item['anyOf'] or item['of'] or EMPTY
+      for y = 1, #group do into[#into + 1] = group[y] end
     end
   end
   return into
@@ -128,7 +134,8 @@ if n_tasks > 0 then
 end
 local configs, raw_configs, counters = {}, {}, {}
 out[#out + 1] = DIGITS[n_tasks] or tostring(n_tasks)
-for i, t in ipairs(task_order) do
+for i = 1, n_tasks do
+  local t = task_order[i]
   local cfg, ctr = cfg_values[i], ctr_values[i]
   if cfg then present[1] = true else cfg = '' end
   if ctr then present[5] = true else ctr = '0' end
@@ -151,8 +158,11 @@ end
 local inst_seen, inst_order = {}, {}
 local groups_at, groups = #out + 1, 0
 out[groups_at] = ''
-for _, trig in ipairs(trigs) do
-  for _, t in ipairs(index_lists[trig]) do
+for x = 1, #trigs do
+  local trig = trigs[x]
+  local list = index_lists[trig]
+  for y = 1, #list do
+    local t = list[y]
     local prefix = t .. US .. trig .. US
     local members = redis.call('ZRANGEBYLEX', KEYS[4], '[' .. prefix, '(' .. prefix .. '\255')
     local m = #members
@@ -161,8 +171,8 @@ for _, trig in ipairs(trigs) do
     out[#out + 1] = t
     out[#out + 1] = trig
     out[#out + 1] = DIGITS[m] or tostring(m)
-    for _, member in ipairs(members) do
-      local name = sub(member, #prefix + 1)
+    for z = 1, m do
+      local name = sub(members[z], #prefix + 1)
       out[#out + 1] = name
       if not inst_seen[name] then inst_seen[name] = true; inst_order[#inst_order + 1] = name end
     end
@@ -171,7 +181,9 @@ for _, trig in ipairs(trigs) do
     if counters[t] == '0' or m == 0 then
       local c = config_of(t)
       if c and (counters[t] == '0' or c['andEvery'] == trig) then
-        for _, n in ipairs(names_of(c['unless'], names_of(c['after'], {}))) do
+        local seeds = names_of(c['unless'], names_of(c['after'], {}))
+        for z = 1, #seeds do
+          local n = seeds[z]
           if not kw_seen[n] then kw_seen[n] = true; kw_order[#kw_order + 1] = n end
         end
       end
@@ -180,14 +192,16 @@ for _, trig in ipairs(trigs) do
 end
 out[groups_at] = DIGITS[groups] or tostring(groups)
 local named = {}
-for _, n in ipairs(req_insts) do
+for x = 1, #req_insts do
+  local n = req_insts[x]
   if not inst_seen[n] then inst_seen[n] = true; inst_order[#inst_order + 1] = n end
   named[n] = true
 end
 
 local records = #inst_order > 0 and hmget(KEYS[3], inst_order) or EMPTY
 out[#out + 1] = DIGITS[#inst_order] or tostring(#inst_order)
-for i, n in ipairs(inst_order) do
+for i = 1, #inst_order do
+  local n = inst_order[i]
   local record = records[i]
   if record then present[3] = true else record = '' end
   out[#out + 1] = n
@@ -230,7 +244,8 @@ end
 
 local kw_values = #kw_order > 0 and hmget(KEYS[6], kw_order) or EMPTY
 out[#out + 1] = DIGITS[#kw_order] or tostring(#kw_order)
-for i, t in ipairs(kw_order) do
+for i = 1, #kw_order do
+  local t = kw_order[i]
   local v = kw_values[i]
   if v then present[6] = true else v = '' end
   out[#out + 1] = t
@@ -267,7 +282,8 @@ out[#out + 1] = seen
 -- and only when some are missing are they looked at one by one.
 local PART_KEYS = {1, 2, 3, 5, 6, 4}
 local parts, check = {}, {}
-for i, k in ipairs(PART_KEYS) do
+for i = 1, 6 do
+  local k = PART_KEYS[i]
   if present[k] then parts[i] = '1' else check[#check + 1] = KEYS[k] end
 end
 if #check > 0 and redis.call('EXISTS', unpack(check)) < #check then
