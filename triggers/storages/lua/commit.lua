@@ -57,7 +57,7 @@ local ops = ARGV
 local i = 8
 local n = #ops
 local ttl = tonumber(ARGV[3])
-local slack = ttl > 0 and math.floor(ttl / 16) or 0
+local slack = ttl > 0 and (ttl - ttl % 16) / 16 or 0
 -- fresh: every key expires no sooner than ttl from now (see the top).
 local fresh = false
 -- recheck: keys an operation may leave empty (deleted) before another
@@ -119,16 +119,23 @@ while i <= n do
   local op = ops[i]
   local k = HSET_KEY[op]
   if k then
-    if ops[i + 3] ~= op and not (k == 5 and waiting_changed) then
-      redis.call('HSET', KEYS[k], ops[i + 1], ops[i + 2]); i = i + 3
+    if ops[i + 3] ~= op then
+      if k == 5 and waiting_changed then
+        -- The waiting index's flag (see below) goes with the counters: the
+        -- operations change the waiting index before them.
+        redis.call('HSET', KEYS[5], ops[i + 1], ops[i + 2], '\31w',
+          (not removed or redis.call('EXISTS', KEYS[4]) == 1) and '1' or '0')
+        waiting_changed = false
+      else
+        redis.call('HSET', KEYS[k], ops[i + 1], ops[i + 2])
+      end
+      i = i + 3
     else
       local args = {KEYS[k]}
       repeat
         args[#args + 1] = ops[i + 1]; args[#args + 1] = ops[i + 2]; i = i + 3
       until ops[i] ~= op or #args > 1000
       if k == 5 and waiting_changed then
-        -- The flag goes with the counters (the waiting index is done with:
-        -- the operations change it first).
         args[#args + 1] = '\31w'
         args[#args + 1] = (not removed or redis.call('EXISTS', KEYS[4]) == 1) and '1' or '0'
         waiting_changed = false
