@@ -50,6 +50,12 @@ scripts keep to one slot, ``touch_index.lua`` goes in the same round trip
 instead; see :mod:`~triggers.storages.session_index`). What a fire costs depends on
 its trigger, not on the size of the session or the width of a task.
 
+Every key of a session with a ``timeout`` expires ``timeout`` to
+``timeout`` and a sixteenth after its last commit (never sooner): the commit
+script refreshes all the expiries (to the timeout and a sixteenth) only when
+the ``:commits`` key, which keeps the expiry of the last full refresh, has
+less than the timeout left, or when it creates a key.
+
 Upgrading from a release that used ``triggers:<len>:<uid>`` keys (no
 braces): sessions stored under the old names are not read; drain them
 (let them finish, or delete them) before upgrading (see the changelog).
@@ -58,7 +64,6 @@ braces): sessions stored under the old names are not read; drain them
 from __future__ import annotations
 
 import functools
-import json
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -83,7 +88,7 @@ from .redis_codec import (
     WAITING_FLAG,
     decode_all,
     decode_fetch,
-    dumps,
+    encode_request,
     operations,
     text,
 )
@@ -244,26 +249,32 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
             if lock is not None:
                 lock.ensure()
             return self._fetch_all(request)
-        if len(request.triggers) == 1 and not (
-            request.tasks or request.instances or request.kwargs
-        ):  # a fire's request, a third cheaper than encoding the lists
-            wanted = f"[[{dumps(request.triggers[0])}],[],[],[]]"
-        else:
-            wanted = dumps([request.triggers, request.tasks, request.instances, request.kwargs])
-        keys = [*self._keys, *self._lock_keys(lock)]
-        keys += [self._lease_prefix + name for name in request.instances]
-        extra = [request.idempotency_key or "", repr(time.time()), "1" if request.timers else ""]
+        wanted, instances = encode_request(request)
+        # The state keys but the recent commits, then the lock: all it reads.
+        keys = self._keys[:11]
+        keys.append(self._lock_keys(lock)[0])
+        if instances:
+            keys += [self._lease_prefix + name for name in instances]
         if lock is None:
-            call = _FETCH.call(keys, ["", 0, wanted, *extra])
+            args = ["", 0, wanted]
+        else:
+            args = [lock.id, lock.expire_ms, wanted]
+        idem = request.idempotency_key
+        if idem:
+            # (The time only matters to an idempotency key's expiry.)
+            args += [idem, repr(time.time())]
+        if request.timers:
+            args += ["", "", "1"] if not idem else ["1"]
+        call = _FETCH.call(keys, args)
+        if lock is None:
             reply = self._run([call], self._operation_lock())[0]
         else:
-            call = _FETCH.call(keys, [lock.id, lock.expire_ms, wanted, *extra])
             signal = lock.signal_key
             reply = lock.take_with(
                 lambda: self._run([call], lock)[0],
                 lambda seconds: self._run([("BLPOP", signal, seconds), call], lock)[1],
             )
-        snap, found = decode_fetch(json.loads(reply))
+        snap, found = decode_fetch(reply)
         if self.current_transaction is not None:
             # existing_parts() answers from this, under the same lock.
             self._local.parts = (weakref.ref(self.current_transaction), found)

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from .base import config_from_stored
-from .data import UNLESS, Changes, Snapshot, build_index, max_idempotency_keys
+from .data import UNLESS, Changes, FetchRequest, Snapshot, build_index, max_idempotency_keys
 
 __all__ = [
     "FIRST_LEASE",
@@ -25,6 +25,7 @@ __all__ = [
     "decode_all",
     "decode_fetch",
     "dumps",
+    "encode_request",
     "operations",
     "text",
 ]
@@ -51,6 +52,10 @@ _CONFIG, _INDEX, _INSTANCES, _WAITING, _COUNTERS, _KWARGS, _META, _RECEIVED, _TI
     str(k) for k in range(1, 10)
 )
 _VALUES = "11"
+#: commit.lua's HSET operations, one per hash (``H`` and the key's number).
+_H_CONFIG, _H_INDEX, _H_INSTANCES, _H_COUNTERS, _H_KWARGS, _H_RECEIVED, _H_TIMERS = (
+    "H" + k for k in (_CONFIG, _INDEX, _INSTANCES, _COUNTERS, _KWARGS, _RECEIVED, _TIMERS)
+)
 #: Received kwargs longer than this (JSON) are stored once by digest in
 #: ``:values`` and referenced as ``@<digest>``: an andEvery task's instances
 #: all receive the same kwargs from the triggers that fired before them.
@@ -69,6 +74,19 @@ def text(value: Any) -> str:
 #: encoder for the process (``json.dumps`` builds one per call).
 dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
+_scan = json.JSONDecoder().scan_once
+
+
+def _loads(raw: str) -> Any:
+    """``json.loads`` of a stored value, a third of its cost: the scanner
+    itself (stored values are compact JSON); anything else, such as bytes,
+    surrounding whitespace or a malformed value, goes to ``json.loads``."""
+    try:
+        value, end = _scan(raw, 0)
+    except (StopIteration, TypeError):
+        return json.loads(raw)
+    return value if end == len(raw) else json.loads(raw)
+
 
 @functools.lru_cache(maxsize=512)
 def _config(name: str, raw: str) -> Any:
@@ -82,60 +100,124 @@ def _shared(value: str) -> str:
     return hashlib.blake2b(value.encode("utf-8"), digest_size=16).hexdigest()
 
 
-def _merge_received(record: dict[str, Any], fields: Any) -> None:
+def _merge_received(record: dict[str, Any], fields: Any, unless: str = UNLESS) -> None:
     """Put what a named instance received (``[trigger, kwargs JSON, ...]``,
-    ``UNLESS + trigger`` for ``unless``) into its record, making it whole."""
+    ``unless + trigger`` for ``unless``) into its record, making it whole."""
     kwargs: dict[str, Any] = {}
     abandon: dict[str, Any] = {}
     fields = fields or []
     for i in range(0, len(fields), 2):
         name = fields[i]
-        if name.startswith(UNLESS):
-            abandon[name[len(UNLESS) :]] = json.loads(fields[i + 1])
+        if name.startswith(unless):
+            abandon[name[len(unless) :]] = _loads(fields[i + 1])
         else:
-            kwargs[name] = json.loads(fields[i + 1])
+            kwargs[name] = _loads(fields[i + 1])
     record["kwargs"] = kwargs
     record["abandon_state"] = abandon
 
 
-def decode_fetch(parts: list[Any]) -> tuple[Snapshot, set[str]]:
-    """fetch.lua's reply: the snapshot, and the state keys that exist."""
-    # Empty arrays come back as {} (Lua cannot tell them from objects).
-    meta_raw: Any
-    meta_raw, index_raw, tasks_raw, waiting_raw, inst_raw, kw_raw, lease_raw, exist = (
-        part or [] for part in parts[:8]
-    )
-    received_raw, seen, timers_raw = parts[8] or [], parts[9], parts[10] or []
-    found = {name for name, e in zip(PARTS, exist, strict=False) if e}
-    snap = Snapshot(meta=json.loads(meta_raw) if meta_raw else None)
-    snap.idempotency_seen = bool(seen)
-    for i in range(0, len(timers_raw), 2):
-        snap.timers[timers_raw[i]] = json.loads(timers_raw[i + 1])
-    for i in range(0, len(index_raw), 2):
-        snap.index[index_raw[i]] = json.loads(index_raw[i + 1]) if index_raw[i + 1] else []
-    for i in range(0, len(tasks_raw), 3):
-        name = tasks_raw[i]
-        if tasks_raw[i + 1]:
-            snap.configs[name] = _config(name, tasks_raw[i + 1])
-        snap.counters[name] = int(tasks_raw[i + 2])
-    for i in range(0, len(waiting_raw), 3):
-        snap.waiting[(waiting_raw[i], waiting_raw[i + 1])] = waiting_raw[i + 2] or []
-    for i in range(0, len(inst_raw), 2):
-        if inst_raw[i + 1]:
-            snap.records[inst_raw[i]] = json.loads(inst_raw[i + 1])
-    for i in range(0, len(received_raw), 2):
-        record = snap.records.get(received_raw[i])
-        if record is not None:
-            _merge_received(record, received_raw[i + 1])
-    for i in range(0, len(kw_raw), 2):
-        trig = kw_raw[i]
-        snap.kwargs_known.add(trig)
-        if kw_raw[i + 1]:
-            snap.latest_kwargs[trig] = json.loads(kw_raw[i + 1])
-    for i in range(0, len(lease_raw), 2):
-        if lease_raw[i + 1] > 0:
-            snap.leases[lease_raw[i]] = int(lease_raw[i + 1])
-    return snap, found
+#: What separates the request's lists (see fetch.lua).
+_LISTS = "\x1e"
+#: What marks an ``unless`` trigger among what fetch.lua's reply says a named
+#: instance received (``UNLESS`` separates the reply's fields).
+_UNLESS_IN_REPLY = "\x1e"
+
+
+def _names(names: tuple[str, ...]) -> tuple[str, ...]:
+    # A name holding a separator cannot be stored (names are validated): it
+    # is left out rather than read as several names.
+    if any(SEP in n or _LISTS in n for n in names):
+        return tuple(n for n in names if SEP not in n and _LISTS not in n)
+    return names
+
+
+def encode_request(request: FetchRequest) -> tuple[str, tuple[str, ...]]:
+    """fetch.lua's request argument for ``request``, and the instances it
+    names (in the order their lease keys follow the script's other keys)."""
+    triggers = request.triggers
+    if len(triggers) == 1 and not (request.tasks or request.instances or request.kwargs):
+        trigger = triggers[0]  # a fire's request: the name alone
+        if SEP not in trigger and _LISTS not in trigger:
+            return trigger, ()
+    instances = _names(request.instances)
+    lists = (_names(triggers), _names(request.tasks), instances, _names(request.kwargs))
+    return _LISTS.join(map(SEP.join, lists)), instances
+
+
+@functools.lru_cache(maxsize=64)
+def _parts_found(flags: str) -> frozenset[str]:
+    """The parts fetch.lua's flags (``'1'`` or ``'0'`` each, in ``PARTS``'
+    order) say exist."""
+    return frozenset(name for name, e in zip(PARTS, flags, strict=True) if e == "1")
+
+
+def decode_fetch(reply: Any) -> tuple[Snapshot, frozenset[str]]:
+    """fetch.lua's reply (one string: see the script): the snapshot, and the
+    state keys that exist."""
+    f = (reply.decode("utf-8") if isinstance(reply, bytes) else reply).split(SEP)
+    meta_raw = f[0]
+    snap = Snapshot(meta=_loads(meta_raw) if meta_raw else None)
+    # The index: trigger -> the tasks that mention it.
+    n = int(f[1])
+    p = 2 + 2 * n
+    index = snap.index
+    for i in range(2, p, 2):
+        raw = f[i + 1]
+        index[f[i]] = _loads(raw) if raw else []
+    # The tasks: config and counter.
+    n = int(f[p])
+    configs, counters = snap.configs, snap.counters
+    for i in range(p + 1, p + 1 + 3 * n, 3):
+        name = f[i]
+        if f[i + 1]:
+            configs[name] = _config(name, f[i + 1])
+        counters[name] = int(f[i + 2])
+    p += 1 + 3 * n
+    # The instances waiting on each (task, trigger).
+    waiting = snap.waiting
+    groups = int(f[p])
+    p += 1
+    for _ in range(groups):
+        m = int(f[p + 2])
+        waiting[(f[p], f[p + 1])] = f[p + 3 : p + 3 + m]
+        p += 3 + m
+    # The instance records, with what a named one received.
+    n = int(f[p])
+    p += 1
+    records = snap.records
+    for _ in range(n):
+        raw, m = f[p + 1], f[p + 2]
+        if raw:
+            records[f[p]] = record = _loads(raw)
+        if m:
+            m = 2 * int(m)
+            if raw:
+                _merge_received(record, f[p + 3 : p + 3 + m], _UNLESS_IN_REPLY)
+            p += m
+        p += 3
+    # Latest kwargs of triggers (fired or not).
+    n = int(f[p])
+    known, latest = snap.kwargs_known, snap.latest_kwargs
+    for i in range(p + 1, p + 1 + 2 * n, 2):
+        trig, raw = f[i], f[i + 1]
+        known.add(trig)
+        if raw:
+            latest[trig] = _loads(raw)
+    p += 1 + 2 * n
+    # Worker leases.
+    n = int(f[p])
+    for i in range(p + 1, p + 1 + 2 * n, 2):
+        left = int(f[i + 1])
+        if left > 0:
+            snap.leases[f[i]] = left
+    p += 1 + 2 * n
+    # Timers.
+    n = int(f[p])
+    for i in range(p + 1, p + 1 + 2 * n, 2):
+        snap.timers[f[i]] = _loads(f[i + 1])
+    p += 1 + 2 * n
+    snap.idempotency_seen = f[p] == "1"
+    return snap, _parts_found(f[p + 1])
 
 
 def decode_all(replies: list[Any], idem: str | None) -> Snapshot:
@@ -182,13 +264,14 @@ def operations(changes: Changes, lease_prefix: str, leases: list[str]) -> list[A
     are appended to ``leases`` (the script's KEYS from ``FIRST_LEASE``)."""
     ops: list[Any] = []
     for name, cfg in changes.configs.items():
-        ops += ["H", _CONFIG, name, dumps(cfg.to_directives())]
+        ops += [_H_CONFIG, name, dumps(cfg.to_directives())]
     if changes.index is not None:
         ops += ["X", _INDEX]
         for trig, task_names in changes.index.items():
-            ops += ["H", _INDEX, trig, dumps(task_names)]
+            ops += [_H_INDEX, trig, dumps(task_names)]
     for name, inst in changes.instances.items():
-        ops += ["H", _INSTANCES, name, dumps(inst.to_record(kwargs=False))]
+        ops += [_H_INSTANCES, name, dumps(inst.to_record(kwargs=False))]
+    received: list[Any] = []  # after the shared values, in one HSET
     for name, fields in changes.received.items():
         for field, kwargs in fields.items():
             value = dumps(kwargs)
@@ -196,7 +279,8 @@ def operations(changes: Changes, lease_prefix: str, leases: list[str]) -> list[A
                 digest = _shared(value)
                 ops += ["N", _VALUES, digest, value]
                 value = "@" + digest
-            ops += ["H", _RECEIVED, f"{name}{SEP}{field}", value]
+            received += [_H_RECEIVED, f"{name}{SEP}{field}", value]
+    ops += received
     for name, gone in changes.received_drop.items():
         for field in gone:
             ops += ["D", _RECEIVED, f"{name}{SEP}{field}"]
@@ -205,13 +289,13 @@ def operations(changes: Changes, lease_prefix: str, leases: list[str]) -> list[A
     for task, trig, name in sorted(changes.waiting_add):
         ops += ["Z", f"{task}{SEP}{trig}{SEP}{name}"]
     for task, number in changes.counters.items():
-        ops += ["H", _COUNTERS, task, str(number)]
+        ops += [_H_COUNTERS, task, str(number)]
     for trig, kwargs in changes.latest_kwargs.items():
-        ops += ["H", _KWARGS, trig, dumps(kwargs)]
+        ops += [_H_KWARGS, trig, dumps(kwargs)]
     if changes.meta is not None:
         ops += ["S", dumps(changes.meta)]
     for timer, pending in changes.timers_add.items():
-        ops += ["H", _TIMERS, timer, dumps(pending)]
+        ops += [_H_TIMERS, timer, dumps(pending)]
     for timer in changes.timers_remove:
         ops += ["D", _TIMERS, timer]
     if changes.idempotency is not None:

@@ -14,7 +14,9 @@
 --       now (Unix seconds), session uid to record in the index ('' none),
 --       when its keys expire for the index (Unix seconds, '' never), then the
 --       operations, one argument each:
---   H <key#> <field> <value>   HSET        D <key#> <field>   HDEL
+--   H<key#> <field> <value>    HSET (H3: of KEYS[3]; consecutive ones of a
+--                              key are one HSET)
+--   D <key#> <field>           HDEL
 --   N <key#> <field> <value>   HSETNX
 --   Z <member>  ZADD waiting   R <member>  ZREM waiting
 --   S <value>   SET meta       X <key#>    DEL
@@ -25,30 +27,129 @@
 -- A client that lost the reply and sends the script again finds its token
 -- among the recent commits and gets 0 without writing twice (the index was
 -- updated by the first run: the update is a ZADD of the same scores anyway).
+--
+-- Expiry (ttl > 0): after any commit no key of the session expires sooner
+-- than ttl from now, and every key has an expiry. Refreshing all twelve on
+-- every commit was a third of the script, so a full refresh gives each
+-- ttl + ttl/16 (the slack), the recent-commits key included, which every
+-- commit rewrites keeping its expiry: its time left says how long every key
+-- lives. A commit within the slack of the last full refresh (time left at
+-- least ttl) leaves the expiries alone, unless one of the keys it writes did
+-- not exist (it would have none): one EXISTS of them first. So keys live
+-- ttl to ttl + slack after the last commit. With ttl -1 (persist) the same
+-- goes: a full PERSIST only when the recent-commits key has an expiry.
 local COMMITS, LOCK, SIGNAL = 12, 13, 14
-local recent = redis.call('GET', KEYS[COMMITS])
-if ARGV[1] ~= '' and recent and string.find(recent, ' ' .. ARGV[1] .. ' ', 1, true) then
-  return 0
+local token = ARGV[1]
+local recent = nil
+if token ~= '' then
+  local got = redis.call('MGET', KEYS[COMMITS], KEYS[LOCK])
+  recent = got[1]
+  if recent and string.find(recent, ' ' .. token .. ' ', 1, true) then
+    return 0
+  end
+  if got[2] ~= token then
+    return 1
+  end
 end
-if ARGV[1] ~= '' and redis.call('GET', KEYS[LOCK]) ~= ARGV[1] then
-  return 1
-end
+-- The HSET operations' key numbers (the rest name theirs in an argument).
+local HSET_KEY = {H1 = 1, H2 = 2, H3 = 3, H5 = 5, H6 = 6, H8 = 8, H9 = 9, H11 = 11}
 local ops = ARGV
 local i = 8
 local n = #ops
-local waiting_changed = false
+local ttl = tonumber(ARGV[3])
+local slack = ttl > 0 and (ttl - ttl % 16) / 16 or 0
+-- fresh: every key expires no sooner than ttl from now (see the top).
+local fresh = false
+-- recheck: keys an operation may leave empty (deleted) before another
+-- writes them again (created: no expiry), looked at after them.
+local recheck = nil
+if ttl ~= 0 then
+  local left = redis.call('PTTL', KEYS[COMMITS])
+  if ttl < 0 then
+    fresh = left == -1  -- (a key it creates has no expiry, as it should)
+  elseif left >= ttl and left <= ttl + slack then
+    -- The keys the operations write must all exist already: the key of
+    -- each operation (a run of one operation names it once; EXISTS counts a
+    -- key named twice twice, so other repeats need no weeding out), and the
+    -- counters for Z and R (the waiting index's flag).
+    fresh = true
+    local check, j, last, zadd, emptied = {}, 8, nil, false, nil
+    while j <= n do
+      local op = ops[j]
+      local k = HSET_KEY[op]
+      if k then
+        if op ~= last then check[#check + 1] = KEYS[k] end
+        j = j + 3
+      elseif op == 'Z' or op == 'R' then
+        if op ~= last then
+          if op == 'Z' then
+            check[#check + 1] = KEYS[4]; zadd = true
+          else
+            emptied = emptied or {}; emptied[4] = true
+          end
+          check[#check + 1] = KEYS[5]
+        end
+        j = j + 2
+      elseif op == 'S' then check[#check + 1] = KEYS[7]; j = j + 2
+      elseif op == 'D' then
+        emptied = emptied or {}; emptied[tonumber(ops[j + 1])] = true; j = j + 3
+      elseif op == 'N' then check[#check + 1] = KEYS[tonumber(ops[j + 1])]; j = j + 4
+      elseif op == 'I' then
+        check[#check + 1] = KEYS[10]; emptied = emptied or {}; emptied[10] = true; j = j + 4
+      elseif op == 'L' then j = j + 4
+      elseif op == 'U' then j = j + 2
+      else fresh = false; break end  -- X (a DEL), or unknown: refresh all
+      last = op
+    end
+    if fresh and #check > 0 and redis.call('EXISTS', unpack(check)) < #check then fresh = false end
+    if fresh and emptied then
+      -- (The waiting index is only written again by a ZADD.)
+      if not zadd then emptied[4] = nil end
+      for k in pairs(emptied) do
+        recheck = recheck or {}
+        recheck[#recheck + 1] = KEYS[k]
+      end
+    end
+  end
+end
+-- waiting_changed: the waiting index's flag (see below) is to be written;
+-- removed: a member left it, so it may be gone.
+local waiting_changed, removed = false, false
 while i <= n do
   local op = ops[i]
-  if op == 'H' then
-    redis.call('HSET', KEYS[tonumber(ops[i + 1])], ops[i + 2], ops[i + 3]); i = i + 4
-  elseif op == 'N' then
-    redis.call('HSETNX', KEYS[tonumber(ops[i + 1])], ops[i + 2], ops[i + 3]); i = i + 4
+  local k = HSET_KEY[op]
+  if k then
+    if ops[i + 3] ~= op then
+      if k == 5 and waiting_changed then
+        -- The waiting index's flag (see below) goes with the counters: the
+        -- operations change the waiting index before them.
+        redis.call('HSET', KEYS[5], ops[i + 1], ops[i + 2], '\31w',
+          (not removed or redis.call('EXISTS', KEYS[4]) == 1) and '1' or '0')
+        waiting_changed = false
+      else
+        redis.call('HSET', KEYS[k], ops[i + 1], ops[i + 2])
+      end
+      i = i + 3
+    else
+      local args = {KEYS[k]}
+      repeat
+        args[#args + 1] = ops[i + 1]; args[#args + 1] = ops[i + 2]; i = i + 3
+      until ops[i] ~= op or #args > 1000
+      if k == 5 and waiting_changed then
+        args[#args + 1] = '\31w'
+        args[#args + 1] = (not removed or redis.call('EXISTS', KEYS[4]) == 1) and '1' or '0'
+        waiting_changed = false
+      end
+      redis.call('HSET', unpack(args))
+    end
   elseif op == 'Z' then
     redis.call('ZADD', KEYS[4], 0, ops[i + 1]); i = i + 2; waiting_changed = true
   elseif op == 'R' then
-    redis.call('ZREM', KEYS[4], ops[i + 1]); i = i + 2; waiting_changed = true
+    redis.call('ZREM', KEYS[4], ops[i + 1]); i = i + 2; waiting_changed = true; removed = true
   elseif op == 'S' then
-    redis.call('SET', KEYS[7], ops[i + 1]); i = i + 2
+    redis.call('SET', KEYS[7], ops[i + 1], 'KEEPTTL'); i = i + 2
+  elseif op == 'N' then
+    redis.call('HSETNX', KEYS[tonumber(ops[i + 1])], ops[i + 2], ops[i + 3]); i = i + 4
   elseif op == 'D' then
     redis.call('HDEL', KEYS[tonumber(ops[i + 1])], ops[i + 2]); i = i + 3
   elseif op == 'X' then
@@ -70,42 +171,47 @@ while i <= n do
 end
 if waiting_changed then
   -- Whether the waiting index should exist (Redis deletes an empty one), kept
-  -- beside the counters: a fire can then tell "empty" from "evicted".
-  redis.call('HSET', KEYS[5], '\31w', redis.call('EXISTS', KEYS[4]))
+  -- beside the counters: a fire can then tell "empty" from "evicted". (Only
+  -- a removal can leave it empty.)
+  redis.call('HSET', KEYS[5], '\31w', (not removed or redis.call('EXISTS', KEYS[4]) == 1) and '1' or '0')
 end
-if ARGV[1] ~= '' and ARGV[3] ~= '0' then
+if token ~= '' and ARGV[3] ~= '0' then
   -- (A commit that writes nothing -- ttl '0' -- records no token: a resend
   -- could apply nothing twice, and the record would outlive the session.)
-  local kept = ' ' .. ARGV[1] .. (recent or ' ')
+  local kept = ' ' .. token .. (recent or ' ')
   if #kept > 1024 then
-    -- Cut after the last separator within the first 1 KB (tokens are far
-    -- shorter than 256 bytes). Plain finds near the end: a pattern search
-    -- over the whole string costs more than the rest of the commit.
-    local last, at = nil, 1024 - 256
-    while true do
-      local found = string.find(kept, ' ', at, true)
-      if not found or found > 1024 then break end
-      last, at = found, found + 1
-    end
-    kept = string.sub(kept, 1, last or string.find(kept, ' ', 2, true))
+    -- Cut after the first separator past 768 bytes (tokens are far shorter
+    -- than 256 bytes): one plain find, and the record then grows for several
+    -- commits before it is cut again.
+    local at = string.find(kept, ' ', 769, true)
+    if at > 1024 then at = string.find(kept, ' ', 2, true) end
+    kept = string.sub(kept, 1, at)
   end
-  redis.call('SET', KEYS[COMMITS], kept)
+  redis.call('SET', KEYS[COMMITS], kept, 'KEEPTTL')
 end
-local ttl = tonumber(ARGV[3])
-if ttl ~= 0 then
+if fresh and recheck then
+  -- A key emptied and written again has no expiry.
+  for _, key in ipairs(recheck) do
+    if redis.call('PTTL', key) == -1 then fresh = false; break end
+  end
+end
+if ttl ~= 0 and not fresh then
   for k = 1, COMMITS do
     if ttl > 0 then
-      redis.call('PEXPIRE', KEYS[k], ttl)
+      redis.call('PEXPIRE', KEYS[k], ttl + slack)
     else
       redis.call('PERSIST', KEYS[k])
     end
   end
 end
 if ARGV[6] ~= '' then
-  -- The session index (see session_index.py and touch_index.lua).
+  -- The session index (see session_index.py and touch_index.lua). A uid is
+  -- in the names set exactly when it is in the activity one (they are
+  -- written and removed together): only a newly listed uid needs adding.
   local n = #KEYS
-  redis.call('ZADD', KEYS[n - 2], ARGV[5], ARGV[6])
-  redis.call('ZADD', KEYS[n - 1], 0, ARGV[6])
+  if redis.call('ZADD', KEYS[n - 2], ARGV[5], ARGV[6]) == 1 then
+    redis.call('ZADD', KEYS[n - 1], 0, ARGV[6])
+  end
   if ARGV[7] == '' then
     redis.call('ZREM', KEYS[n], ARGV[6])
   else
@@ -113,9 +219,11 @@ if ARGV[6] ~= '' then
   end
 end
 if ARGV[4] == '1' then
-  redis.call('DEL', KEYS[SIGNAL])
+  -- python-redis-lock's release: a signal list of one element, expiring, for
+  -- a waiter's BLPOP (and no lock). The script is atomic, so one DEL of both
+  -- keys is the same as its DEL, LPUSH, PEXPIRE, DEL.
+  redis.call('DEL', KEYS[SIGNAL], KEYS[LOCK])
   redis.call('LPUSH', KEYS[SIGNAL], 1)
   redis.call('PEXPIRE', KEYS[SIGNAL], ARGV[2])
-  redis.call('DEL', KEYS[LOCK])
 end
 return 0
