@@ -114,8 +114,7 @@ def test_an_operation_that_writes_nothing_leaves_every_key_expiring(kind: str) -
     base = session_base(storage.cache.make_key, uid)
     keys = list(client.scan_iter(match=base.replace("{", "[{]").replace("}", "[}]") + "*"))
     assert keys
-    # (A full refresh gives the keys the timeout and a sixteenth: see commit.lua.)
-    assert all(0 < client.pttl(key) <= 600_000 * 17 // 16 for key in keys), {
+    assert all(0 < client.pttl(key) <= 600_000 for key in keys), {
         key: client.pttl(key) for key in keys
     }
 

@@ -61,7 +61,7 @@ def compact_encoder(*, ensure_ascii: bool, allow_nan: bool) -> Callable[[Any], s
     the values stored here are trees (a cycle ends in ``RecursionError``).
     Falls back to ``JSONEncoder.encode`` where ``json`` has no C encoder."""
     base = json.JSONEncoder(separators=(",", ":"), ensure_ascii=ensure_ascii, allow_nan=allow_nan)
-    make = _json_encoder.c_make_encoder
+    make = getattr(_json_encoder, "c_make_encoder", None)  # (not in typeshed)
     if make is None:  # pragma: no cover - CPython always has it
         return base.encode
     quote = (

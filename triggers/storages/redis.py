@@ -50,11 +50,8 @@ scripts keep to one slot, ``touch_index.lua`` goes in the same round trip
 instead; see :mod:`~triggers.storages.session_index`). What a fire costs depends on
 its trigger, not on the size of the session or the width of a task.
 
-Every key of a session with a ``timeout`` expires ``timeout`` to
-``timeout`` and a sixteenth after its last commit (never sooner): the commit
-script refreshes all the expiries (to the timeout and a sixteenth) only when
-the ``:commits`` key, which keeps the expiry of the last full refresh, has
-less than the timeout left, or when it creates a key.
+Every key of a session with a ``timeout`` expires ``timeout`` seconds after
+its last commit: each commit that writes renews all of them.
 
 Upgrading from a release that used ``triggers:<len>:<uid>`` keys (no
 braces): sessions stored under the old names are not read; drain them

@@ -13,6 +13,7 @@ import json
 import time
 from typing import Any
 
+from ..validation import compact_encoder
 from .base import config_from_stored
 from .data import UNLESS, Changes, FetchRequest, Snapshot, build_index, max_idempotency_keys
 
@@ -72,9 +73,9 @@ def text(value: Any) -> str:
 
 #: Compact JSON, raw UTF-8 (Lua's cjson passes it through untouched); one
 #: encoder for the process (``json.dumps`` builds one per call).
-dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+dumps = compact_encoder(ensure_ascii=False, allow_nan=True)
 
-_scan = json.JSONDecoder().scan_once
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _loads(raw: str) -> Any:
@@ -186,11 +187,11 @@ def decode_fetch(reply: Any) -> tuple[Snapshot, frozenset[str]]:
     p += 1
     records = snap.records
     for _ in range(n):
-        raw, m = f[p + 1], f[p + 2]
+        raw, received = f[p + 1], f[p + 2]
         if raw:
             records[f[p]] = record = _loads(raw)
-        if m:
-            m = 2 * int(m)
+        if received:
+            m = 2 * int(received)
             if raw:
                 _merge_received(record, f[p + 3 : p + 3 + m], _UNLESS_IN_REPLY)
             p += m

@@ -27,17 +27,6 @@
 -- A client that lost the reply and sends the script again finds its token
 -- among the recent commits and gets 0 without writing twice (the index was
 -- updated by the first run: the update is a ZADD of the same scores anyway).
---
--- Expiry (ttl > 0): after any commit no key of the session expires sooner
--- than ttl from now, and every key has an expiry. Refreshing all twelve on
--- every commit was a third of the script, so a full refresh gives each
--- ttl + ttl/16 (the slack), the recent-commits key included, which every
--- commit rewrites keeping its expiry: its time left says how long every key
--- lives. A commit within the slack of the last full refresh (time left at
--- least ttl) leaves the expiries alone, unless one of the keys it writes did
--- not exist (it would have none): one EXISTS of them first. So keys live
--- ttl to ttl + slack after the last commit. With ttl -1 (persist) the same
--- goes: a full PERSIST only when the recent-commits key has an expiry.
 local COMMITS, LOCK, SIGNAL = 12, 13, 14
 local token = ARGV[1]
 local recent = nil
@@ -56,62 +45,6 @@ local HSET_KEY = {H1 = 1, H2 = 2, H3 = 3, H5 = 5, H6 = 6, H8 = 8, H9 = 9, H11 = 
 local ops = ARGV
 local i = 8
 local n = #ops
-local ttl = tonumber(ARGV[3])
-local slack = ttl > 0 and (ttl - ttl % 16) / 16 or 0
--- fresh: every key expires no sooner than ttl from now (see the top).
-local fresh = false
--- recheck: keys an operation may leave empty (deleted) before another
--- writes them again (created: no expiry), looked at after them.
-local recheck = nil
-if ttl ~= 0 then
-  local left = redis.call('PTTL', KEYS[COMMITS])
-  if ttl < 0 then
-    fresh = left == -1  -- (a key it creates has no expiry, as it should)
-  elseif left >= ttl and left <= ttl + slack then
-    -- The keys the operations write must all exist already: the key of
-    -- each operation (a run of one operation names it once; EXISTS counts a
-    -- key named twice twice, so other repeats need no weeding out), and the
-    -- counters for Z and R (the waiting index's flag).
-    fresh = true
-    local check, j, last, zadd, emptied = {}, 8, nil, false, nil
-    while j <= n do
-      local op = ops[j]
-      local k = HSET_KEY[op]
-      if k then
-        if op ~= last then check[#check + 1] = KEYS[k] end
-        j = j + 3
-      elseif op == 'Z' or op == 'R' then
-        if op ~= last then
-          if op == 'Z' then
-            check[#check + 1] = KEYS[4]; zadd = true
-          else
-            emptied = emptied or {}; emptied[4] = true
-          end
-          check[#check + 1] = KEYS[5]
-        end
-        j = j + 2
-      elseif op == 'S' then check[#check + 1] = KEYS[7]; j = j + 2
-      elseif op == 'D' then
-        emptied = emptied or {}; emptied[tonumber(ops[j + 1])] = true; j = j + 3
-      elseif op == 'N' then check[#check + 1] = KEYS[tonumber(ops[j + 1])]; j = j + 4
-      elseif op == 'I' then
-        check[#check + 1] = KEYS[10]; emptied = emptied or {}; emptied[10] = true; j = j + 4
-      elseif op == 'L' then j = j + 4
-      elseif op == 'U' then j = j + 2
-      else fresh = false; break end  -- X (a DEL), or unknown: refresh all
-      last = op
-    end
-    if fresh and #check > 0 and redis.call('EXISTS', unpack(check)) < #check then fresh = false end
-    if fresh and emptied then
-      -- (The waiting index is only written again by a ZADD.)
-      if not zadd then emptied[4] = nil end
-      for k in pairs(emptied) do
-        recheck = recheck or {}
-        recheck[#recheck + 1] = KEYS[k]
-      end
-    end
-  end
-end
 -- waiting_changed: the waiting index's flag (see below) is to be written;
 -- removed: a member left it, so it may be gone.
 local waiting_changed, removed = false, false
@@ -147,7 +80,7 @@ while i <= n do
   elseif op == 'R' then
     redis.call('ZREM', KEYS[4], ops[i + 1]); i = i + 2; waiting_changed = true; removed = true
   elseif op == 'S' then
-    redis.call('SET', KEYS[7], ops[i + 1], 'KEEPTTL'); i = i + 2
+    redis.call('SET', KEYS[7], ops[i + 1]); i = i + 2
   elseif op == 'N' then
     redis.call('HSETNX', KEYS[tonumber(ops[i + 1])], ops[i + 2], ops[i + 3]); i = i + 4
   elseif op == 'D' then
@@ -187,18 +120,14 @@ if token ~= '' and ARGV[3] ~= '0' then
     if at > 1024 then at = string.find(kept, ' ', 2, true) end
     kept = string.sub(kept, 1, at)
   end
-  redis.call('SET', KEYS[COMMITS], kept, 'KEEPTTL')
+  redis.call('SET', KEYS[COMMITS], kept)
 end
-if fresh and recheck then
-  -- A key emptied and written again has no expiry.
-  for _, key in ipairs(recheck) do
-    if redis.call('PTTL', key) == -1 then fresh = false; break end
-  end
-end
-if ttl ~= 0 and not fresh then
+-- Every key of the session expires ttl from now (or never, ttl -1).
+local ttl = tonumber(ARGV[3])
+if ttl ~= 0 then
   for k = 1, COMMITS do
     if ttl > 0 then
-      redis.call('PEXPIRE', KEYS[k], ttl + slack)
+      redis.call('PEXPIRE', KEYS[k], ttl)
     else
       redis.call('PERSIST', KEYS[k])
     end
