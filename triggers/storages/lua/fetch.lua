@@ -83,6 +83,14 @@ end
 -- present[k]: a read of KEYS[k] found something, so it exists.
 local present = {}
 local out = {meta_raw or '', DIGITS[#trigs] or tostring(#trigs)}
+-- Puts a hash field's name and value ('' when missing) in the reply, noting
+-- the hash as present when the value is there; returns the value.
+local function emit(k, name, value)
+  if value then present[k] = true else value = '' end
+  out[#out + 1] = name
+  out[#out + 1] = value
+  return value
+end
 
 local task_seen, task_order = {}, {}
 local index_lists = {}
@@ -202,10 +210,7 @@ local records = #inst_order > 0 and hmget(KEYS[3], inst_order) or EMPTY
 out[#out + 1] = DIGITS[#inst_order] or tostring(#inst_order)
 for i = 1, #inst_order do
   local n = inst_order[i]
-  local record = records[i]
-  if record then present[3] = true else record = '' end
-  out[#out + 1] = n
-  out[#out + 1] = record
+  local record = emit(3, n, records[i])
   if record ~= '' and not named[n] then
     -- An instance one requirement away from ready may become ready now: the
     -- caller then needs it whole (it is dispatched and returned).
@@ -244,13 +249,7 @@ end
 
 local kw_values = #kw_order > 0 and hmget(KEYS[6], kw_order) or EMPTY
 out[#out + 1] = DIGITS[#kw_order] or tostring(#kw_order)
-for i = 1, #kw_order do
-  local t = kw_order[i]
-  local v = kw_values[i]
-  if v then present[6] = true else v = '' end
-  out[#out + 1] = t
-  out[#out + 1] = v
-end
+for i = 1, #kw_order do emit(6, kw_order[i], kw_values[i]) end
 
 out[#out + 1] = DIGITS[#req_insts] or tostring(#req_insts)
 for i, n in ipairs(req_insts) do
