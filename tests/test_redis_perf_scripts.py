@@ -31,10 +31,16 @@ def client() -> Iterator[Any]:
 
 
 def session_pttls(client: Any, storage: Any) -> dict[bytes, int]:
-    """Milliseconds each key of the session has left (lock keys aside)."""
+    """Milliseconds each state key of the session has left: lock keys and
+    worker leases aside, which expire on their own clocks (a lease may even
+    be gone by the time it is looked at, when the task it guards ends)."""
     base = session_base(storage.cache.make_key, storage.uid)
     pattern = base.replace("{", "[{]").replace("}", "[}]") + "*"
-    return {k: client.pttl(k) for k in client.scan_iter(match=pattern) if b":lock" not in k}
+    return {
+        k: client.pttl(k)
+        for k in client.scan_iter(match=pattern)
+        if b":lock" not in k and b":lease:" not in k
+    }
 
 
 def assert_live_for(client: Any, storage: Any, timeout_ms: int, since: float) -> dict[bytes, int]:
