@@ -161,9 +161,10 @@ def _retried(conn: Any, commands: list[tuple[Any, ...]], kept: bool = False) -> 
 #: the sizes most arguments have (formatting the number is most of the cost
 #: of a short argument).
 _HEADS = tuple(f"${n}\r\n" for n in range(1024))
-#: The KEYS of recent script calls in RESP, by the keys: a session's keys
-#: are the same in every call of every operation on it (its storage object
-#: names them once per process), so they are packed once, not per call.
+#: The head of recent script calls in RESP (``EVALSHA``, the script's SHA,
+#: the number of keys and the keys), by the head: a session's keys are the
+#: same in every call of every operation on it (its storage object names
+#: them once per process), so they are packed once, not per call.
 _PACKED_KEYS: dict[tuple[Any, ...], str] = {}
 _PACKED_KEYS_MAX = 2048
 
@@ -187,15 +188,15 @@ def _pack_args(args: Any, out: list[str]) -> None:
         add("\r\n")
 
 
-def _packed_keys(keys: tuple[Any, ...]) -> str:
-    text = _PACKED_KEYS.get(keys)
+def _packed_keys(head: tuple[Any, ...]) -> str:
+    text = _PACKED_KEYS.get(head)
     if text is None:
         out: list[str] = []
-        _pack_args(keys, out)
+        _pack_args(head, out)
         text = "".join(out)
         if len(_PACKED_KEYS) >= _PACKED_KEYS_MAX:
             _PACKED_KEYS.clear()  # many sessions: start over rather than track use
-        _PACKED_KEYS[keys] = text
+        _PACKED_KEYS[head] = text
     return text
 
 
@@ -211,9 +212,8 @@ def pack(commands: list[tuple[Any, ...]]) -> bytes:
     for command in commands:
         add(f"*{len(command)}\r\n")
         if command[0] == "EVALSHA" and type(command[2]) is int:
-            _pack_args(command[:3], out)
-            end = 3 + command[2]
-            add(_packed_keys(command[3:end]))
+            end = 3 + command[2]  # EVALSHA, the SHA, the count and the keys
+            add(_packed_keys(command[:end]))
             _pack_args(command[end:], out)
         else:
             _pack_args(command, out)
