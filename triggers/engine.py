@@ -35,7 +35,7 @@ from .effects import (
 )
 from .exceptions import InstanceStateError
 from .readiness import is_abandoned, is_ready, progress_of, receive, requirements_met
-from .schedule import deadline_timer
+from .schedule import DEADLINE, deadline_timer
 from .types import TaskConfig, TaskInstance, now_iso
 from .validation import copy_json
 
@@ -100,7 +100,13 @@ def _deadline(inst: TaskInstance) -> dict[str, dict[str, Any]]:
     """The timer a new instance sets if its task has a ``deadline``: it fires
     the directive's trigger when due if the instance is still unstarted then
     (one id per instance, so setting it again changes nothing)."""
-    timer = deadline_timer(inst.config, inst.name)
+    config = inst.config
+    if type(config) is TaskConfig and DEADLINE not in config.extras:
+        # The usual task: no deadline (and a TaskConfig has no ``deadline``
+        # attribute for deadline_of() to look for, at the cost of an
+        # AttributeError).
+        return {}
+    timer = deadline_timer(config, inst.name)
     return {} if timer is None else {f"deadline:{inst.name}": timer}
 
 
