@@ -86,12 +86,22 @@ DEFAULTS: dict[str, Any] = {
 KNOWN_KEYS = frozenset(DEFAULTS) | {"TIMEOUT"}
 
 
+#: The instance dictionary of Django's lazy settings object, where it keeps
+#: each setting after its first read (and drops it when the setting is
+#: assigned, deleted or overridden: the dictionary is emptied in place).
+_READ_SETTINGS: dict[str, Any] = object.__getattribute__(settings, "__dict__")
+
+
 def _triggers() -> Any:
-    # Read on every call: after its first read Django's lazy settings object
-    # holds the value as a plain attribute, so this costs a lookup, and a
-    # TRIGGERS replaced at run time (assigned, or by override_settings) is
-    # seen at once.
-    return getattr(settings, "TRIGGERS", None) or {}
+    # Read on every call, so a TRIGGERS replaced at run time (assigned, or by
+    # override_settings) is seen at once. After its first read the lazy
+    # settings object holds the value in its dictionary: taken from there,
+    # it costs a dictionary lookup rather than the object's Python-level
+    # attribute hooks (a fire reads the setting several times).
+    user = _READ_SETTINGS.get("TRIGGERS")
+    if user is None:
+        user = getattr(settings, "TRIGGERS", None)
+    return user or {}
 
 
 def get(key: str) -> Any:
