@@ -97,7 +97,9 @@ class Rule:
     def missing(self, received: Collection[str]) -> set[str]:
         """The names still worth receiving: plain ones not received yet and
         the unreceived members of groups not yet satisfied."""
-        out = {name for name in self.plain if name not in received}
+        out = set(self.plain)
+        if received:
+            out.difference_update(received)
         for group in self.groups:
             if not group.met(received):
                 out.update(name for name in group.of if name not in received)

@@ -115,7 +115,10 @@ def get(key: str) -> Any:
 def get_many(*keys: str) -> tuple[Any, ...]:
     """Several ``TRIGGERS`` values (as :func:`get`), reading the setting once."""
     user = _triggers()
-    return tuple(user[key] if key in user else DEFAULTS.get(key) for key in keys)
+    values = []  # (a loop, not a generator: read a few times per fire)
+    for key in keys:
+        values.append(user[key] if key in user else DEFAULTS.get(key))
+    return tuple(values)
 
 
 def has(key: str) -> bool:

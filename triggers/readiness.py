@@ -56,15 +56,26 @@ def progress_of(
     each side are unmet (``'after'``, ``'unless'``) and how many members of
     each group fired (``'after_groups'``, ``'unless_groups'``, only when the
     side has groups)."""
+    # Plain loops, no generator per side: every instance a commit writes
+    # whole is counted here.
     progress: dict[str, Any] = {}
-    for side, received in (("after", kwargs), ("unless", abandon_state)):
-        rule = _rule(config, side)
+    for side, rule, received in (
+        ("after", config.after_rule, kwargs),
+        ("unless", config.unless_rule, abandon_state),
+    ):
+        unmet = 0
+        for name in rule.plain:
+            if name not in received:
+                unmet += 1
+        if not rule.groups:
+            progress[side] = unmet
+            continue
         counts = [group.count(received) for group in rule.groups]
-        unmet = sum(1 for name in rule.plain if name not in received)
-        unmet += sum(1 for group, n in zip(rule.groups, counts, strict=True) if n < group.need)
+        for group, n in zip(rule.groups, counts, strict=True):
+            if n < group.need:
+                unmet += 1
         progress[side] = unmet
-        if counts:
-            progress[f"{side}_groups"] = counts
+        progress[f"{side}_groups"] = counts
     return progress
 
 
@@ -86,11 +97,13 @@ def receive(inst: TaskInstance, trigger: str, kwargs: Mapping[str, Any]) -> set[
     names it no longer waits on (the trigger, and the other members of a
     group it has just satisfied)."""
     gone = {trigger}
-    for side in SIDES:
-        rule = _rule(inst.config, side)
+    config = inst.config
+    # (The two sides spelt out, as _rule() and _received() would give them:
+    # a fire receives on every instance it reaches.)
+    for side, rule in (("after", config.after_rule), ("unless", config.unless_rule)):
         if trigger not in rule.names:
             continue
-        received = _received(inst, side)
+        received = inst.kwargs if side == "after" else inst.abandon_state
         if inst.partial and trigger not in received:
             _count(inst, side, rule, trigger, gone)
         received[trigger] = copy_json(kwargs)
