@@ -72,12 +72,17 @@ def _new_instance(
     when: str | None = None,
 ) -> TaskInstance:
     when = when or now_iso()
-    inst = TaskInstance(
-        f"{config.name}#{number}", config, kwargs=kwargs, abandon_state=abandon_state
+    # Stamped as set_status() would stamp an unstarted instance, in one go.
+    status = TaskInstance.STATUS_UNSTARTED
+    stamps = {"created": when, status: when, "last_modified": when}
+    return TaskInstance(
+        f"{config.name}#{number}",
+        config,
+        status,
+        kwargs=kwargs,
+        abandon_state=abandon_state,
+        metadata={"timestamps": stamps},
     )
-    inst.metadata.setdefault("timestamps", {}).update(created=when)
-    inst.set_status(inst.status, when)
-    return inst
 
 
 def _create_instance(
@@ -87,13 +92,16 @@ def _create_instance(
     kwargs of the triggers its task mentions that fired before (those whose
     ``if`` condition holds on them)."""
     seeds = passing(config.conditions, session.seed_kwargs(config))
-    return _new_instance(
-        config,
-        number,
-        kwargs={t: copy_json(seeds[t]) for t in config.after if t in seeds},
-        abandon_state={t: copy_json(seeds[t]) for t in config.unless if t in seeds},
-        when=when,
-    )
+    kwargs: dict[str, Any] = {}
+    abandon_state: dict[str, Any] = {}
+    if seeds:  # (a task's first fire usually finds nothing to seed)
+        for t in config.after:
+            if t in seeds:
+                kwargs[t] = copy_json(seeds[t])
+        for t in config.unless:
+            if t in seeds:
+                abandon_state[t] = copy_json(seeds[t])
+    return _new_instance(config, number, kwargs, abandon_state, when)
 
 
 def _deadline(inst: TaskInstance) -> dict[str, dict[str, Any]]:
@@ -127,11 +135,12 @@ def apply_trigger(session: SessionData, trigger: str, kwargs: Mapping[str, Any])
     when = now_iso()  # one time for everything this fire changes
     fx = Effects(when=when)
     for config in session.tasks_for(trigger):
-        counts, error = counts_for(config.conditions, trigger, kwargs)
-        if not counts:
-            if error is not None:
-                fx.condition_errors.append((config.name, trigger, error))
-            continue
+        if config.conditions:  # (most tasks have no ``if``: nothing to evaluate)
+            counts, error = counts_for(config.conditions, trigger, kwargs)
+            if not counts:
+                if error is not None:
+                    fx.condition_errors.append((config.name, trigger, error))
+                continue
         number = session.counters.get(config.name, 0)
         candidates = [] if number == 0 else session.waiting(config.name, trigger)
         if number == 0 or (not candidates and trigger == config.and_every):
@@ -139,7 +148,8 @@ def apply_trigger(session: SessionData, trigger: str, kwargs: Mapping[str, Any])
                 fx.first_of.append(config.name)
             inst = _create_instance(session, config, number, when)
             fx.created.append(inst)
-            fx.timers_add.update(_deadline(inst))
+            if type(config) is not TaskConfig or DEADLINE in config.extras:
+                fx.timers_add.update(_deadline(inst))
             candidates = [inst]
         else:
             fx.changed += candidates

@@ -199,7 +199,12 @@ class SessionView:
             names = build_index(self.configs).get(trigger, [])
         else:
             names = self.index.get(trigger, [])
-        return [self.configs[n] for n in sorted(names) if n in self.configs]
+        configs = self.configs
+        found = []
+        for name in sorted(names):
+            if name in configs:
+                found.append(configs[name])
+        return found
 
     def waiting(self, task: str, trigger: str) -> list[TaskInstance]:
         """Unstarted instances of ``task`` that have not received ``trigger``
@@ -219,11 +224,15 @@ class SessionView:
     def seed_kwargs(self, config: TaskConfig) -> dict[str, Any]:
         """Latest kwargs of the triggers ``config`` mentions that fired
         (read now if the fetch did not bring them)."""
-        known = self._kwargs_known
-        if not self.everything and any(t not in known for t in config.triggers):
-            self.fetch(kwargs=sorted(config.triggers))
+        triggers = config.triggers
+        if not self.everything and not self._kwargs_known.issuperset(triggers):
+            self.fetch(kwargs=sorted(triggers))
         latest = self.latest_kwargs
-        return {t: latest[t] for t in config.triggers if t in latest}
+        seeds = {}
+        for t in triggers:
+            if t in latest:
+                seeds[t] = latest[t]
+        return seeds
 
     def waiting_names(self, task: str, trigger: str) -> set[str]:
         """Names the waiting index lists under ``(task, trigger)``."""
