@@ -79,13 +79,22 @@ def _missing_state(storage: BaseTriggerStorage, txn: Transaction, trigger: str) 
         parts = existing_parts(storage)
         return f"metadata (still there: {', '.join(sorted(parts))})" if parts else None
     tasks = txn.index.get(trigger, [])
-    lost = [t for t in tasks if t not in txn.configs]
+    # (Loops rather than comprehensions: every fire runs them and they
+    # nearly always find nothing.)
+    configs, instances = txn.configs, txn.instances
+    lost = []
+    for task in tasks:
+        if task not in configs:
+            lost.append(task)
     if lost:
         return f"configuration of {', '.join(lost)}"
-    waiting = {n for t in tasks for n in txn.waiting_names(t, trigger)}
-    lost = sorted(waiting - set(txn.instances))
-    if lost:
-        return f"instances {', '.join(lost)}"
+    gone: set[str] = set()
+    for task in tasks:
+        for name in txn.waiting_names(task, trigger):
+            if name not in instances:
+                gone.add(name)
+    if gone:
+        return f"instances {', '.join(sorted(gone))}"
     if not tasks and txn.meta.get("configured"):
         return missing_parts(storage, txn)
     return None
@@ -100,15 +109,19 @@ def missing_parts(storage: BaseTriggerStorage, txn: Transaction) -> str | None:
     parts = existing_parts(storage)
     if parts is None:
         return None
-    needed = set()
-    if txn.meta.get("configured"):
-        needed |= {"config", "index"}
-    if txn.meta.get("has_instances"):
-        needed |= {"instances", "counters"}
-    if txn.meta.get("fired"):
-        needed.add("kwargs")
-    if txn.meta.get("has_instances") and "waiting" in checked_parts(storage)[0]:
-        # Reported missing only when it should exist (see fetch.lua).
-        needed.add("waiting")
-    missing = sorted(needed - parts)
-    return ", ".join(missing) if missing else None
+    meta = txn.meta
+    needed: list[str] = []
+    if meta.get("configured"):
+        needed += ("config", "index")
+    if meta.get("has_instances"):
+        needed += ("instances", "counters")
+        if "waiting" not in parts and "waiting" in checked_parts(storage)[0]:
+            # Reported missing only when it should exist (see fetch.lua).
+            needed.append("waiting")
+    if meta.get("fired"):
+        needed.append("kwargs")
+    missing = []
+    for part in needed:
+        if part not in parts:
+            missing.append(part)
+    return ", ".join(sorted(missing)) if missing else None
