@@ -54,8 +54,9 @@ class Transaction(SessionView):
 
     def adopt(self, inst: TaskInstance) -> None:
         """Take in an instance the engine created (numbered from the counters)."""
-        self.counters[inst.config.name] = inst.number + 1
-        self.changes.counters[inst.config.name] = inst.number + 1
+        task, following = inst.config.name, inst.number + 1
+        self.counters[task] = following
+        self.changes.counters[task] = following
         self.instances[inst.name] = inst
         self._membership[inst.name] = set()
         self._known_instances.add(inst.name)
@@ -67,15 +68,17 @@ class Transaction(SessionView):
         and returned to the caller with every kwargs it received)."""
         if effects.when is not None:
             self.changed_at = effects.when
-        partial = [inst.name for inst in effects.ready if inst.partial]
-        if partial:
-            self.fetch(instances=partial)
+        if effects.ready:
+            partial = [inst.name for inst in effects.ready if inst.partial]
+            if partial:
+                self.fetch(instances=partial)
         for inst in effects.created:
             self.adopt(inst)
         for inst in effects.changed:
             self.save(inst)
+        instances = self.instances
         for name, names in effects.unwaited.items():
-            if name in self.instances and self.instances[name].partial:
+            if name in instances and instances[name].partial:
                 self._unwaited.setdefault(name, set()).update(names)
         for trigger, kwargs in effects.latest_kwargs.items():
             self.set_latest_kwargs(trigger, kwargs)
@@ -174,11 +177,11 @@ class Transaction(SessionView):
             # What the session holds from now on, so a later operation can
             # tell a part that vanished from one that never existed.
             meta = self.meta or {}
-            flags = {
-                flag: True
-                for flag, written in (("fired", ch.latest_kwargs), ("has_instances", ch.counters))
-                if written and not meta.get(flag)
-            }
+            flags: dict[str, bool] = {}
+            if ch.latest_kwargs and not meta.get("fired"):
+                flags["fired"] = True
+            if ch.counters and not meta.get("has_instances"):
+                flags["has_instances"] = True
             if ch.meta is None or flags:
                 self.touch_meta(updated=self.changed_at or now_iso(), **flags)
         return ch
@@ -192,7 +195,9 @@ class Transaction(SessionView):
 
     def _whole_waiting(self, inst: TaskInstance, ch: Changes) -> None:
         name = inst.name
-        old = self._membership.get(name, set())
+        old = self._membership.get(name)
+        if old is None:
+            old = set()
         if self.everything and name in self._records:
             # Configs may have changed: recompute the old membership from
             # the stored record under the old task's triggers too.
