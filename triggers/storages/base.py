@@ -46,6 +46,19 @@ def config_from_stored(name: str, data: Mapping[str, Any]) -> TaskConfig:
     )
 
 
+class _ThreadState(threading.local):
+    """A storage object's state in each thread. What a thread has not set
+    reads as ``None`` from the class: ``threading.local`` raises (and
+    ``getattr`` then swallows) an AttributeError for it otherwise, a cost
+    the first look of every operation paid."""
+
+    #: The transaction this thread has open on the storage.
+    txn: Transaction | None = None
+    #: What the backend noted of the current operation's fetch (the Redis
+    #: backend: the parts it found).
+    parts: Any = None
+
+
 class BaseTriggerStorage(SessionAPI):
     """Loads, saves and locks one session's state (``tasks``, ``instances``,
     ``metadata``).
@@ -67,7 +80,7 @@ class BaseTriggerStorage(SessionAPI):
         self._configs: dict[str, TaskConfig] = {}
         self._instances: dict[str, TaskInstance] = {}
         self._metas: dict[str, Any] = {}
-        self._local = threading.local()
+        self._local = _ThreadState()
         #: Set once this object has seen the session hold state, so a session
         #: that vanishes afterwards is noticed (see ``ON_LOST_SESSION``).
         self.seen_state = False
@@ -198,7 +211,7 @@ class BaseTriggerStorage(SessionAPI):
     @property
     def current_transaction(self) -> Transaction | None:
         """The transaction this thread has open on this storage, if any."""
-        return getattr(self._local, "txn", None)
+        return self._local.txn
 
     # Underscore names the transaction module reads until it uses the
     # public ones above (then they go).
