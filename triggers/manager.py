@@ -195,8 +195,13 @@ class TriggerManager:
             txn.after_commit.append(lambda: _log_condition_errors(uid, errors))
         if effects.first_of:
             check_first_instances(self.storage, txn)
-        scheduled = [inst for inst in effects.ready if self._dispatch(txn, inst)]
-        if fired is not None:
+        scheduled = []
+        for inst in effects.ready:
+            if self._dispatch(txn, inst):
+                scheduled.append(inst)
+        if fired is not None and getattr(self._post_fire, "__func__", None) is not _NO_POST_FIRE:
+            # (The hook as TriggerManager defines it does nothing: a fire
+            # queues it only when a subclass or the instance replaced it.)
             txn.after_commit.append(lambda: self._post_fire(fired, scheduled))
         if replayed is not None:
             txn.after_commit.append(lambda: self._post_replay(replayed))
@@ -349,3 +354,7 @@ class TriggerManager:
     def waiting_on(self) -> dict[str, list[str]]:
         """For every unstarted instance, the ``after`` triggers it still needs."""
         return inspection.waiting_by_instance(self.storage.instances.values())
+
+
+#: The hook a fire need not queue (see ``carry_out``).
+_NO_POST_FIRE = TriggerManager._post_fire
