@@ -32,9 +32,15 @@ def check_name(value: Any, what: str, *, max_length: int = MAX_NAME_LENGTH) -> s
         raise InvalidTriggerError(
             f"{what} {value[:40]!r}... is {len(value)} characters long; the limit is {max_length}"
         )
+    if value.isascii():
+        # The usual name: an ASCII string is printable exactly when it holds
+        # none of _CONTROL's characters (C0 and DEL), and always encodable.
+        if not value.isprintable():
+            raise InvalidTriggerError(f"{what} {value!r} contains control characters")
+        return value
     if _CONTROL.search(value):
         raise InvalidTriggerError(f"{what} {value!r} contains control characters")
-    if not value.isascii() and not _encodable(value):
+    if not _encodable(value):
         raise InvalidTriggerError(
             f"{what} {value!r} contains a lone surrogate (not valid Unicode text)"
         )
