@@ -68,9 +68,18 @@ class FetchRequest:
     timers: bool = False
 
 
-@dataclass
+#: Marks a collection argument of :class:`Snapshot` and :class:`Changes`
+#: that was not given (each then starts empty).
+_NEW: Any = object()
+
+
+@dataclass(init=False)
 class Snapshot:
-    """What one fetch read from the backend."""
+    """What one fetch read from the backend.
+
+    (Its ``__init__`` is written out: every fetch makes one, and a literal
+    per empty collection costs less than the generated code's call of each
+    field's factory.)"""
 
     meta: dict[str, Any] | None = None
     index: dict[str, list[str]] = field(default_factory=dict)
@@ -90,10 +99,39 @@ class Snapshot:
     #: "instance"}``: filled when requested or with ``everything``.
     timers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def __init__(
+        self,
+        meta: dict[str, Any] | None = None,
+        index: dict[str, list[str]] = _NEW,
+        configs: dict[str, TaskConfig] = _NEW,
+        counters: dict[str, int] = _NEW,
+        waiting: dict[WaitKey, list[str]] = _NEW,
+        records: dict[str, dict[str, Any]] = _NEW,
+        latest_kwargs: dict[str, Any] = _NEW,
+        kwargs_known: set[str] = _NEW,
+        leases: dict[str, int] = _NEW,
+        everything: bool = False,
+        idempotency_seen: bool = False,
+        timers: dict[str, dict[str, Any]] = _NEW,
+    ) -> None:
+        self.meta = meta
+        self.index = {} if index is _NEW else index
+        self.configs = {} if configs is _NEW else configs
+        self.counters = {} if counters is _NEW else counters
+        self.waiting = {} if waiting is _NEW else waiting
+        self.records = {} if records is _NEW else records
+        self.latest_kwargs = {} if latest_kwargs is _NEW else latest_kwargs
+        self.kwargs_known = set() if kwargs_known is _NEW else kwargs_known
+        self.leases = {} if leases is _NEW else leases
+        self.everything = everything
+        self.idempotency_seen = idempotency_seen
+        self.timers = {} if timers is _NEW else timers
 
-@dataclass
+
+@dataclass(init=False)
 class Changes:
-    """Everything one transaction writes."""
+    """Everything one transaction writes (its ``__init__`` written out, as
+    :class:`Snapshot`'s: every transaction makes one)."""
 
     configs: dict[str, TaskConfig] = field(default_factory=dict)
     #: The whole trigger index, rebuilt (``None``: unchanged).
@@ -122,6 +160,40 @@ class Changes:
     #: timer id -> timer (see :attr:`Snapshot.timers`) to add; ids to remove.
     timers_add: dict[str, dict[str, Any]] = field(default_factory=dict)
     timers_remove: set[str] = field(default_factory=set)
+
+    def __init__(
+        self,
+        configs: dict[str, TaskConfig] = _NEW,
+        index: dict[str, list[str]] | None = None,
+        instances: dict[str, TaskInstance] = _NEW,
+        counters: dict[str, int] = _NEW,
+        latest_kwargs: dict[str, Any] = _NEW,
+        waiting_add: set[tuple[str, str, str]] = _NEW,
+        waiting_remove: set[tuple[str, str, str]] = _NEW,
+        meta: dict[str, Any] | None = None,
+        leases_set: dict[str, tuple[str, int]] = _NEW,
+        leases_drop: set[str] = _NEW,
+        received: dict[str, dict[str, Any]] = _NEW,
+        received_drop: dict[str, set[str]] = _NEW,
+        idempotency: tuple[str, float] | None = None,
+        timers_add: dict[str, dict[str, Any]] = _NEW,
+        timers_remove: set[str] = _NEW,
+    ) -> None:
+        self.configs = {} if configs is _NEW else configs
+        self.index = index
+        self.instances = {} if instances is _NEW else instances
+        self.counters = {} if counters is _NEW else counters
+        self.latest_kwargs = {} if latest_kwargs is _NEW else latest_kwargs
+        self.waiting_add = set() if waiting_add is _NEW else waiting_add
+        self.waiting_remove = set() if waiting_remove is _NEW else waiting_remove
+        self.meta = meta
+        self.leases_set = {} if leases_set is _NEW else leases_set
+        self.leases_drop = set() if leases_drop is _NEW else leases_drop
+        self.received = {} if received is _NEW else received
+        self.received_drop = {} if received_drop is _NEW else received_drop
+        self.idempotency = idempotency
+        self.timers_add = {} if timers_add is _NEW else timers_add
+        self.timers_remove = set() if timers_remove is _NEW else timers_remove
 
     def __bool__(self) -> bool:
         return bool(
