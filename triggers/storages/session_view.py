@@ -83,7 +83,11 @@ class SessionView:
         if kwargs:
             kwargs = [t for t in dict.fromkeys(kwargs) if t not in self._kwargs_known]
         if triggers:
-            triggers = [t for t in dict.fromkeys(triggers) if t not in self._known_triggers]
+            known, wanted = self._known_triggers, []
+            for t in dict.fromkeys(triggers):
+                if t not in known:
+                    wanted.append(t)
+            triggers = wanted
         if instances:
             instances = [
                 i
