@@ -205,7 +205,8 @@ def normalise_kwargs(
     what a task later receives is exactly what was stored."""
     if trigger_kwargs is None:
         return {}
-    if not isinstance(trigger_kwargs, Mapping):
+    # (A dict is a Mapping: asking the ABC costs a Python-level call.)
+    if type(trigger_kwargs) is not dict and not isinstance(trigger_kwargs, Mapping):
         raise InvalidTriggerTypeError(
             f"kwargs for trigger {trigger_name!r} must be a mapping, "
             f"not {type(trigger_kwargs).__name__}"
