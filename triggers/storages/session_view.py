@@ -142,39 +142,55 @@ class SessionView:
         if not self.meta_loaded:
             self.meta = snap.meta
             self.meta_loaded = True
-        for name, cfg in snap.configs.items():
-            self.configs.setdefault(name, cfg)
-        self._known_tasks.update(tasks)
-        self._known_tasks.update(snap.configs)
-        for name, value in snap.counters.items():
-            self.counters.setdefault(name, value)
+        # What is already loaded wins over what a later fetch brings; into
+        # an empty map (an operation's first fetch) the fetch goes whole.
+        configs, counters, known_tasks = self.configs, self.counters, self._known_tasks
+        if configs:
+            for name, cfg in snap.configs.items():
+                configs.setdefault(name, cfg)
+        else:
+            configs.update(snap.configs)
+        known_tasks.update(tasks)
+        known_tasks.update(snap.configs)
+        if counters:
+            for name, value in snap.counters.items():
+                counters.setdefault(name, value)
+        else:
+            counters.update(snap.counters)
+        index = self.index
         for trig, task_names in snap.index.items():
-            self.index.setdefault(trig, list(task_names))
-            self._known_tasks.update(task_names)
+            index.setdefault(trig, list(task_names))
+            known_tasks.update(task_names)
         self._known_triggers.update(triggers)
-        for key, names in snap.waiting.items():
-            self._waiting.setdefault(key, set()).update(names)
+        if snap.waiting:
+            waiting = self._waiting
+            for key, names in snap.waiting.items():
+                waiting.setdefault(key, set()).update(names)
+        instances = self.instances
         for name, record in snap.records.items():
-            config = self.configs.get(record["task"])
+            config = configs.get(record["task"])
             if config is None:
                 continue
-            if name in self.instances:
-                self._complete(self.instances[name], record)
+            if name in instances:
+                self._complete(instances[name], record)
                 continue
             inst = TaskInstance.from_record(name, record, config)
-            self.instances[name] = inst
+            instances[name] = inst
             if not inst.partial:
                 self._membership[name] = inst.waiting_on()
             self._records[name] = record
         self._known_instances.update(instances)
         self._known_instances.update(snap.records)
+        kwargs_known, fetched = self._kwargs_known, snap.latest_kwargs
         for trig in snap.kwargs_known:
-            if trig not in self._kwargs_known:
-                self._kwargs_known.add(trig)
-                if trig in snap.latest_kwargs:
-                    self.latest_kwargs[trig] = snap.latest_kwargs[trig]
-        for name, ms in snap.leases.items():
-            self.leases.setdefault(name, ms)
+            if trig not in kwargs_known:
+                kwargs_known.add(trig)
+                if trig in fetched:
+                    self.latest_kwargs[trig] = fetched[trig]
+        if snap.leases:
+            leases = self.leases
+            for name, ms in snap.leases.items():
+                leases.setdefault(name, ms)
         if snap.everything:
             self.everything = True
             self.index = build_index(self.configs)
