@@ -34,6 +34,8 @@ from benchmarks.common import (  # noqa: E402
     print_table,
     settings,
 )
+import redis  # noqa: E402
+from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
 
 #: Cases 1-3 and 5 run in this many interleaved slices.
 ROUNDS = 4
@@ -62,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"Redis {settings.REDIS_URL} (cache db {settings.CACHE_DB}, broker db "
-        f"{settings.BROKER_DB}), django-redis cache, Celery broker on Redis, no worker\n"
+        f"{settings.BROKER_DB}), django-redis cache, Celery broker on Redis, no worker, "
+        f"redis-py {redis.__version__} with {'hiredis' if HIREDIS_AVAILABLE else 'its Python'} "
+        "reply parser\n"
     )
     app = make_celery_app()
     names = ("idle", "publish", "unstarted", "scheduled", "width")
