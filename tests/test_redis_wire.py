@@ -19,6 +19,10 @@ COMMANDS = [
     ("SET", "long", "x" * 5000),
     ("EVALSHA", "0" * 40, 2, "k:{s}:1", "k:{s}:ü", "arg", 1, 0.5, ""),
     ("EVALSHA", "0" * 40, 0, "no-keys"),
+    # ASCII arguments after non-ASCII keys (their heads come from the cache)
+    ("EVALSHA", "0" * 40, 1, "k:{s}:ü", "plain", 7),
+    ("HSET", "wide", *[f"f{i}" for i in range(300)]),  # more than 255 arguments
+    ("SET", "bytes-ü", "é" * 1100, b"\xc3\xa9\xff"),  # long and multibyte
 ]
 
 

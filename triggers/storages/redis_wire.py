@@ -157,47 +157,91 @@ def _retried(conn: Any, commands: list[tuple[Any, ...]], kept: bool = False) -> 
         raise
 
 
-#: ``$<n>\r\n``, the head of an argument of ``n`` bytes, made once for
-#: the sizes most arguments have (formatting the number is most of the cost
-#: of a short argument).
-_HEADS = tuple(f"${n}\r\n" for n in range(1024))
+#: ``\r\n$<n>\r\n``: the end of the argument before (or of the command's
+#: ``*<count>``) and the head of one of ``n`` bytes, made once for the sizes
+#: most arguments have (formatting the number is most of the cost of a short
+#: argument, and one piece per argument saves an append of its own ``\r\n``).
+_JOINS = tuple(f"\r\n${n}\r\n" for n in range(1024))
+#: ``*<n>``, the head of a command of ``n`` arguments: the first command's,
+#: then the next ones' (which end the argument before).
+_FIRST_COUNTS = tuple(f"*{n}" for n in range(256))
+_NEXT_COUNTS = tuple(f"\r\n*{n}" for n in range(256))
 #: The head of recent script calls in RESP (``EVALSHA``, the script's SHA,
-#: the number of keys and the keys), by the head: a session's keys are the
-#: same in every call of every operation on it (its storage object names
-#: them once per process), so they are packed once, not per call.
-_PACKED_KEYS: dict[tuple[Any, ...], str] = {}
+#: the number of keys and the keys), by the head, and how many more bytes
+#: than characters it holds: a session's keys are the same in every call of
+#: every operation on it (its storage object names them once per process),
+#: so they are packed once, not per call.
+_PACKED_KEYS: dict[tuple[Any, ...], tuple[str, int]] = {}
 _PACKED_KEYS_MAX = 2048
 
 
-def _pack_args(args: Any, out: list[str]) -> None:
-    add, heads = out.append, _HEADS
+def _count(size: int, first: bool) -> str:
+    return f"*{size}" if first else f"\r\n*{size}"
+
+
+def _text(arg: Any) -> str:
+    """An argument other than a ``str`` as the text it is sent as."""
+    kind = type(arg)
+    if kind is int or kind is float:
+        return repr(arg)
+    if kind is bytes:
+        # Back to the same bytes when the text is encoded (see pack()).
+        return arg.decode("utf-8", "surrogateescape")
+    raise TypeError(f"cannot send {kind.__name__} {arg!r} to Redis")
+
+
+def _pack_exact(args: Any, out: list[str]) -> None:
+    """``args`` packed with each head counting the bytes its argument
+    encodes to (pack()'s heads count characters, the same for ASCII)."""
+    add, joins = out.append, _JOINS
     for arg in args:
-        kind = type(arg)
-        if kind is str:
-            size = len(arg) if arg.isascii() else len(arg.encode("utf-8"))
-        elif kind is int or kind is float:
-            arg = repr(arg)
-            size = len(arg)
-        elif kind is bytes:
-            size = len(arg)
-            arg = arg.decode("utf-8", "surrogateescape")
-        else:
-            raise TypeError(f"cannot send {kind.__name__} {arg!r} to Redis")
-        add(heads[size] if size < 1024 else f"${size}\r\n")
+        if type(arg) is not str:
+            arg = _text(arg)
+        size = len(arg) if arg.isascii() else len(arg.encode("utf-8", "surrogateescape"))
+        add(joins[size] if size < 1024 else f"\r\n${size}\r\n")
         add(arg)
-        add("\r\n")
 
 
-def _packed_keys(head: tuple[Any, ...]) -> str:
-    text = _PACKED_KEYS.get(head)
-    if text is None:
-        out: list[str] = []
-        _pack_args(head, out)
-        text = "".join(out)
-        if len(_PACKED_KEYS) >= _PACKED_KEYS_MAX:
-            _PACKED_KEYS.clear()  # many sessions: start over rather than track use
-        _PACKED_KEYS[head] = text
-    return text
+def _packed_keys(head: tuple[Any, ...]) -> tuple[str, int]:
+    out: list[str] = []
+    _pack_exact(head, out)
+    text = "".join(out)
+    if len(_PACKED_KEYS) >= _PACKED_KEYS_MAX:
+        _PACKED_KEYS.clear()  # many sessions: start over rather than track use
+    found = _PACKED_KEYS[head] = (text, len(text.encode("utf-8", "surrogateescape")) - len(text))
+    return found
+
+
+def _pack(commands: list[tuple[Any, ...]], exact: bool) -> tuple[str, int]:
+    """The RESP text of ``commands``, and how many more bytes than characters
+    its cached script heads hold; with ``exact`` False each other argument's
+    head counts its characters (raises IndexError for one of 1024 or more)."""
+    out: list[str] = []
+    add, joins, counts, extra = out.append, _JOINS, _FIRST_COUNTS, 0
+    for command in commands:
+        size = len(command)
+        add(counts[size] if size < 256 else _count(size, counts is _FIRST_COUNTS))
+        counts = _NEXT_COUNTS
+        args = command
+        if command[0] == "EVALSHA" and type(command[2]) is int:
+            end = 3 + command[2]  # EVALSHA, the SHA, the count and the keys
+            head = command[:end]
+            found = _PACKED_KEYS.get(head)
+            if found is None:
+                found = _packed_keys(head)
+            add(found[0])
+            extra += found[1]
+            args = command[end:]
+        if exact:
+            _pack_exact(args, out)
+            continue
+        for arg in args:
+            if type(arg) is not str:
+                arg = _text(arg)
+            add(joins[len(arg)])
+            add(arg)
+    add("\r\n")
+    return "".join(out), extra
 
 
 def pack(commands: list[tuple[Any, ...]]) -> bytes:
@@ -206,18 +250,21 @@ def pack(commands: list[tuple[Any, ...]]) -> bytes:
     ``bytes`` arguments these commands have, several times faster
     (redis-py's packer checks and encodes each argument on its own; here the
     text is built as one string and encoded once, and the KEYS of a script
-    call come packed from :data:`_PACKED_KEYS`)."""
-    out: list[str] = []
-    add = out.append
-    for command in commands:
-        add(f"*{len(command)}\r\n")
-        if command[0] == "EVALSHA" and type(command[2]) is int:
-            end = 3 + command[2]  # EVALSHA, the SHA, the count and the keys
-            add(_packed_keys(command[:end]))
-            _pack_args(command[end:], out)
-        else:
-            _pack_args(command, out)
-    return "".join(out).encode("utf-8", "surrogateescape")
+    call come packed from :data:`_PACKED_KEYS`).
+
+    Each argument's head first counts its characters: an argument encodes
+    to at least one byte per character, so when the whole text encodes to
+    exactly as many bytes as it has characters (beyond the cached heads'
+    own excess) every head was right; else, rarely, the text is packed again
+    with each head counting bytes."""
+    try:
+        text, extra = _pack(commands, False)
+    except IndexError:  # an argument of 1024 characters or more
+        text, extra = _pack(commands, True)
+    data = text.encode("utf-8", "surrogateescape")
+    if len(data) != len(text) + extra:
+        data = _pack(commands, True)[0].encode("utf-8", "surrogateescape")
+    return data
 
 
 def _exchange(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
