@@ -23,6 +23,7 @@ loaded and sent again: both scripts are safe to send twice.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -77,7 +78,23 @@ def run(
     ``holder`` (a :class:`~triggers.locking.SessionLock`) keeps one pool
     connection for the whole operation."""
     direct = _direct(client)
-    replies = _send(client, commands, holder, direct)
+    if direct and holder is not None:
+        # An operation's command on its own connection (every command of a
+        # fire): the exchange is made here, and the retry policy only steps
+        # in when it fails (see _retried_after).
+        conn = holder.connection(client.connection_pool)
+        try:
+            replies = _exchange(conn, commands)
+        except BaseException as exc:
+            failure: BaseException | None = exc
+        else:
+            failure = None
+        if failure is not None:
+            # (Out of the handler: what the retries raise is not chained to it.)
+            kept = keeps_connections(client.connection_pool)
+            replies = _retried_after(conn, commands, kept, failure)
+    else:
+        replies = _send(client, commands, holder, direct)
     for reply in replies:
         if isinstance(reply, ResponseError):  # rare: checked once, then sorted out
             return _answered(client, commands, replies, scripts, holder, direct)
@@ -132,16 +149,32 @@ def _direct_run(client: Any, commands: list[tuple[Any, ...]], holder: Any) -> li
 def _retried(conn: Any, commands: list[tuple[Any, ...]], kept: bool = False) -> list[Any]:
     # As redis-py 6+'s client does: the connection's retry policy,
     # reconnecting after a failure (both scripts are safe to send again).
-    def attempt() -> list[Any]:
-        return list(
-            conn.retry.call_with_retry(
-                lambda: _exchange(conn, commands), lambda _error: conn.disconnect()
-            )
-        )
+    return _with_retries(conn, lambda: _exchange(conn, commands), commands, kept)
 
+
+def _retried_after(
+    conn: Any, commands: list[tuple[Any, ...]], kept: bool, failure: BaseException
+) -> list[Any]:
+    """What :func:`_retried` returns or raises when its first exchange has
+    already failed with ``failure``: the retry policy is given that failure
+    as its first attempt's, so it counts, reconnects and backs off exactly as
+    if it had made that attempt itself."""
+    pending = [failure]
+
+    def exchange() -> list[Any]:
+        if pending:
+            raise pending.pop()
+        return _exchange(conn, commands)
+
+    return _with_retries(conn, exchange, commands, kept)
+
+
+def _with_retries(
+    conn: Any, exchange: Callable[[], list[Any]], commands: list[tuple[Any, ...]], kept: bool
+) -> list[Any]:
     try:
         try:
-            return attempt()
+            return list(conn.retry.call_with_retry(exchange, lambda _error: conn.disconnect()))
         except RedisConnectionError:
             if not kept:
                 raise
@@ -149,7 +182,11 @@ def _retried(conn: Any, commands: list[tuple[Any, ...]], kept: bool = False) -> 
             # else (a Redis restart, an idle timeout): what the pool's
             # checkout would have noticed. Reconnect and send once more.
             conn.disconnect()
-            return attempt()
+            return list(
+                conn.retry.call_with_retry(
+                    lambda: _exchange(conn, commands), lambda _error: conn.disconnect()
+                )
+            )
     except BaseException:
         # Replies may still be due (an interrupt, an unexpected reply): a
         # kept connection must not hand them to the next operation.
