@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -46,56 +47,81 @@ class Renewable(Protocol):
 class _Renewer:
     """One daemon thread per process that renews every held lock and lease
     well before it expires (python-redis-lock's own renewal starts a thread
-    per acquisition, which costs more than the rest of a fire)."""
+    per acquisition, which costs more than the rest of a fire).
+
+    :meth:`add` and :meth:`remove` run twice per operation, so they only
+    store and drop the item (one dict operation each, atomic, without the
+    mutex); the mutex is taken, and the thread woken, only when the thread
+    could otherwise sleep past the new item's renewal. The thread never
+    writes the items (it keeps each one's next renewal to itself) and looks
+    at them with :attr:`_wake_at` set to infinity, so an item stored while
+    it looks either is seen or wakes it: ``_wake_at`` is finite only while
+    the thread is sure to look again by then."""
 
     def __init__(self) -> None:
         self._items: dict[int, tuple[weakref.ref[Any], float, float]] = {}
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
         self._thread: threading.Thread | None = None
-        #: When the thread wakes up next on its own (monotonic clock).
-        self._wake_at = 0.0
+        #: When the thread looks at the items next at the latest (monotonic
+        #: clock); infinity while it looks, or when it is not running.
+        self._wake_at = math.inf
 
     def add(self, item: Renewable, interval: float) -> None:
-        # The condition's plain lock taken directly (a C call) rather than
-        # through the Condition (Python code): this runs twice per operation.
+        due = time.monotonic() + interval
+        self._items[id(item)] = (weakref.ref(item), interval, due)
+        if due < self._wake_at:
+            self._wake(due)
+
+    def _wake(self, due: float) -> None:
         with self._mutex:
-            due = time.monotonic() + interval
-            self._items[id(item)] = (weakref.ref(item), interval, due)
-            if self._thread is None or not self._thread.is_alive():
-                self._wake_at = due
+            if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._loop, name="triggers-renewer", daemon=True
+                    target=self._run, name="triggers-renewer", daemon=True
                 )
                 self._thread.start()
             elif due < self._wake_at:
-                # Waking the thread costs a context switch per lock; only do
-                # it when it would otherwise sleep past this item's renewal.
+                # Waking the thread costs a context switch; it looks at every
+                # item when woken, so later items due after this one need not.
                 self._wake_at = due
                 self._cond.notify()
 
     def remove(self, item: Renewable) -> None:
-        with self._mutex:
-            self._items.pop(id(item), None)
+        self._items.pop(id(item), None)
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._mutex:
+                # (Unexpected:) the next add starts another thread.
+                self._thread = None
+                self._wake_at = math.inf
 
     def _loop(self) -> None:
+        #: Each item's entry (as added) and when it is due next.
+        schedule: dict[int, tuple[Any, float]] = {}
         while True:
             with self._cond:
-                if not self._items:
-                    self._wake_at = time.monotonic() + 30
-                    self._cond.wait(timeout=30)
-                    if not self._items:
-                        continue
+                self._wake_at = math.inf  # an item added while looking wakes us
                 now = time.monotonic()
+                items = self._items.copy()  # (a copy made in C, unaffected by adds)
                 due = []
-                next_due = now + 60
-                for key, (ref, interval, when) in list(self._items.items()):
+                next_due = now + 30
+                seen: dict[int, tuple[Any, float]] = {}
+                for key, entry in items.items():
+                    known = schedule.get(key)
+                    when = entry[2] if known is None or known[0] is not entry else known[1]
                     if when <= now:
-                        due.append(ref)
-                        self._items[key] = (ref, interval, now + interval)
-                        next_due = min(next_due, now + interval)
-                    else:
-                        next_due = min(next_due, when)
+                        due.append(entry[0])
+                        when = now + entry[1]
+                    seen[key] = (entry, when)
+                    next_due = min(next_due, when)
+                schedule = seen
+                if not due:
+                    self._wake_at = next_due
+                    self._cond.wait(timeout=next_due - now)
+                    continue
             for ref in due:
                 item = ref()
                 if item is None:
@@ -104,13 +130,6 @@ class _Renewer:
                     item.renew()
                 except Exception:  # a failed renewal shows up as a lost lock later
                     logger.warning("could not renew %r", item, exc_info=True)
-            with self._cond:
-                # Items added while renewing may be due sooner.
-                next_due = min((when for _, _, when in self._items.values()), default=next_due)
-                delay = max(0.0, next_due - time.monotonic())
-                if delay:
-                    self._wake_at = next_due
-                    self._cond.wait(timeout=delay)
 
     def _after_fork(self) -> None:
         # Threads do not survive fork(); locks held by the parent are the
@@ -119,7 +138,7 @@ class _Renewer:
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
         self._thread = None
-        self._wake_at = 0.0
+        self._wake_at = math.inf
 
 
 renewer = _Renewer()
