@@ -243,10 +243,17 @@ class SessionLock:
         self._held = True
         renewer.add(self, self.expire / 3)
 
+    def took(self) -> None:
+        """A call like :meth:`take_with`'s ``attempt``, made by the caller
+        (without the two callables, when it is the only one), took the lock."""
+        self._taken()
+
     def take_with(
         self,
         attempt: Callable[[], R | None],
         wait_then_attempt: Callable[[int], R | None] | None = None,
+        *,
+        tried: bool = False,
     ) -> R:
         """Take a pending lock with ``attempt``, a call that sets the lock key
         (``SET NX PX`` with :attr:`id` and :attr:`expire_ms`) in the same
@@ -258,8 +265,9 @@ class SessionLock:
         round trip on this operation's connection: Redis runs the attempt as
         soon as the release signal wakes the wait, so the lock changes hands
         without a wake-up of this process in between. Used once the first
-        attempt has checked out that connection."""
-        result = attempt()
+        attempt has checked out that connection. ``tried``: the caller's own
+        first attempt found the lock busy (the first call is a wait)."""
+        result = None if tried else attempt()
         while result is None:
             left = self._deadline - time.monotonic()
             if left <= 0:

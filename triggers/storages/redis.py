@@ -266,11 +266,18 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         if lock is None:
             reply = self._run([call], self._operation_lock())[0]
         else:
-            signal = lock.signal_key
-            reply = lock.take_with(
-                lambda: self._run([call], lock)[0],
-                lambda seconds: self._run([("BLPOP", signal, seconds), call], lock)[1],
-            )
+            # The first attempt to take the lock (the one that succeeds but
+            # under contention) without building take_with's callables.
+            reply = self._run([call], lock)[0]
+            if reply is None:
+                signal = lock.signal_key
+                reply = lock.take_with(
+                    lambda: self._run([call], lock)[0],
+                    lambda seconds: self._run([("BLPOP", signal, seconds), call], lock)[1],
+                    tried=True,
+                )
+            else:
+                lock.took()
         snap, found = decode_fetch(reply)
         if self.current_transaction is not None:
             # existing_parts() answers from this, under the same lock.
