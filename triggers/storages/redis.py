@@ -63,10 +63,10 @@ from __future__ import annotations
 import functools
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -90,7 +90,7 @@ from .redis_codec import (
     text,
 )
 from .redis_wire import Script, run
-from .session_index import RedisSessionIndex, clock
+from .session_index import RedisSessionIndex, clock, shard_keys, shard_of
 
 __all__ = ["SEP", "SUFFIXES", "RedisStorageBackend", "session_base"]
 
@@ -101,35 +101,53 @@ _TOUCH = Script("touch_index")
 _SCRIPTS = {s.sha: s for s in (_FETCH, _COMMIT, _RENEW, _TOUCH)}
 
 
-_INDEXES: weakref.WeakKeyDictionary[Any, tuple[Any, RedisSessionIndex]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _session_index(cache: Any, client: Any) -> RedisSessionIndex:
-    """The session index of ``cache`` on ``client``, built once per cache
-    (building it names every shard's keys)."""
-    try:
-        found = _INDEXES.get(cache)
-    except TypeError:  # a cache that cannot be a weak key
-        return RedisSessionIndex(cache, client)
-    if found is None or found[0] is not client:
-        found = _INDEXES[cache] = (client, RedisSessionIndex(cache, client))
-    return found[1]
-
-
 def session_base(make_key: Callable[[str], Any], uid: str) -> str:
     """The prefix of every key of session ``uid`` (``make_key``: the cache's)."""
     return str(make_key(f"triggers:{{{len(uid)}:{uid}}}"))
 
 
+class _Names(NamedTuple):
+    """The names a session's operations send (see :func:`_session_names`)."""
+
+    base: str
+    #: The state keys (``SUFFIXES``' order).
+    state: tuple[str, ...]
+    lease_prefix: str
+    #: python-redis-lock's keys of the session lock (see ``make_lock``).
+    lock: str
+    signal: str
+    #: The fetch script's KEYS but the lease keys: the state keys but the
+    #: recent commits, then the lock.
+    fetch: tuple[str, ...]
+    #: The commit script's KEYS but the lease keys: the state keys, the lock,
+    #: its signal; then (``commit_listed``) the session index shard's keys.
+    commit: tuple[str, ...]
+    commit_listed: tuple[str, ...]
+    shard: tuple[str, ...]
+
+
 @functools.lru_cache(maxsize=1024)
-def _session_keys(cache: Any, uid: str) -> tuple[str, tuple[str, ...], str]:
-    """A session's key prefix, state keys and lease key prefix on ``cache``
-    (named once per recent session: a web process builds a storage per
-    request)."""
+def _session_names(cache: Any, uid: str) -> _Names:
+    """A session's key names on ``cache``, named once per recent session (a
+    web process builds a storage per request, and the scripts name a dozen
+    keys)."""
     base = session_base(cache.make_key, uid)
-    return base, tuple(f"{base}:{s}" for s in SUFFIXES), f"{base}:lease:"
+    state = tuple(f"{base}:{s}" for s in SUFFIXES)
+    lock, signal = f"lock:{base}:lock", f"lock-signal:{base}:lock"
+    # (What RedisSessionIndex.keys_of(uid) names, without building the index.)
+    shard = tuple(shard_keys(cache, shard_of(uid)))
+    commit = (*state, lock, signal)
+    return _Names(
+        base,
+        state,
+        f"{base}:lease:",
+        lock,
+        signal,
+        (*state[:11], lock),
+        commit,
+        (*commit, *shard),
+        shard,
+    )
 
 
 def _bounded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -163,8 +181,9 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
     _parts_in_fetch = parts_in_fetch
 
     def _prepare(self) -> None:
-        self._base, keys, self._lease_prefix = _session_keys(self.cache, self.uid)
-        self._keys = list(keys)
+        self._names = names = _session_names(self.cache, self.uid)
+        self._base, self._lease_prefix = names.base, names.lease_prefix
+        self._keys = list(names.state)
 
     @_bounded
     def existing_parts(self) -> set[str] | None:
@@ -191,7 +210,7 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         expire, limit = conf.get_many("LOCK_EXPIRE", "OPERATION_TIMEOUT")
         return SessionLock(
             self._redis,
-            f"{self._base}:lock",
+            f"{self._base}:lock",  # (its keys: _session_names' lock and signal)
             int(expire),
             self.uid,
             deferred=True,
@@ -202,17 +221,13 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         txn = self.current_transaction
         return txn.lock if txn is not None and isinstance(txn.lock, SessionLock) else None
 
-    def _lock_keys(self, lock: Any) -> list[str]:
-        if isinstance(lock, SessionLock):
-            return [lock.key, lock.signal_key]
-        name = f"{self._base}:lock"
-        return [f"lock:{name}", f"lock-signal:{name}"]
-
     def _run(self, commands: list[tuple[Any, ...]], lock: Any) -> list[Any]:
         """Send ``commands`` in one round trip; a resend after a lost reply
         is safe for both scripts (a fetch finds the lock already ours, a
         commit finds its token among the recent commits)."""
-        started = getattr(lock, "started", None) if isinstance(lock, SessionLock) else None
+        if not isinstance(lock, SessionLock):
+            return run(self._redis, commands, _SCRIPTS)
+        started = lock.started
         if started is not None:
             waited = time.monotonic() - started
             limit = lock.operation_timeout
@@ -220,8 +235,7 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
                 raise SessionTimeoutError(
                     self.uid, waited, "TRIGGERS['OPERATION_TIMEOUT'] passed; nothing written"
                 )
-        holder = lock if isinstance(lock, SessionLock) else None
-        return run(self._redis, commands, _SCRIPTS, holder)
+        return run(self._redis, commands, _SCRIPTS, lock)
 
     def _lock_to_take(self) -> SessionLock | None:
         """The current operation's lock if it is deferred and not taken yet."""
@@ -248,10 +262,9 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
             return self._fetch_all(request)
         wanted, instances = encode_request(request)
         # The state keys but the recent commits, then the lock: all it reads.
-        keys = self._keys[:11]
-        keys.append(self._lock_keys(lock)[0])
+        keys: tuple[str, ...] | list[str] = self._names.fetch
         if instances:
-            keys += [self._lease_prefix + name for name in instances]
+            keys = [*keys, *[self._lease_prefix + name for name in instances]]
         if lock is None:
             args = ["", 0, wanted]
         else:
@@ -316,7 +329,8 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
             ttl = int(self.timeout * 1000)
         now = clock()
         args = [lock.id, lock.signal_expire, ttl, "1" if release else "0", repr(now)]
-        keys = [*self._keys, *self._lock_keys(lock), *leases]
+        # (The lock is this storage's: make_lock names it.)
+        keys = [*self._names.commit, *leases] if leases else self._names.commit
         try:
             try:
                 result = self._run(self._commit_commands(keys, args, ops, ttl, now), lock)[-1]
@@ -332,7 +346,7 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
             raise LockLostError(self.uid)
 
     def _commit_commands(
-        self, keys: list[str], args: list[Any], ops: list[Any], ttl: int, now: float
+        self, keys: Sequence[str], args: list[Any], ops: list[Any], ttl: int, now: float
     ) -> list[tuple[Any, ...]]:
         """The commit script's command, with the session index update (in
         another hash slot) in it or, on a client whose scripts keep to one
@@ -340,9 +354,10 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         if not ttl:
             return [_COMMIT.call(keys, [*args, "", "", *ops])]
         expires = "" if self.timeout is None else now + self.timeout
-        shard = _session_index(self.cache, self._redis).keys_of(self.uid)
+        shard = self._names.shard
         if spans_slots(self._redis):
-            return [_COMMIT.call([*keys, *shard], [*args, self.uid, expires, *ops])]
+            listed = self._names.commit_listed if keys is self._names.commit else [*keys, *shard]
+            return [_COMMIT.call(listed, [*args, self.uid, expires, *ops])]
         return [
             _TOUCH.call(shard, [self.uid, now, expires]),
             _COMMIT.call(keys, [*args, "", "", *ops]),
