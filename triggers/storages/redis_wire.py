@@ -227,7 +227,7 @@ def _text(arg: Any) -> str:
     raise TypeError(f"cannot send {kind.__name__} {arg!r} to Redis")
 
 
-def _pack_exact(args: Any, out: list[str]) -> None:
+def _pack_args_exactly(args: Any, out: list[str]) -> None:
     """``args`` packed with each head counting the bytes its argument
     encodes to (pack()'s heads count characters, the same for ASCII)."""
     add, joins = out.append, _JOINS
@@ -241,7 +241,7 @@ def _pack_exact(args: Any, out: list[str]) -> None:
 
 def _packed_keys(head: tuple[Any, ...]) -> tuple[str, int]:
     out: list[str] = []
-    _pack_exact(head, out)
+    _pack_args_exactly(head, out)
     text = "".join(out)
     if len(_PACKED_KEYS) >= _PACKED_KEYS_MAX:
         _PACKED_KEYS.clear()  # many sessions: start over rather than track use
@@ -249,36 +249,24 @@ def _packed_keys(head: tuple[Any, ...]) -> tuple[str, int]:
     return found
 
 
-def _pack(commands: list[tuple[Any, ...]], exact: bool) -> tuple[str, int]:
-    """The RESP text of ``commands``, and how many more bytes than characters
-    its cached script heads hold; with ``exact`` False each other argument's
-    head counts its characters (raises IndexError for one of 1024 or more)."""
+def _pack_exactly(commands: list[tuple[Any, ...]]) -> bytes:
+    """What :func:`pack` returns, each argument's head counting the bytes it
+    encodes to."""
     out: list[str] = []
-    add, joins, counts, extra = out.append, _JOINS, _FIRST_COUNTS, 0
+    counts = _FIRST_COUNTS
     for command in commands:
         size = len(command)
-        add(counts[size] if size < 256 else _count(size, counts is _FIRST_COUNTS))
+        out.append(counts[size] if size < 256 else _count(size, counts is _FIRST_COUNTS))
         counts = _NEXT_COUNTS
         args = command
         if command[0] == "EVALSHA" and type(command[2]) is int:
-            end = 3 + command[2]  # EVALSHA, the SHA, the count and the keys
+            end = 3 + command[2]
             head = command[:end]
-            found = _PACKED_KEYS.get(head)
-            if found is None:
-                found = _packed_keys(head)
-            add(found[0])
-            extra += found[1]
+            out.append((_PACKED_KEYS.get(head) or _packed_keys(head))[0])
             args = command[end:]
-        if exact:
-            _pack_exact(args, out)
-            continue
-        for arg in args:
-            if type(arg) is not str:
-                arg = _text(arg)
-            add(joins[len(arg)])
-            add(arg)
-    add("\r\n")
-    return "".join(out), extra
+        _pack_args_exactly(args, out)
+    out.append("\r\n")
+    return "".join(out).encode("utf-8", "surrogateescape")
 
 
 def pack(commands: list[tuple[Any, ...]]) -> bytes:
@@ -289,18 +277,41 @@ def pack(commands: list[tuple[Any, ...]]) -> bytes:
     text is built as one string and encoded once, and the KEYS of a script
     call come packed from :data:`_PACKED_KEYS`).
 
-    Each argument's head first counts its characters: an argument encodes
-    to at least one byte per character, so when the whole text encodes to
-    exactly as many bytes as it has characters (beyond the cached heads'
-    own excess) every head was right; else, rarely, the text is packed again
-    with each head counting bytes."""
+    Each argument's head counts its characters: an argument encodes to at
+    least one byte per character, so when the whole text encodes to exactly
+    as many bytes as it has characters (beyond the cached heads' own excess)
+    every head was right; else, rarely, the text is packed again with each
+    head counting bytes. (``out.append`` is called as a method: Python 3.11
+    runs that faster than a saved ``out.append``.)"""
+    out: list[str] = []
+    joins, counts, extra = _JOINS, _FIRST_COUNTS, 0
     try:
-        text, extra = _pack(commands, False)
+        for command in commands:
+            size = len(command)
+            out.append(counts[size] if size < 256 else _count(size, counts is _FIRST_COUNTS))
+            counts = _NEXT_COUNTS
+            args = command
+            if command[0] == "EVALSHA" and type(command[2]) is int:
+                end = 3 + command[2]  # EVALSHA, the SHA, the count and the keys
+                head = command[:end]
+                found = _PACKED_KEYS.get(head)
+                if found is None:
+                    found = _packed_keys(head)
+                out.append(found[0])
+                extra += found[1]
+                args = command[end:]
+            for arg in args:
+                if type(arg) is not str:
+                    arg = repr(arg) if type(arg) is int else _text(arg)
+                out.append(joins[len(arg)])
+                out.append(arg)
     except IndexError:  # an argument of 1024 characters or more
-        text, extra = _pack(commands, True)
+        return _pack_exactly(commands)
+    out.append("\r\n")
+    text = "".join(out)
     data = text.encode("utf-8", "surrogateescape")
     if len(data) != len(text) + extra:
-        data = _pack(commands, True)[0].encode("utf-8", "surrogateescape")
+        return _pack_exactly(commands)
     return data
 
 
