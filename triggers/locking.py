@@ -173,6 +173,7 @@ class SessionLock:
         self.deferred = deferred
         self.id = _new_token()
         self.expire = max(1, int(expire))
+        self.expire_ms = self.expire * 1000
         #: python-redis-lock's key names for a lock called ``name``.
         self.key = f"lock:{name}"
         self.signal_key = f"lock-signal:{name}"
@@ -182,7 +183,9 @@ class SessionLock:
         self._name = name
         self._redis_lock: redis_lock.Lock | None = None
         self._held = False
-        self._pending = False
+        #: Deferred and not taken yet: the next read must take it (a plain
+        #: attribute: read once or twice per operation).
+        self.pending = False
         #: The pool connection this operation's commands go through (see
         #: :meth:`connection`), and the pool it goes back to.
         self._conn: Any = None
@@ -210,15 +213,6 @@ class SessionLock:
             )
         return self._redis_lock
 
-    @property
-    def expire_ms(self) -> int:
-        return self.expire * 1000
-
-    @property
-    def pending(self) -> bool:
-        """Deferred and not taken yet: the next read must take it."""
-        return self._pending
-
     def acquire_within(self, timeout: float) -> None:
         """Block until acquired or raise :class:`LockTimeoutError` (a deferred
         lock is taken later, within the same time limit)."""
@@ -226,7 +220,7 @@ class SessionLock:
         self.started = time.monotonic()
         self._deadline = self.started + timeout
         if self.deferred:
-            self._pending = True
+            self.pending = True
             return
         self._acquire_until_deadline()
 
@@ -239,7 +233,7 @@ class SessionLock:
                 raise LockTimeoutError(self.uid, self._timeout)
 
     def _taken(self) -> None:
-        self._pending = False
+        self.pending = False
         self._held = True
         renewer.add(self, self.expire / 3)
 
@@ -336,7 +330,7 @@ class SessionLock:
 
     def ensure(self) -> None:
         """Take a pending lock now (for work that does not start with a read)."""
-        if self._pending:
+        if self.pending:
             self._acquire_until_deadline()
 
     def renew(self) -> None:
@@ -367,13 +361,13 @@ class SessionLock:
         """Stop renewing after the lock was released by a commit script."""
         renewer.remove(self)
         self._held = False
-        self._pending = False
+        self.pending = False
         self._return_connection()
 
     def release(self) -> None:
         if not self._held:
             # A deferred lock that was never taken: nothing to release.
-            self._pending = False
+            self.pending = False
             self._return_connection()
             return
         self.forget()

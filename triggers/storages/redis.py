@@ -237,13 +237,6 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
                 )
         return run(self._redis, commands, _SCRIPTS, lock)
 
-    def _lock_to_take(self) -> SessionLock | None:
-        """The current operation's lock if it is deferred and not taken yet."""
-        txn = self.current_transaction
-        if txn is not None and isinstance(txn.lock, SessionLock) and txn.lock.pending:
-            return txn.lock
-        return None
-
     @contextmanager
     def acquire_lock(self) -> Iterator[Any]:
         with super().acquire_lock() as storage:
@@ -255,7 +248,10 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
     # -- reads and writes -----------------------------------------------------
     @_bounded
     def fetch(self, request: FetchRequest) -> Snapshot:
-        lock = self._lock_to_take()
+        txn = self.current_transaction  # (read once: a property)
+        held = txn.lock if txn is not None and isinstance(txn.lock, SessionLock) else None
+        # The operation's lock if it is deferred and not taken yet.
+        lock = held if held is not None and held.pending else None
         if request.everything:
             if lock is not None:
                 lock.ensure()
@@ -277,7 +273,7 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
             args += ["", "", "1"] if not idem else ["1"]
         call = _FETCH.call(keys, args)
         if lock is None:
-            reply = self._run([call], self._operation_lock())[0]
+            reply = self._run([call], held)[0]
         else:
             # The first attempt to take the lock (the one that succeeds but
             # under contention) without building take_with's callables.
@@ -292,9 +288,9 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
             else:
                 lock.took()
         snap, found = decode_fetch(reply)
-        if self.current_transaction is not None:
+        if txn is not None:
             # existing_parts() answers from this, under the same lock.
-            self._local.parts = (weakref.ref(self.current_transaction), found)
+            self._local.parts = (weakref.ref(txn), found)
         return snap
 
     def _fetch_all(self, request: FetchRequest) -> Snapshot:
