@@ -152,18 +152,15 @@ def _session_names(cache: Any, uid: str) -> _Names:
 
 def _bounded(method: Callable[..., Any]) -> Callable[..., Any]:
     """Report a Redis call that timed out as :class:`SessionTimeoutError`
-    naming the session (the commit script is atomic: whatever timed out was
-    written whole or not at all)."""
+    naming the session (see ``_timed_out``; ``fetch`` and ``commit``, once
+    per operation each, do it themselves rather than through this wrapper)."""
 
     @functools.wraps(method)
     def call(self: RedisStorageBackend, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except RedisTimeoutError as exc:
-            lock = self._operation_lock()
-            started = getattr(lock, "started", None)
-            waited = time.monotonic() - started if started else float(conf.get("REDIS_TIMEOUT"))
-            raise SessionTimeoutError(self.uid, waited, f"Redis did not answer ({exc})") from exc
+            raise self._timed_out(exc) from exc
 
     return call
 
@@ -221,6 +218,15 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         txn = self.current_transaction
         return txn.lock if txn is not None and isinstance(txn.lock, SessionLock) else None
 
+    def _timed_out(self, exc: RedisTimeoutError) -> SessionTimeoutError:
+        """A Redis call that timed out, as the error that names the session
+        (the commit script is atomic: whatever timed out was written whole or
+        not at all)."""
+        lock = self._operation_lock()
+        started = getattr(lock, "started", None)
+        waited = time.monotonic() - started if started else float(conf.get("REDIS_TIMEOUT"))
+        return SessionTimeoutError(self.uid, waited, f"Redis did not answer ({exc})")
+
     def _run(self, commands: list[tuple[Any, ...]], lock: Any) -> list[Any]:
         """Send ``commands`` in one round trip; a resend after a lost reply
         is safe for both scripts (a fetch finds the lock already ours, a
@@ -246,52 +252,54 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
             yield storage
 
     # -- reads and writes -----------------------------------------------------
-    @_bounded
     def fetch(self, request: FetchRequest) -> Snapshot:
-        txn = self.current_transaction  # (read once: a property)
-        held = txn.lock if txn is not None and isinstance(txn.lock, SessionLock) else None
-        # The operation's lock if it is deferred and not taken yet.
-        lock = held if held is not None and held.pending else None
-        if request.everything:
-            if lock is not None:
-                lock.ensure()
-            return self._fetch_all(request)
-        wanted, instances = encode_request(request)
-        # The state keys but the recent commits, then the lock: all it reads.
-        keys: tuple[str, ...] | list[str] = self._names.fetch
-        if instances:
-            keys = [*keys, *[self._lease_prefix + name for name in instances]]
-        if lock is None:
-            args = ["", 0, wanted]
-        else:
-            args = [lock.id, lock.expire_ms, wanted]
-        idem = request.idempotency_key
-        if idem:
-            # (The time only matters to an idempotency key's expiry.)
-            args += [idem, repr(time.time())]
-        if request.timers:
-            args += ["", "", "1"] if not idem else ["1"]
-        call = _FETCH.call(keys, args)
-        if lock is None:
-            reply = self._run([call], held)[0]
-        else:
-            # The first attempt to take the lock (the one that succeeds but
-            # under contention) without building take_with's callables.
-            reply = self._run([call], lock)[0]
-            if reply is None:
-                signal = lock.signal_key
-                reply = lock.take_with(
-                    lambda: self._run([call], lock)[0],
-                    lambda seconds: self._run([("BLPOP", signal, seconds), call], lock)[1],
-                    tried=True,
-                )
+        try:
+            txn = self.current_transaction  # (read once: a property)
+            held = txn.lock if txn is not None and isinstance(txn.lock, SessionLock) else None
+            # The operation's lock if it is deferred and not taken yet.
+            lock = held if held is not None and held.pending else None
+            if request.everything:
+                if lock is not None:
+                    lock.ensure()
+                return self._fetch_all(request)
+            wanted, instances = encode_request(request)
+            # The state keys but the recent commits, then the lock: all it reads.
+            keys: tuple[str, ...] | list[str] = self._names.fetch
+            if instances:
+                keys = [*keys, *[self._lease_prefix + name for name in instances]]
+            if lock is None:
+                args = ["", 0, wanted]
             else:
-                lock.took()
-        snap, found = decode_fetch(reply)
-        if txn is not None:
-            # existing_parts() answers from this, under the same lock.
-            self._local.parts = (weakref.ref(txn), found)
-        return snap
+                args = [lock.id, lock.expire_ms, wanted]
+            idem = request.idempotency_key
+            if idem:
+                # (The time only matters to an idempotency key's expiry.)
+                args += [idem, repr(time.time())]
+            if request.timers:
+                args += ["", "", "1"] if not idem else ["1"]
+            call = _FETCH.call(keys, args)
+            if lock is None:
+                reply = self._run([call], held)[0]
+            else:
+                # The first attempt to take the lock (the one that succeeds but
+                # under contention) without building take_with's callables.
+                reply = self._run([call], lock)[0]
+                if reply is None:
+                    signal = lock.signal_key
+                    reply = lock.take_with(
+                        lambda: self._run([call], lock)[0],
+                        lambda seconds: self._run([("BLPOP", signal, seconds), call], lock)[1],
+                        tried=True,
+                    )
+                else:
+                    lock.took()
+            snap, found = decode_fetch(reply)
+            if txn is not None:
+                # existing_parts() answers from this, under the same lock.
+                self._local.parts = (weakref.ref(txn), found)
+            return snap
+        except RedisTimeoutError as exc:
+            raise self._timed_out(exc) from exc
 
     def _fetch_all(self, request: FetchRequest) -> Snapshot:
         pipe = self._redis.pipeline(transaction=False)
@@ -306,40 +314,42 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         replies = pipe.execute()
         return decode_all(replies, request.idempotency_key)
 
-    @_bounded
     def commit(self, lock: Any, changes: Changes, release: bool) -> None:
-        if isinstance(lock, SessionLock) and lock.pending:
+        try:
+            if isinstance(lock, SessionLock) and lock.pending:
+                if not changes:
+                    # Nothing read, nothing to write: the lock was never needed.
+                    if release:
+                        lock.forget()
+                    return
+                lock.ensure()
+            leases: list[str] = []
+            ops = operations(changes, self._lease_prefix, leases)
             if not changes:
-                # Nothing read, nothing to write: the lock was never needed.
+                ttl = 0
+            elif self.timeout is None:
+                ttl = -1
+            else:
+                ttl = int(self.timeout * 1000)
+            now = clock()
+            args = [lock.id, lock.signal_expire, ttl, "1" if release else "0", repr(now)]
+            # (The lock is this storage's: make_lock names it.)
+            keys = [*self._names.commit, *leases] if leases else self._names.commit
+            try:
+                try:
+                    result = self._run(self._commit_commands(keys, args, ops, ttl, now), lock)[-1]
+                except ResponseError as exc:
+                    if not (ttl and refuses_cross_slot(self._redis, exc)):
+                        raise
+                    # Nothing ran: send the index update on its own after all.
+                    result = self._run(self._commit_commands(keys, args, ops, ttl, now), lock)[-1]
+            finally:
                 if release:
                     lock.forget()
-                return
-            lock.ensure()
-        leases: list[str] = []
-        ops = operations(changes, self._lease_prefix, leases)
-        if not changes:
-            ttl = 0
-        elif self.timeout is None:
-            ttl = -1
-        else:
-            ttl = int(self.timeout * 1000)
-        now = clock()
-        args = [lock.id, lock.signal_expire, ttl, "1" if release else "0", repr(now)]
-        # (The lock is this storage's: make_lock names it.)
-        keys = [*self._names.commit, *leases] if leases else self._names.commit
-        try:
-            try:
-                result = self._run(self._commit_commands(keys, args, ops, ttl, now), lock)[-1]
-            except ResponseError as exc:
-                if not (ttl and refuses_cross_slot(self._redis, exc)):
-                    raise
-                # Nothing ran: send the index update on its own after all.
-                result = self._run(self._commit_commands(keys, args, ops, ttl, now), lock)[-1]
-        finally:
-            if release:
-                lock.forget()
-        if result == 1:
-            raise LockLostError(self.uid)
+            if result == 1:
+                raise LockLostError(self.uid)
+        except RedisTimeoutError as exc:
+            raise self._timed_out(exc) from exc
 
     def _commit_commands(
         self, keys: Sequence[str], args: list[Any], ops: list[Any], ttl: int, now: float
