@@ -57,10 +57,14 @@ class Script:
 DIRECT = redis.VERSION >= (6,)
 
 
+#: The client classes whose commands :func:`run` sends itself (with DIRECT).
+_PLAIN_CLIENTS = (redis.Redis, redis.StrictRedis)
+
+
 def _direct(client: Any) -> bool:
     return (
         DIRECT
-        and type(client) in (redis.Redis, redis.StrictRedis)
+        and type(client) in _PLAIN_CLIENTS
         and isinstance(getattr(client, "connection_pool", None), redis.ConnectionPool)
     )
 
@@ -77,12 +81,14 @@ def run(
     commands run to the script, to load it if the server lacks it.
     ``holder`` (a :class:`~triggers.locking.SessionLock`) keeps one pool
     connection for the whole operation."""
-    direct = _direct(client)
+    # (_direct(client), inline: this runs twice per operation.)
+    pool = client.connection_pool if DIRECT and type(client) in _PLAIN_CLIENTS else None
+    direct = isinstance(pool, redis.ConnectionPool)
     if direct and holder is not None:
         # An operation's command on its own connection (every command of a
         # fire): the exchange is made here, and the retry policy only steps
         # in when it fails (see _retried_after).
-        conn = holder.connection(client.connection_pool)
+        conn = holder.connection(pool)
         try:
             replies = _exchange(conn, commands)
         except BaseException as exc:
@@ -91,7 +97,7 @@ def run(
             failure = None
         if failure is not None:
             # (Out of the handler: what the retries raise is not chained to it.)
-            kept = keeps_connections(client.connection_pool)
+            kept = keeps_connections(pool)
             replies = _retried_after(conn, commands, kept, failure)
     else:
         replies = _send(client, commands, holder, direct)
