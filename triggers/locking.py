@@ -177,26 +177,29 @@ class SessionLock:
         #: python-redis-lock's key names for a lock called ``name``.
         self.key = f"lock:{name}"
         self.signal_key = f"lock-signal:{name}"
-        #: How long a release signal waits for a waiter (milliseconds).
-        self.signal_expire = SIGNAL_EXPIRE_MS
         self._client = client
         self._name = name
-        self._redis_lock: redis_lock.Lock | None = None
-        self._held = False
-        #: Deferred and not taken yet: the next read must take it (a plain
-        #: attribute: read once or twice per operation).
-        self.pending = False
-        #: The pool connection this operation's commands go through (see
-        #: :meth:`connection`), and the pool it goes back to.
-        self._conn: Any = None
-        self._pool: Any = None
-        self._deadline = 0.0
-        self._timeout = 0.0
-        #: When the operation holding this lock started (see OPERATION_TIMEOUT).
-        self.started: float | None = None
         #: ``TRIGGERS['OPERATION_TIMEOUT']`` as read when the operation
         #: started (``None``: read it when needed).
         self.operation_timeout = operation_timeout
+
+    # What every lock starts with, kept on the class rather than set per
+    # instance (a lock is made per operation).
+    #: How long a release signal waits for a waiter (milliseconds).
+    signal_expire = SIGNAL_EXPIRE_MS
+    _redis_lock: redis_lock.Lock | None = None
+    _held = False
+    #: Deferred and not taken yet: the next read must take it (a plain
+    #: attribute: read once or twice per operation).
+    pending = False
+    #: The pool connection this operation's commands go through (see
+    #: :meth:`connection`), and the pool it goes back to.
+    _conn: Any = None
+    _pool: Any = None
+    _deadline = 0.0
+    _timeout = 0.0
+    #: When the operation holding this lock started (see OPERATION_TIMEOUT).
+    started: float | None = None
 
     @property
     def _lock(self) -> redis_lock.Lock:
