@@ -235,15 +235,14 @@ class SessionLock:
             if time.monotonic() >= self._deadline:
                 raise LockTimeoutError(self.uid, self._timeout)
 
-    def _taken(self) -> None:
+    def took(self) -> None:
+        """A call like :meth:`take_with`'s ``attempt``, made by the caller
+        (without the two callables, when it is the only one), took the lock."""
         self.pending = False
         self._held = True
         renewer.add(self, self.expire / 3)
 
-    def took(self) -> None:
-        """A call like :meth:`take_with`'s ``attempt``, made by the caller
-        (without the two callables, when it is the only one), took the lock."""
-        self._taken()
+    _taken = took
 
     def take_with(
         self,
@@ -365,7 +364,10 @@ class SessionLock:
         renewer.remove(self)
         self._held = False
         self.pending = False
-        self._return_connection()
+        if self._pool is None:
+            self._conn = None  # the thread's kept connection (or none): it stays
+        else:
+            self._return_connection()
 
     def release(self) -> None:
         if not self._held:
