@@ -171,7 +171,7 @@ class SessionLock:
     ) -> None:
         self.uid = uid
         self.deferred = deferred
-        self.id = _new_token()
+        self.id = f"{_token_prefix}{next(_token_count)}"  # (see _reset_tokens)
         self.expire = max(1, int(expire))
         self.expire_ms = self.expire * 1000
         #: python-redis-lock's key names for a lock called ``name``.
@@ -380,15 +380,12 @@ class SessionLock:
 
 
 def _reset_tokens() -> None:
+    """A lock's token (``SessionLock.id``) is unique across processes: a
+    random per-process prefix and a counter (python-redis-lock reads the OS
+    random source per lock); a forked child starts its own."""
     global _token_prefix, _token_count
     _token_prefix = base64.urlsafe_b64encode(os.urandom(12)).decode("ascii")
     _token_count = itertools.count()
-
-
-def _new_token() -> str:
-    """A lock token unique across processes: a random per-process prefix and
-    a counter (python-redis-lock reads the OS random source per lock)."""
-    return f"{_token_prefix}{next(_token_count)}"
 
 
 _token_prefix = ""

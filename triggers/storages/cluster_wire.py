@@ -48,7 +48,7 @@ def spans_slots(client: Any) -> bool:
     """Whether one script sent on ``client`` may name keys of several hash
     slots (a plain client of a plain server: the commit script then updates
     the session index too)."""
-    if is_cluster(client):
+    if callable(getattr(client, "get_node_from_key", None)):  # (is_cluster(), inline)
         return False
     if not _found_one_slot:
         return True  # (the usual case: no need to look the client up)

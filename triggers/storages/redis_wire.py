@@ -308,7 +308,8 @@ def pack(commands: list[tuple[Any, ...]]) -> bytes:
                 args = command[end:]
             for arg in args:
                 if type(arg) is not str:
-                    arg = repr(arg) if type(arg) is int else _text(arg)
+                    kind = type(arg)
+                    arg = repr(arg) if kind is int or kind is float else _text(arg)
                 out.append(joins[len(arg)])
                 out.append(arg)
     except IndexError:  # an argument of 1024 characters or more
