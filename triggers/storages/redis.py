@@ -325,7 +325,9 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
                 lock.ensure()
             leases: list[str] = []
             ops = operations(changes, self._lease_prefix, leases)
-            if not changes:
+            # (Any operation means changes; Changes.__bool__ only decides
+            # when there is none.)
+            if not (ops or changes):
                 ttl = 0
             elif self.timeout is None:
                 ttl = -1
