@@ -23,7 +23,7 @@ loaded and sent again: both scripts are safe to send twice.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -45,7 +45,7 @@ class Script:
         self.source = resources.files("triggers.storages").joinpath(f"lua/{name}.lua").read_text()
         self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
 
-    def call(self, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
+    def call(self, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, ...]:
         """The ``EVALSHA`` command that runs it."""
         return ("EVALSHA", self.sha, len(keys), *keys, *args)
 
