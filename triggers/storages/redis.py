@@ -152,8 +152,9 @@ def _session_names(cache: Any, uid: str) -> _Names:
 
 def _bounded(method: Callable[..., Any]) -> Callable[..., Any]:
     """Report a Redis call that timed out as :class:`SessionTimeoutError`
-    naming the session (see ``_timed_out``; ``fetch`` and ``commit``, once
-    per operation each, do it themselves rather than through this wrapper)."""
+    naming the session (see ``_timed_out``; ``existing_parts``, ``fetch``
+    and ``commit``, once per operation each, do it themselves rather than
+    through this wrapper)."""
 
     @functools.wraps(method)
     def call(self: RedisStorageBackend, *args: Any, **kwargs: Any) -> Any:
@@ -182,19 +183,22 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         self._base, self._lease_prefix = names.base, names.lease_prefix
         self._keys = list(names.state)
 
-    @_bounded
     def existing_parts(self) -> set[str] | None:
         seen = getattr(self._local, "parts", None)
         txn = self.current_transaction
         if txn is not None and seen is not None and seen[0]() is txn:
-            # This operation's fetch script already looked (under its lock).
+            # This operation's fetch script already looked (under its lock):
+            # the usual answer, given without the _bounded wrapper's call.
             return set(seen[1])
         names = PARTS
-        pipe = self._redis.pipeline(transaction=False)
-        for name in names:
-            pipe.exists(f"{self._base}:{name}")
-        pipe.hget(f"{self._base}:counters", WAITING_FLAG)
-        *found, flag = pipe.execute()
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for name in names:
+                pipe.exists(f"{self._base}:{name}")
+            pipe.hget(f"{self._base}:counters", WAITING_FLAG)
+            *found, flag = pipe.execute()
+        except RedisTimeoutError as exc:
+            raise self._timed_out(exc) from exc
         parts = {name for name, there in zip(names, found, strict=True) if there}
         if text(flag) != "1" and "counters" in parts:
             # Redis deletes an empty waiting index: absent is only lost when
