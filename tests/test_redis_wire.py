@@ -7,7 +7,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
 from redis.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
 
 from triggers.storages import redis_wire
 from triggers.storages.redis_wire import Script, pack
@@ -19,6 +23,10 @@ COMMANDS = [
     ("SET", "long", "x" * 5000),
     ("EVALSHA", "0" * 40, 2, "k:{s}:1", "k:{s}:ü", "arg", 1, 0.5, ""),
     ("EVALSHA", "0" * 40, 0, "no-keys"),
+    # ASCII arguments after non-ASCII keys (their heads come from the cache)
+    ("EVALSHA", "0" * 40, 1, "k:{s}:ü", "plain", 7),
+    ("HSET", "wide", *[f"f{i}" for i in range(300)]),  # more than 255 arguments
+    ("SET", "bytes-ü", "é" * 1100, b"\xc3\xa9\xff"),  # long and multibyte
 ]
 
 
@@ -63,3 +71,67 @@ def test_a_script_call_with_non_ascii_keys_and_args_round_trips_through_redis(re
         assert 60_000 < redis_client.pttl(key) <= 90_000
     finally:
         redis_client.delete(key)
+
+
+class _FlakyConnection:
+    """A connection whose first ``failures`` sends fail, then answers ``OK``
+    to each command, with redis-py's retry policy of ``retries``."""
+
+    def __init__(self, failures: int, retries: int) -> None:
+        self.retry = Retry(NoBackoff(), retries)
+        self.failures = failures
+        self.sends = 0
+        self.disconnects = 0
+        self.due = 0
+
+    def send_packed_command(self, packed: list[bytes]) -> None:
+        self.sends += 1
+        if self.sends <= self.failures:
+            raise RedisConnectionError(f"send {self.sends} lost")
+        self.due = packed[0].count(b"*")
+
+    def read_response(self) -> str:
+        self.due -= 1
+        return "OK"
+
+    def disconnect(self) -> None:
+        self.disconnects += 1
+
+
+class _Holder:
+    def __init__(self, conn: _FlakyConnection) -> None:
+        self.conn = conn
+
+    def connection(self, pool: object) -> _FlakyConnection:
+        return self.conn
+
+
+@pytest.mark.redis_py6  # the direct path
+@pytest.mark.parametrize("failures", [1, 2])
+def test_an_operations_exchange_that_fails_is_retried_by_the_connections_policy(failures):
+    # Given an operation's connection that fails `failures` times, with a
+    # policy of two retries
+    conn = _FlakyConnection(failures, retries=2)
+    client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=Connection))
+    # When a command is run on it
+    replies = redis_wire.run(client, [("SET", "k", "v")], {}, _Holder(conn))
+    # Then it was sent until it went through, reconnecting after each failure
+    assert replies == ["OK"]
+    assert (conn.sends, conn.disconnects) == (failures + 1, failures)
+
+
+@pytest.mark.redis_py6  # the direct path
+def test_an_exchange_that_fails_past_the_policy_is_sent_once_more_on_a_kept_connection():
+    # Given a kept connection that fails more often than its policy retries
+    conn = _FlakyConnection(3, retries=2)
+    client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=Connection))
+    # When a command is run on it, it gets one more round of the policy
+    # (the connection may have died while the thread did something else)
+    assert redis_wire.run(client, [("SET", "k", "v")], {}, _Holder(conn)) == ["OK"]
+    assert conn.sends == 4
+    # ... and a connection failing past that as well raises the last failure
+    conn = _FlakyConnection(6, retries=2)
+    with pytest.raises(RedisConnectionError, match="send 6 lost"):
+        redis_wire.run(client, [("SET", "k", "v")], {}, _Holder(conn))
+    assert conn.sends == 6
+    assert conn.disconnects == 3 + 1 + 3 + 1  # each failure, the reconnect, the final one

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -46,56 +47,81 @@ class Renewable(Protocol):
 class _Renewer:
     """One daemon thread per process that renews every held lock and lease
     well before it expires (python-redis-lock's own renewal starts a thread
-    per acquisition, which costs more than the rest of a fire)."""
+    per acquisition, which costs more than the rest of a fire).
+
+    :meth:`add` and :meth:`remove` run twice per operation, so they only
+    store and drop the item (one dict operation each, atomic, without the
+    mutex); the mutex is taken, and the thread woken, only when the thread
+    could otherwise sleep past the new item's renewal. The thread never
+    writes the items (it keeps each one's next renewal to itself) and looks
+    at them with :attr:`_wake_at` set to infinity, so an item stored while
+    it looks either is seen or wakes it: ``_wake_at`` is finite only while
+    the thread is sure to look again by then."""
 
     def __init__(self) -> None:
         self._items: dict[int, tuple[weakref.ref[Any], float, float]] = {}
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
         self._thread: threading.Thread | None = None
-        #: When the thread wakes up next on its own (monotonic clock).
-        self._wake_at = 0.0
+        #: When the thread looks at the items next at the latest (monotonic
+        #: clock); infinity while it looks, or when it is not running.
+        self._wake_at = math.inf
 
     def add(self, item: Renewable, interval: float) -> None:
-        # The condition's plain lock taken directly (a C call) rather than
-        # through the Condition (Python code): this runs twice per operation.
+        due = time.monotonic() + interval
+        self._items[id(item)] = (weakref.ref(item), interval, due)
+        if due < self._wake_at:
+            self._wake(due)
+
+    def _wake(self, due: float) -> None:
         with self._mutex:
-            due = time.monotonic() + interval
-            self._items[id(item)] = (weakref.ref(item), interval, due)
-            if self._thread is None or not self._thread.is_alive():
-                self._wake_at = due
+            if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._loop, name="triggers-renewer", daemon=True
+                    target=self._run, name="triggers-renewer", daemon=True
                 )
                 self._thread.start()
             elif due < self._wake_at:
-                # Waking the thread costs a context switch per lock; only do
-                # it when it would otherwise sleep past this item's renewal.
+                # Waking the thread costs a context switch; it looks at every
+                # item when woken, so later items due after this one need not.
                 self._wake_at = due
                 self._cond.notify()
 
     def remove(self, item: Renewable) -> None:
-        with self._mutex:
-            self._items.pop(id(item), None)
+        self._items.pop(id(item), None)
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._mutex:
+                # (Unexpected:) the next add starts another thread.
+                self._thread = None
+                self._wake_at = math.inf
 
     def _loop(self) -> None:
+        #: Each item's entry (as added) and when it is due next.
+        schedule: dict[int, tuple[Any, float]] = {}
         while True:
             with self._cond:
-                if not self._items:
-                    self._wake_at = time.monotonic() + 30
-                    self._cond.wait(timeout=30)
-                    if not self._items:
-                        continue
+                self._wake_at = math.inf  # an item added while looking wakes us
                 now = time.monotonic()
+                items = self._items.copy()  # (a copy made in C, unaffected by adds)
                 due = []
-                next_due = now + 60
-                for key, (ref, interval, when) in list(self._items.items()):
+                next_due = now + 30
+                seen: dict[int, tuple[Any, float]] = {}
+                for key, entry in items.items():
+                    known = schedule.get(key)
+                    when = entry[2] if known is None or known[0] is not entry else known[1]
                     if when <= now:
-                        due.append(ref)
-                        self._items[key] = (ref, interval, now + interval)
-                        next_due = min(next_due, now + interval)
-                    else:
-                        next_due = min(next_due, when)
+                        due.append(entry[0])
+                        when = now + entry[1]
+                    seen[key] = (entry, when)
+                    next_due = min(next_due, when)
+                schedule = seen
+                if not due:
+                    self._wake_at = next_due
+                    self._cond.wait(timeout=next_due - now)
+                    continue
             for ref in due:
                 item = ref()
                 if item is None:
@@ -104,13 +130,6 @@ class _Renewer:
                     item.renew()
                 except Exception:  # a failed renewal shows up as a lost lock later
                     logger.warning("could not renew %r", item, exc_info=True)
-            with self._cond:
-                # Items added while renewing may be due sooner.
-                next_due = min((when for _, _, when in self._items.values()), default=next_due)
-                delay = max(0.0, next_due - time.monotonic())
-                if delay:
-                    self._wake_at = next_due
-                    self._cond.wait(timeout=delay)
 
     def _after_fork(self) -> None:
         # Threads do not survive fork(); locks held by the parent are the
@@ -119,7 +138,7 @@ class _Renewer:
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
         self._thread = None
-        self._wake_at = 0.0
+        self._wake_at = math.inf
 
 
 renewer = _Renewer()
@@ -152,29 +171,35 @@ class SessionLock:
     ) -> None:
         self.uid = uid
         self.deferred = deferred
-        self.id = _new_token()
+        self.id = f"{_token_prefix}{next(_token_count)}"  # (see _reset_tokens)
         self.expire = max(1, int(expire))
+        self.expire_ms = self.expire * 1000
         #: python-redis-lock's key names for a lock called ``name``.
         self.key = f"lock:{name}"
         self.signal_key = f"lock-signal:{name}"
-        #: How long a release signal waits for a waiter (milliseconds).
-        self.signal_expire = SIGNAL_EXPIRE_MS
         self._client = client
         self._name = name
-        self._redis_lock: redis_lock.Lock | None = None
-        self._held = False
-        self._pending = False
-        #: The pool connection this operation's commands go through (see
-        #: :meth:`connection`), and the pool it goes back to.
-        self._conn: Any = None
-        self._pool: Any = None
-        self._deadline = 0.0
-        self._timeout = 0.0
-        #: When the operation holding this lock started (see OPERATION_TIMEOUT).
-        self.started: float | None = None
         #: ``TRIGGERS['OPERATION_TIMEOUT']`` as read when the operation
         #: started (``None``: read it when needed).
         self.operation_timeout = operation_timeout
+
+    # What every lock starts with, kept on the class rather than set per
+    # instance (a lock is made per operation).
+    #: How long a release signal waits for a waiter (milliseconds).
+    signal_expire = SIGNAL_EXPIRE_MS
+    _redis_lock: redis_lock.Lock | None = None
+    _held = False
+    #: Deferred and not taken yet: the next read must take it (a plain
+    #: attribute: read once or twice per operation).
+    pending = False
+    #: The pool connection this operation's commands go through (see
+    #: :meth:`connection`), and the pool it goes back to.
+    _conn: Any = None
+    _pool: Any = None
+    _deadline = 0.0
+    _timeout = 0.0
+    #: When the operation holding this lock started (see OPERATION_TIMEOUT).
+    started: float | None = None
 
     @property
     def _lock(self) -> redis_lock.Lock:
@@ -191,15 +216,6 @@ class SessionLock:
             )
         return self._redis_lock
 
-    @property
-    def expire_ms(self) -> int:
-        return self.expire * 1000
-
-    @property
-    def pending(self) -> bool:
-        """Deferred and not taken yet: the next read must take it."""
-        return self._pending
-
     def acquire_within(self, timeout: float) -> None:
         """Block until acquired or raise :class:`LockTimeoutError` (a deferred
         lock is taken later, within the same time limit)."""
@@ -207,7 +223,7 @@ class SessionLock:
         self.started = time.monotonic()
         self._deadline = self.started + timeout
         if self.deferred:
-            self._pending = True
+            self.pending = True
             return
         self._acquire_until_deadline()
 
@@ -219,15 +235,21 @@ class SessionLock:
             if time.monotonic() >= self._deadline:
                 raise LockTimeoutError(self.uid, self._timeout)
 
-    def _taken(self) -> None:
-        self._pending = False
+    def took(self) -> None:
+        """A call like :meth:`take_with`'s ``attempt``, made by the caller
+        (without the two callables, when it is the only one), took the lock."""
+        self.pending = False
         self._held = True
         renewer.add(self, self.expire / 3)
+
+    _taken = took
 
     def take_with(
         self,
         attempt: Callable[[], R | None],
         wait_then_attempt: Callable[[int], R | None] | None = None,
+        *,
+        tried: bool = False,
     ) -> R:
         """Take a pending lock with ``attempt``, a call that sets the lock key
         (``SET NX PX`` with :attr:`id` and :attr:`expire_ms`) in the same
@@ -239,8 +261,9 @@ class SessionLock:
         round trip on this operation's connection: Redis runs the attempt as
         soon as the release signal wakes the wait, so the lock changes hands
         without a wake-up of this process in between. Used once the first
-        attempt has checked out that connection."""
-        result = attempt()
+        attempt has checked out that connection. ``tried``: the caller's own
+        first attempt found the lock busy (the first call is a wait)."""
+        result = None if tried else attempt()
         while result is None:
             left = self._deadline - time.monotonic()
             if left <= 0:
@@ -309,7 +332,7 @@ class SessionLock:
 
     def ensure(self) -> None:
         """Take a pending lock now (for work that does not start with a read)."""
-        if self._pending:
+        if self.pending:
             self._acquire_until_deadline()
 
     def renew(self) -> None:
@@ -340,13 +363,16 @@ class SessionLock:
         """Stop renewing after the lock was released by a commit script."""
         renewer.remove(self)
         self._held = False
-        self._pending = False
-        self._return_connection()
+        self.pending = False
+        if self._pool is None:
+            self._conn = None  # the thread's kept connection (or none): it stays
+        else:
+            self._return_connection()
 
     def release(self) -> None:
         if not self._held:
             # A deferred lock that was never taken: nothing to release.
-            self._pending = False
+            self.pending = False
             self._return_connection()
             return
         self.forget()
@@ -354,15 +380,12 @@ class SessionLock:
 
 
 def _reset_tokens() -> None:
+    """A lock's token (``SessionLock.id``) is unique across processes: a
+    random per-process prefix and a counter (python-redis-lock reads the OS
+    random source per lock); a forked child starts its own."""
     global _token_prefix, _token_count
     _token_prefix = base64.urlsafe_b64encode(os.urandom(12)).decode("ascii")
     _token_count = itertools.count()
-
-
-def _new_token() -> str:
-    """A lock token unique across processes: a random per-process prefix and
-    a counter (python-redis-lock reads the OS random source per lock)."""
-    return f"{_token_prefix}{next(_token_count)}"
 
 
 _token_prefix = ""

@@ -40,14 +40,18 @@ def is_cluster(client: Any) -> bool:
 #: plain client, e.g. a one-node cluster).
 _ONE_SLOT: weakref.WeakSet[Any] = weakref.WeakSet()
 _ONE_SLOT_IDS: set[int] = set()  # clients that cannot be weakly referenced
+#: Whether any client was ever added to those.
+_found_one_slot = False
 
 
 def spans_slots(client: Any) -> bool:
     """Whether one script sent on ``client`` may name keys of several hash
     slots (a plain client of a plain server: the commit script then updates
     the session index too)."""
-    if is_cluster(client):
+    if callable(getattr(client, "get_node_from_key", None)):  # (is_cluster(), inline)
         return False
+    if not _found_one_slot:
+        return True  # (the usual case: no need to look the client up)
     try:
         return client not in _ONE_SLOT
     except TypeError:
@@ -61,6 +65,8 @@ def refuses_cross_slot(client: Any, error: Exception) -> bool:
     # (redis-py 4.1+ raises its own class, without the error code)
     if type(error).__name__ != "ClusterCrossSlotError" and not str(error).startswith("CROSSSLOT"):
         return False
+    global _found_one_slot
+    _found_one_slot = True
     try:
         _ONE_SLOT.add(client)
     except TypeError:

@@ -63,10 +63,10 @@ from __future__ import annotations
 import functools
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -90,7 +90,7 @@ from .redis_codec import (
     text,
 )
 from .redis_wire import Script, run
-from .session_index import RedisSessionIndex, clock
+from .session_index import RedisSessionIndex, clock, shard_keys, shard_of
 
 __all__ = ["SEP", "SUFFIXES", "RedisStorageBackend", "session_base"]
 
@@ -101,51 +101,67 @@ _TOUCH = Script("touch_index")
 _SCRIPTS = {s.sha: s for s in (_FETCH, _COMMIT, _RENEW, _TOUCH)}
 
 
-_INDEXES: weakref.WeakKeyDictionary[Any, tuple[Any, RedisSessionIndex]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _session_index(cache: Any, client: Any) -> RedisSessionIndex:
-    """The session index of ``cache`` on ``client``, built once per cache
-    (building it names every shard's keys)."""
-    try:
-        found = _INDEXES.get(cache)
-    except TypeError:  # a cache that cannot be a weak key
-        return RedisSessionIndex(cache, client)
-    if found is None or found[0] is not client:
-        found = _INDEXES[cache] = (client, RedisSessionIndex(cache, client))
-    return found[1]
-
-
 def session_base(make_key: Callable[[str], Any], uid: str) -> str:
     """The prefix of every key of session ``uid`` (``make_key``: the cache's)."""
     return str(make_key(f"triggers:{{{len(uid)}:{uid}}}"))
 
 
+class _Names(NamedTuple):
+    """The names a session's operations send (see :func:`_session_names`)."""
+
+    base: str
+    #: The state keys (``SUFFIXES``' order).
+    state: tuple[str, ...]
+    lease_prefix: str
+    #: python-redis-lock's keys of the session lock (see ``make_lock``).
+    lock: str
+    signal: str
+    #: The fetch script's KEYS but the lease keys: the state keys but the
+    #: recent commits, then the lock.
+    fetch: tuple[str, ...]
+    #: The commit script's KEYS but the lease keys: the state keys, the lock,
+    #: its signal; then (``commit_listed``) the session index shard's keys.
+    commit: tuple[str, ...]
+    commit_listed: tuple[str, ...]
+    shard: tuple[str, ...]
+
+
 @functools.lru_cache(maxsize=1024)
-def _session_keys(cache: Any, uid: str) -> tuple[str, tuple[str, ...], str]:
-    """A session's key prefix, state keys and lease key prefix on ``cache``
-    (named once per recent session: a web process builds a storage per
-    request)."""
+def _session_names(cache: Any, uid: str) -> _Names:
+    """A session's key names on ``cache``, named once per recent session (a
+    web process builds a storage per request, and the scripts name a dozen
+    keys)."""
     base = session_base(cache.make_key, uid)
-    return base, tuple(f"{base}:{s}" for s in SUFFIXES), f"{base}:lease:"
+    state = tuple(f"{base}:{s}" for s in SUFFIXES)
+    lock, signal = f"lock:{base}:lock", f"lock-signal:{base}:lock"
+    # (What RedisSessionIndex.keys_of(uid) names, without building the index.)
+    shard = tuple(shard_keys(cache, shard_of(uid)))
+    commit = (*state, lock, signal)
+    return _Names(
+        base,
+        state,
+        f"{base}:lease:",
+        lock,
+        signal,
+        (*state[:11], lock),
+        commit,
+        (*commit, *shard),
+        shard,
+    )
 
 
 def _bounded(method: Callable[..., Any]) -> Callable[..., Any]:
     """Report a Redis call that timed out as :class:`SessionTimeoutError`
-    naming the session (the commit script is atomic: whatever timed out was
-    written whole or not at all)."""
+    naming the session (see ``_timed_out``; ``existing_parts``, ``fetch``
+    and ``commit``, once per operation each, do it themselves rather than
+    through this wrapper)."""
 
     @functools.wraps(method)
     def call(self: RedisStorageBackend, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except RedisTimeoutError as exc:
-            lock = self._operation_lock()
-            started = getattr(lock, "started", None)
-            waited = time.monotonic() - started if started else float(conf.get("REDIS_TIMEOUT"))
-            raise SessionTimeoutError(self.uid, waited, f"Redis did not answer ({exc})") from exc
+            raise self._timed_out(exc) from exc
 
     return call
 
@@ -163,22 +179,26 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
     _parts_in_fetch = parts_in_fetch
 
     def _prepare(self) -> None:
-        self._base, keys, self._lease_prefix = _session_keys(self.cache, self.uid)
-        self._keys = list(keys)
+        self._names = names = _session_names(self.cache, self.uid)
+        self._base, self._lease_prefix = names.base, names.lease_prefix
+        self._keys = list(names.state)
 
-    @_bounded
     def existing_parts(self) -> set[str] | None:
         seen = getattr(self._local, "parts", None)
         txn = self.current_transaction
         if txn is not None and seen is not None and seen[0]() is txn:
-            # This operation's fetch script already looked (under its lock).
+            # This operation's fetch script already looked (under its lock):
+            # the usual answer, given without the _bounded wrapper's call.
             return set(seen[1])
         names = PARTS
-        pipe = self._redis.pipeline(transaction=False)
-        for name in names:
-            pipe.exists(f"{self._base}:{name}")
-        pipe.hget(f"{self._base}:counters", WAITING_FLAG)
-        *found, flag = pipe.execute()
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for name in names:
+                pipe.exists(f"{self._base}:{name}")
+            pipe.hget(f"{self._base}:counters", WAITING_FLAG)
+            *found, flag = pipe.execute()
+        except RedisTimeoutError as exc:
+            raise self._timed_out(exc) from exc
         parts = {name for name, there in zip(names, found, strict=True) if there}
         if text(flag) != "1" and "counters" in parts:
             # Redis deletes an empty waiting index: absent is only lost when
@@ -187,32 +207,37 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         return parts
 
     def make_lock(self) -> Any:
-        # The operation timeout is read here, once per operation, not per command.
-        expire, limit = conf.get_many("LOCK_EXPIRE", "OPERATION_TIMEOUT")
+        # The operation timeout is read here, once per operation, not per
+        # command. (Positional arguments: a call with keywords costs more.)
         return SessionLock(
             self._redis,
-            f"{self._base}:lock",
-            int(expire),
+            f"{self._base}:lock",  # (its keys: _session_names' lock and signal)
+            int(conf.get("LOCK_EXPIRE")),
             self.uid,
-            deferred=True,
-            operation_timeout=float(limit),
+            True,  # deferred
+            float(conf.get("OPERATION_TIMEOUT")),  # operation_timeout
         )
 
     def _operation_lock(self) -> SessionLock | None:
         txn = self.current_transaction
         return txn.lock if txn is not None and isinstance(txn.lock, SessionLock) else None
 
-    def _lock_keys(self, lock: Any) -> list[str]:
-        if isinstance(lock, SessionLock):
-            return [lock.key, lock.signal_key]
-        name = f"{self._base}:lock"
-        return [f"lock:{name}", f"lock-signal:{name}"]
+    def _timed_out(self, exc: RedisTimeoutError) -> SessionTimeoutError:
+        """A Redis call that timed out, as the error that names the session
+        (the commit script is atomic: whatever timed out was written whole or
+        not at all)."""
+        lock = self._operation_lock()
+        started = getattr(lock, "started", None)
+        waited = time.monotonic() - started if started else float(conf.get("REDIS_TIMEOUT"))
+        return SessionTimeoutError(self.uid, waited, f"Redis did not answer ({exc})")
 
     def _run(self, commands: list[tuple[Any, ...]], lock: Any) -> list[Any]:
         """Send ``commands`` in one round trip; a resend after a lost reply
         is safe for both scripts (a fetch finds the lock already ours, a
         commit finds its token among the recent commits)."""
-        started = getattr(lock, "started", None) if isinstance(lock, SessionLock) else None
+        if not isinstance(lock, SessionLock):
+            return run(self._redis, commands, _SCRIPTS)
+        started = lock.started
         if started is not None:
             waited = time.monotonic() - started
             limit = lock.operation_timeout
@@ -220,15 +245,7 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
                 raise SessionTimeoutError(
                     self.uid, waited, "TRIGGERS['OPERATION_TIMEOUT'] passed; nothing written"
                 )
-        holder = lock if isinstance(lock, SessionLock) else None
-        return run(self._redis, commands, _SCRIPTS, holder)
-
-    def _lock_to_take(self) -> SessionLock | None:
-        """The current operation's lock if it is deferred and not taken yet."""
-        txn = self.current_transaction
-        if txn is not None and isinstance(txn.lock, SessionLock) and txn.lock.pending:
-            return txn.lock
-        return None
+        return run(self._redis, commands, _SCRIPTS, lock)
 
     @contextmanager
     def acquire_lock(self) -> Iterator[Any]:
@@ -239,43 +256,54 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
             yield storage
 
     # -- reads and writes -----------------------------------------------------
-    @_bounded
     def fetch(self, request: FetchRequest) -> Snapshot:
-        lock = self._lock_to_take()
-        if request.everything:
-            if lock is not None:
-                lock.ensure()
-            return self._fetch_all(request)
-        wanted, instances = encode_request(request)
-        # The state keys but the recent commits, then the lock: all it reads.
-        keys = self._keys[:11]
-        keys.append(self._lock_keys(lock)[0])
-        if instances:
-            keys += [self._lease_prefix + name for name in instances]
-        if lock is None:
-            args = ["", 0, wanted]
-        else:
-            args = [lock.id, lock.expire_ms, wanted]
-        idem = request.idempotency_key
-        if idem:
-            # (The time only matters to an idempotency key's expiry.)
-            args += [idem, repr(time.time())]
-        if request.timers:
-            args += ["", "", "1"] if not idem else ["1"]
-        call = _FETCH.call(keys, args)
-        if lock is None:
-            reply = self._run([call], self._operation_lock())[0]
-        else:
-            signal = lock.signal_key
-            reply = lock.take_with(
-                lambda: self._run([call], lock)[0],
-                lambda seconds: self._run([("BLPOP", signal, seconds), call], lock)[1],
-            )
-        snap, found = decode_fetch(reply)
-        if self.current_transaction is not None:
-            # existing_parts() answers from this, under the same lock.
-            self._local.parts = (weakref.ref(self.current_transaction), found)
-        return snap
+        try:
+            txn = self.current_transaction  # (read once: a property)
+            held = txn.lock if txn is not None and isinstance(txn.lock, SessionLock) else None
+            # The operation's lock if it is deferred and not taken yet.
+            lock = held if held is not None and held.pending else None
+            if request.everything:
+                if lock is not None:
+                    lock.ensure()
+                return self._fetch_all(request)
+            wanted, instances = encode_request(request)
+            # The state keys but the recent commits, then the lock: all it reads.
+            keys: tuple[str, ...] | list[str] = self._names.fetch
+            if instances:
+                keys = [*keys, *[self._lease_prefix + name for name in instances]]
+            if lock is None:
+                args = ["", 0, wanted]
+            else:
+                args = [lock.id, lock.expire_ms, wanted]
+            idem = request.idempotency_key
+            if idem:
+                # (The time only matters to an idempotency key's expiry.)
+                args += [idem, repr(time.time())]
+            if request.timers:
+                args += ["", "", "1"] if not idem else ["1"]
+            call = _FETCH.call(keys, args)
+            if lock is None:
+                reply = self._run([call], held)[0]
+            else:
+                # The first attempt to take the lock (the one that succeeds but
+                # under contention) without building take_with's callables.
+                reply = self._run([call], lock)[0]
+                if reply is None:
+                    signal = lock.signal_key
+                    reply = lock.take_with(
+                        lambda: self._run([call], lock)[0],
+                        lambda seconds: self._run([("BLPOP", signal, seconds), call], lock)[1],
+                        tried=True,
+                    )
+                else:
+                    lock.took()
+            snap, found = decode_fetch(reply)
+            if txn is not None:
+                # existing_parts() answers from this, under the same lock.
+                self._local.parts = (weakref.ref(txn), found)
+            return snap
+        except RedisTimeoutError as exc:
+            raise self._timed_out(exc) from exc
 
     def _fetch_all(self, request: FetchRequest) -> Snapshot:
         pipe = self._redis.pipeline(transaction=False)
@@ -290,42 +318,47 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         replies = pipe.execute()
         return decode_all(replies, request.idempotency_key)
 
-    @_bounded
     def commit(self, lock: Any, changes: Changes, release: bool) -> None:
-        if isinstance(lock, SessionLock) and lock.pending:
-            if not changes:
-                # Nothing read, nothing to write: the lock was never needed.
+        try:
+            if isinstance(lock, SessionLock) and lock.pending:
+                if not changes:
+                    # Nothing read, nothing to write: the lock was never needed.
+                    if release:
+                        lock.forget()
+                    return
+                lock.ensure()
+            leases: list[str] = []
+            ops = operations(changes, self._lease_prefix, leases)
+            # (Any operation means changes; Changes.__bool__ only decides
+            # when there is none.)
+            if not (ops or changes):
+                ttl = 0
+            elif self.timeout is None:
+                ttl = -1
+            else:
+                ttl = int(self.timeout * 1000)
+            now = clock()
+            args = [lock.id, lock.signal_expire, ttl, "1" if release else "0", repr(now)]
+            # (The lock is this storage's: make_lock names it.)
+            keys = [*self._names.commit, *leases] if leases else self._names.commit
+            try:
+                try:
+                    result = self._run(self._commit_commands(keys, args, ops, ttl, now), lock)[-1]
+                except ResponseError as exc:
+                    if not (ttl and refuses_cross_slot(self._redis, exc)):
+                        raise
+                    # Nothing ran: send the index update on its own after all.
+                    result = self._run(self._commit_commands(keys, args, ops, ttl, now), lock)[-1]
+            finally:
                 if release:
                     lock.forget()
-                return
-            lock.ensure()
-        leases: list[str] = []
-        ops = operations(changes, self._lease_prefix, leases)
-        if not changes:
-            ttl = 0
-        elif self.timeout is None:
-            ttl = -1
-        else:
-            ttl = int(self.timeout * 1000)
-        now = clock()
-        args = [lock.id, lock.signal_expire, ttl, "1" if release else "0", repr(now)]
-        keys = [*self._keys, *self._lock_keys(lock), *leases]
-        try:
-            try:
-                result = self._run(self._commit_commands(keys, args, ops, ttl, now), lock)[-1]
-            except ResponseError as exc:
-                if not (ttl and refuses_cross_slot(self._redis, exc)):
-                    raise
-                # Nothing ran: send the index update on its own after all.
-                result = self._run(self._commit_commands(keys, args, ops, ttl, now), lock)[-1]
-        finally:
-            if release:
-                lock.forget()
-        if result == 1:
-            raise LockLostError(self.uid)
+            if result == 1:
+                raise LockLostError(self.uid)
+        except RedisTimeoutError as exc:
+            raise self._timed_out(exc) from exc
 
     def _commit_commands(
-        self, keys: list[str], args: list[Any], ops: list[Any], ttl: int, now: float
+        self, keys: Sequence[str], args: list[Any], ops: list[Any], ttl: int, now: float
     ) -> list[tuple[Any, ...]]:
         """The commit script's command, with the session index update (in
         another hash slot) in it or, on a client whose scripts keep to one
@@ -333,9 +366,10 @@ class RedisStorageBackend(CacheStorageBackend, IndexedStorage):
         if not ttl:
             return [_COMMIT.call(keys, [*args, "", "", *ops])]
         expires = "" if self.timeout is None else now + self.timeout
-        shard = _session_index(self.cache, self._redis).keys_of(self.uid)
+        shard = self._names.shard
         if spans_slots(self._redis):
-            return [_COMMIT.call([*keys, *shard], [*args, self.uid, expires, *ops])]
+            listed = self._names.commit_listed if keys is self._names.commit else [*keys, *shard]
+            return [_COMMIT.call(listed, [*args, self.uid, expires, *ops])]
         return [
             _TOUCH.call(shard, [self.uid, now, expires]),
             _COMMIT.call(keys, [*args, "", "", *ops]),

@@ -23,6 +23,7 @@ loaded and sent again: both scripts are safe to send twice.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -44,7 +45,7 @@ class Script:
         self.source = resources.files("triggers.storages").joinpath(f"lua/{name}.lua").read_text()
         self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
 
-    def call(self, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
+    def call(self, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, ...]:
         """The ``EVALSHA`` command that runs it."""
         return ("EVALSHA", self.sha, len(keys), *keys, *args)
 
@@ -56,10 +57,14 @@ class Script:
 DIRECT = redis.VERSION >= (6,)
 
 
+#: The client classes whose commands :func:`run` sends itself (with DIRECT).
+_PLAIN_CLIENTS = (redis.Redis, redis.StrictRedis)
+
+
 def _direct(client: Any) -> bool:
     return (
         DIRECT
-        and type(client) in (redis.Redis, redis.StrictRedis)
+        and type(client) in _PLAIN_CLIENTS
         and isinstance(getattr(client, "connection_pool", None), redis.ConnectionPool)
     )
 
@@ -76,8 +81,26 @@ def run(
     commands run to the script, to load it if the server lacks it.
     ``holder`` (a :class:`~triggers.locking.SessionLock`) keeps one pool
     connection for the whole operation."""
-    direct = _direct(client)
-    replies = _send(client, commands, holder, direct)
+    # (_direct(client), inline: this runs twice per operation.)
+    pool = client.connection_pool if DIRECT and type(client) in _PLAIN_CLIENTS else None
+    direct = isinstance(pool, redis.ConnectionPool)
+    if direct and holder is not None:
+        # An operation's command on its own connection (every command of a
+        # fire): the exchange is made here, and the retry policy only steps
+        # in when it fails (see _retried_after).
+        conn = holder.connection(pool)
+        try:
+            replies = _exchange(conn, commands)
+        except BaseException as exc:
+            failure: BaseException | None = exc
+        else:
+            failure = None
+        if failure is not None:
+            # (Out of the handler: what the retries raise is not chained to it.)
+            kept = keeps_connections(pool)
+            replies = _retried_after(conn, commands, kept, failure)
+    else:
+        replies = _send(client, commands, holder, direct)
     for reply in replies:
         if isinstance(reply, ResponseError):  # rare: checked once, then sorted out
             return _answered(client, commands, replies, scripts, holder, direct)
@@ -132,16 +155,32 @@ def _direct_run(client: Any, commands: list[tuple[Any, ...]], holder: Any) -> li
 def _retried(conn: Any, commands: list[tuple[Any, ...]], kept: bool = False) -> list[Any]:
     # As redis-py 6+'s client does: the connection's retry policy,
     # reconnecting after a failure (both scripts are safe to send again).
-    def attempt() -> list[Any]:
-        return list(
-            conn.retry.call_with_retry(
-                lambda: _exchange(conn, commands), lambda _error: conn.disconnect()
-            )
-        )
+    return _with_retries(conn, lambda: _exchange(conn, commands), commands, kept)
 
+
+def _retried_after(
+    conn: Any, commands: list[tuple[Any, ...]], kept: bool, failure: BaseException
+) -> list[Any]:
+    """What :func:`_retried` returns or raises when its first exchange has
+    already failed with ``failure``: the retry policy is given that failure
+    as its first attempt's, so it counts, reconnects and backs off exactly as
+    if it had made that attempt itself."""
+    pending = [failure]
+
+    def exchange() -> list[Any]:
+        if pending:
+            raise pending.pop()
+        return _exchange(conn, commands)
+
+    return _with_retries(conn, exchange, commands, kept)
+
+
+def _with_retries(
+    conn: Any, exchange: Callable[[], list[Any]], commands: list[tuple[Any, ...]], kept: bool
+) -> list[Any]:
     try:
         try:
-            return attempt()
+            return list(conn.retry.call_with_retry(exchange, lambda _error: conn.disconnect()))
         except RedisConnectionError:
             if not kept:
                 raise
@@ -149,7 +188,11 @@ def _retried(conn: Any, commands: list[tuple[Any, ...]], kept: bool = False) -> 
             # else (a Redis restart, an idle timeout): what the pool's
             # checkout would have noticed. Reconnect and send once more.
             conn.disconnect()
-            return attempt()
+            return list(
+                conn.retry.call_with_retry(
+                    lambda: _exchange(conn, commands), lambda _error: conn.disconnect()
+                )
+            )
     except BaseException:
         # Replies may still be due (an interrupt, an unexpected reply): a
         # kept connection must not hand them to the next operation.
@@ -157,47 +200,79 @@ def _retried(conn: Any, commands: list[tuple[Any, ...]], kept: bool = False) -> 
         raise
 
 
-#: ``$<n>\r\n``, the head of an argument of ``n`` bytes, made once for
-#: the sizes most arguments have (formatting the number is most of the cost
-#: of a short argument).
-_HEADS = tuple(f"${n}\r\n" for n in range(1024))
+#: ``\r\n$<n>\r\n``: the end of the argument before (or of the command's
+#: ``*<count>``) and the head of one of ``n`` bytes, made once for the sizes
+#: most arguments have (formatting the number is most of the cost of a short
+#: argument, and one piece per argument saves an append of its own ``\r\n``).
+_JOINS = tuple(f"\r\n${n}\r\n" for n in range(1024))
+#: ``*<n>``, the head of a command of ``n`` arguments: the first command's,
+#: then the next ones' (which end the argument before).
+_FIRST_COUNTS = tuple(f"*{n}" for n in range(256))
+_NEXT_COUNTS = tuple(f"\r\n*{n}" for n in range(256))
 #: The head of recent script calls in RESP (``EVALSHA``, the script's SHA,
-#: the number of keys and the keys), by the head: a session's keys are the
-#: same in every call of every operation on it (its storage object names
-#: them once per process), so they are packed once, not per call.
-_PACKED_KEYS: dict[tuple[Any, ...], str] = {}
+#: the number of keys and the keys), by the head, and how many more bytes
+#: than characters it holds: a session's keys are the same in every call of
+#: every operation on it (its storage object names them once per process),
+#: so they are packed once, not per call.
+_PACKED_KEYS: dict[tuple[Any, ...], tuple[str, int]] = {}
 _PACKED_KEYS_MAX = 2048
 
 
-def _pack_args(args: Any, out: list[str]) -> None:
-    add, heads = out.append, _HEADS
+def _count(size: int, first: bool) -> str:
+    return f"*{size}" if first else f"\r\n*{size}"
+
+
+def _text(arg: Any) -> str:
+    """An argument other than a ``str`` as the text it is sent as."""
+    kind = type(arg)
+    if kind is int or kind is float:
+        return repr(arg)
+    if kind is bytes:
+        # Back to the same bytes when the text is encoded (see pack()).
+        return arg.decode("utf-8", "surrogateescape")
+    raise TypeError(f"cannot send {kind.__name__} {arg!r} to Redis")
+
+
+def _pack_args_exactly(args: Any, out: list[str]) -> None:
+    """``args`` packed with each head counting the bytes its argument
+    encodes to (pack()'s heads count characters, the same for ASCII)."""
+    add, joins = out.append, _JOINS
     for arg in args:
-        kind = type(arg)
-        if kind is str:
-            size = len(arg) if arg.isascii() else len(arg.encode("utf-8"))
-        elif kind is int or kind is float:
-            arg = repr(arg)
-            size = len(arg)
-        elif kind is bytes:
-            size = len(arg)
-            arg = arg.decode("utf-8", "surrogateescape")
-        else:
-            raise TypeError(f"cannot send {kind.__name__} {arg!r} to Redis")
-        add(heads[size] if size < 1024 else f"${size}\r\n")
+        if type(arg) is not str:
+            arg = _text(arg)
+        size = len(arg) if arg.isascii() else len(arg.encode("utf-8", "surrogateescape"))
+        add(joins[size] if size < 1024 else f"\r\n${size}\r\n")
         add(arg)
-        add("\r\n")
 
 
-def _packed_keys(head: tuple[Any, ...]) -> str:
-    text = _PACKED_KEYS.get(head)
-    if text is None:
-        out: list[str] = []
-        _pack_args(head, out)
-        text = "".join(out)
-        if len(_PACKED_KEYS) >= _PACKED_KEYS_MAX:
-            _PACKED_KEYS.clear()  # many sessions: start over rather than track use
-        _PACKED_KEYS[head] = text
-    return text
+def _packed_keys(head: tuple[Any, ...]) -> tuple[str, int]:
+    out: list[str] = []
+    _pack_args_exactly(head, out)
+    text = "".join(out)
+    if len(_PACKED_KEYS) >= _PACKED_KEYS_MAX:
+        _PACKED_KEYS.clear()  # many sessions: start over rather than track use
+    found = _PACKED_KEYS[head] = (text, len(text.encode("utf-8", "surrogateescape")) - len(text))
+    return found
+
+
+def _pack_exactly(commands: list[tuple[Any, ...]]) -> bytes:
+    """What :func:`pack` returns, each argument's head counting the bytes it
+    encodes to."""
+    out: list[str] = []
+    counts = _FIRST_COUNTS
+    for command in commands:
+        size = len(command)
+        out.append(counts[size] if size < 256 else _count(size, counts is _FIRST_COUNTS))
+        counts = _NEXT_COUNTS
+        args = command
+        if command[0] == "EVALSHA" and type(command[2]) is int:
+            end = 3 + command[2]
+            head = command[:end]
+            out.append((_PACKED_KEYS.get(head) or _packed_keys(head))[0])
+            args = command[end:]
+        _pack_args_exactly(args, out)
+    out.append("\r\n")
+    return "".join(out).encode("utf-8", "surrogateescape")
 
 
 def pack(commands: list[tuple[Any, ...]]) -> bytes:
@@ -206,18 +281,45 @@ def pack(commands: list[tuple[Any, ...]]) -> bytes:
     ``bytes`` arguments these commands have, several times faster
     (redis-py's packer checks and encodes each argument on its own; here the
     text is built as one string and encoded once, and the KEYS of a script
-    call come packed from :data:`_PACKED_KEYS`)."""
+    call come packed from :data:`_PACKED_KEYS`).
+
+    Each argument's head counts its characters: an argument encodes to at
+    least one byte per character, so when the whole text encodes to exactly
+    as many bytes as it has characters (beyond the cached heads' own excess)
+    every head was right; else, rarely, the text is packed again with each
+    head counting bytes. (``out.append`` is called as a method: Python 3.11
+    runs that faster than a saved ``out.append``.)"""
     out: list[str] = []
-    add = out.append
-    for command in commands:
-        add(f"*{len(command)}\r\n")
-        if command[0] == "EVALSHA" and type(command[2]) is int:
-            end = 3 + command[2]  # EVALSHA, the SHA, the count and the keys
-            add(_packed_keys(command[:end]))
-            _pack_args(command[end:], out)
-        else:
-            _pack_args(command, out)
-    return "".join(out).encode("utf-8", "surrogateescape")
+    joins, counts, extra = _JOINS, _FIRST_COUNTS, 0
+    try:
+        for command in commands:
+            size = len(command)
+            out.append(counts[size] if size < 256 else _count(size, counts is _FIRST_COUNTS))
+            counts = _NEXT_COUNTS
+            args = command
+            if command[0] == "EVALSHA" and type(command[2]) is int:
+                end = 3 + command[2]  # EVALSHA, the SHA, the count and the keys
+                head = command[:end]
+                found = _PACKED_KEYS.get(head)
+                if found is None:
+                    found = _packed_keys(head)
+                out.append(found[0])
+                extra += found[1]
+                args = command[end:]
+            for arg in args:
+                if type(arg) is not str:
+                    kind = type(arg)
+                    arg = repr(arg) if kind is int or kind is float else _text(arg)
+                out.append(joins[len(arg)])
+                out.append(arg)
+    except IndexError:  # an argument of 1024 characters or more
+        return _pack_exactly(commands)
+    out.append("\r\n")
+    text = "".join(out)
+    data = text.encode("utf-8", "surrogateescape")
+    if len(data) != len(text) + extra:
+        return _pack_exactly(commands)
+    return data
 
 
 def _exchange(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:

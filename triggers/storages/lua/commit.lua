@@ -40,6 +40,20 @@ if token ~= '' then
     return 1
   end
 end
+-- How long every key of the session lives from now: ttl ms, or for ever (-1),
+-- or as it was (0: a commit that writes nothing).
+local ttl = tonumber(ARGV[3])
+-- The keys a SET below gave that expiry already, with PX (or, ttl -1, took
+-- theirs away): the expiry loop at the end skips them (a call less each).
+local renewed = {}
+local function set_renewing(k, value)
+  if ttl > 0 then
+    redis.call('SET', KEYS[k], value, 'PX', ttl)
+  else
+    redis.call('SET', KEYS[k], value)
+  end
+  renewed[k] = ttl ~= 0
+end
 -- The HSET operations' key numbers (the rest name theirs in an argument).
 local HSET_KEY = {H1 = 1, H2 = 2, H3 = 3, H5 = 5, H6 = 6, H8 = 8, H9 = 9, H11 = 11}
 local ops = ARGV
@@ -80,7 +94,7 @@ while i <= n do
   elseif op == 'R' then
     redis.call('ZREM', KEYS[4], ops[i + 1]); i = i + 2; waiting_changed = true; removed = true
   elseif op == 'S' then
-    redis.call('SET', KEYS[7], ops[i + 1]); i = i + 2
+    set_renewing(7, ops[i + 1]); i = i + 2
   elseif op == 'N' then
     redis.call('HSETNX', KEYS[tonumber(ops[i + 1])], ops[i + 2], ops[i + 3]); i = i + 4
   elseif op == 'D' then
@@ -120,16 +134,17 @@ if token ~= '' and ARGV[3] ~= '0' then
     if at > 1024 then at = string.find(kept, ' ', 2, true) end
     kept = string.sub(kept, 1, at)
   end
-  redis.call('SET', KEYS[COMMITS], kept)
+  set_renewing(COMMITS, kept)
 end
 -- Every key of the session expires ttl from now (or never, ttl -1).
-local ttl = tonumber(ARGV[3])
 if ttl ~= 0 then
   for k = 1, COMMITS do
-    if ttl > 0 then
-      redis.call('PEXPIRE', KEYS[k], ttl)
-    else
-      redis.call('PERSIST', KEYS[k])
+    if not renewed[k] then
+      if ttl > 0 then
+        redis.call('PEXPIRE', KEYS[k], ttl)
+      else
+        redis.call('PERSIST', KEYS[k])
+      end
     end
   end
 end
