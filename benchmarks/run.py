@@ -22,6 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import redis  # noqa: E402
+from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
+
 from benchmarks import cases  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     TREE,
@@ -34,8 +37,6 @@ from benchmarks.common import (  # noqa: E402
     print_table,
     settings,
 )
-import redis  # noqa: E402
-from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
 
 #: Cases 1-3 and 5 run in this many interleaved slices.
 ROUNDS = 4
