@@ -75,13 +75,9 @@ def _new_instance(
     # Stamped as set_status() would stamp an unstarted instance, in one go.
     status = TaskInstance.STATUS_UNSTARTED
     stamps = {"created": when, status: when, "last_modified": when}
-    return TaskInstance(
-        f"{config.name}#{number}",
-        config,
-        status,
-        kwargs=kwargs,
-        abandon_state=abandon_state,
-        metadata={"timestamps": stamps},
+    # (The dicts are this instance's own: nothing else holds them.)
+    return TaskInstance._new(
+        f"{config.name}#{number}", config, kwargs, abandon_state, {"timestamps": stamps}
     )
 
 
