@@ -109,3 +109,27 @@ def test_a_cache_that_goes_leaves_no_client_entry() -> None:
     del cache
     gc.collect()
     assert key not in cache_module._CLIENTS
+
+
+def test_an_instance_asked_for_and_absent_is_not_asked_for_again(unique_uid: str) -> None:
+    from triggers.exceptions import UnknownInstanceError
+    from triggers.manager import TriggerManager
+    from triggers.storages.cache import CacheStorageBackend
+
+    manager = TriggerManager(CacheStorageBackend(unique_uid))
+    manager.update_configuration({"t": {"after": ["go"], "run": "triggers.testing.DevNullTask"}})
+    storage = manager.storage
+    fetches: list[FetchRequest] = []
+    fetch = storage.fetch
+
+    def counting(request: FetchRequest) -> object:
+        fetches.append(request)
+        return fetch(request)
+
+    storage.fetch = counting  # type: ignore[method-assign]
+    with storage.transaction() as txn:
+        with pytest.raises(UnknownInstanceError):
+            txn.get_instance("t#7")
+        txn.fetch(instances=["t#7"])
+    # The second ask knows the first found nothing.
+    assert [r.instances for r in fetches] == [("t#7",)]
