@@ -150,7 +150,12 @@ def apply_trigger(session: SessionData, trigger: str, kwargs: Mapping[str, Any])
         else:
             fx.changed += candidates
         for inst in candidates:
-            fx.unwaited.setdefault(inst.name, set()).update(receive(inst, trigger, kwargs))
+            gone = receive(inst, trigger, kwargs)  # a new set, the instance's first entry here
+            known = fx.unwaited.get(inst.name)
+            if known is None:
+                fx.unwaited[inst.name] = gone
+            else:
+                known.update(gone)
             inst.touch(when)
             if is_abandoned(inst):
                 inst.set_status(TaskInstance.STATUS_ABANDONED)

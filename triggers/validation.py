@@ -186,7 +186,12 @@ def copy_json(value: Any) -> Any:
     few times cheaper than ``copy.deepcopy``; anything else is deep-copied."""
     kind = type(value)
     if kind is dict:
-        return {k: v if type(v) in _PLAIN else copy_json(v) for k, v in value.items()}
+        # (A loop, not a comprehension and the call it costs: every
+        # instance a fire reaches gets a copy of its kwargs.)
+        copied: dict[Any, Any] = {}
+        for k, v in value.items():
+            copied[k] = v if type(v) in _PLAIN else copy_json(v)
+        return copied
     if kind is list:
         return [v if type(v) in _PLAIN else copy_json(v) for v in value]
     if kind in _PLAIN:
