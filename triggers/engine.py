@@ -75,13 +75,9 @@ def _new_instance(
     # Stamped as set_status() would stamp an unstarted instance, in one go.
     status = TaskInstance.STATUS_UNSTARTED
     stamps = {"created": when, status: when, "last_modified": when}
-    return TaskInstance(
-        f"{config.name}#{number}",
-        config,
-        status,
-        kwargs=kwargs,
-        abandon_state=abandon_state,
-        metadata={"timestamps": stamps},
+    # (The dicts are this instance's own: nothing else holds them.)
+    return TaskInstance._new(
+        f"{config.name}#{number}", config, kwargs, abandon_state, {"timestamps": stamps}
     )
 
 
@@ -154,7 +150,12 @@ def apply_trigger(session: SessionData, trigger: str, kwargs: Mapping[str, Any])
         else:
             fx.changed += candidates
         for inst in candidates:
-            fx.unwaited.setdefault(inst.name, set()).update(receive(inst, trigger, kwargs))
+            gone = receive(inst, trigger, kwargs)  # a new set, the instance's first entry here
+            known = fx.unwaited.get(inst.name)
+            if known is None:
+                fx.unwaited[inst.name] = gone
+            else:
+                known.update(gone)
             inst.touch(when)
             if is_abandoned(inst):
                 inst.set_status(TaskInstance.STATUS_ABANDONED)

@@ -14,6 +14,7 @@ import logging
 from . import conf
 from .exceptions import SessionLostError, SessionNotConfiguredError
 from .storages.base import BaseTriggerStorage
+from .storages.operations import parts_in_fetch
 from .storages.transaction import (
     Transaction,
     checked_parts,
@@ -38,7 +39,7 @@ def check_before_fire(storage: BaseTriggerStorage, txn: Transaction, trigger: st
             return
         raise SessionLostError(storage.uid)
     missing = _missing_state(storage, txn, trigger)
-    if not missing and checked_parts(storage)[1]:
+    if not missing and parts_in_fetch(storage):
         # The fetch already looked (no extra round trip): a part the
         # metadata says exists but is gone (e.g. evicted) changes what this
         # fire would do.

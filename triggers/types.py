@@ -361,6 +361,31 @@ class TaskInstance:
             partial="kwargs" not in record and "progress" in record,
         )
 
+    @classmethod
+    def _new(
+        cls,
+        name: str,
+        config: TaskConfig,
+        kwargs: dict[str, Any],
+        abandon_state: dict[str, Any],
+        metadata: dict[str, Any],
+    ) -> TaskInstance:
+        """A new unstarted instance that keeps the dicts it is given as its
+        own (the engine builds them for it, so the copies ``__init__``
+        makes would be thrown away; every fire that creates an instance
+        comes here)."""
+        inst = cls.__new__(cls)
+        inst.name = name
+        inst.config = config
+        inst.status = cls.STATUS_UNSTARTED
+        inst.kwargs = kwargs
+        inst.abandon_state = abandon_state
+        inst.metadata = metadata
+        inst.token = None
+        inst.partial = False
+        inst.progress = None
+        return inst
+
     def copy(self) -> TaskInstance:
         return TaskInstance(
             self.name,

@@ -186,12 +186,50 @@ def copy_json(value: Any) -> Any:
     few times cheaper than ``copy.deepcopy``; anything else is deep-copied."""
     kind = type(value)
     if kind is dict:
-        return {k: v if type(v) in _PLAIN else copy_json(v) for k, v in value.items()}
+        # (A loop, not a comprehension and the call it costs: every
+        # instance a fire reaches gets a copy of its kwargs.)
+        copied: dict[Any, Any] = {}
+        for k, v in value.items():
+            copied[k] = v if type(v) in _PLAIN else copy_json(v)
+        return copied
     if kind is list:
         return [v if type(v) in _PLAIN else copy_json(v) for v in value]
     if kind in _PLAIN:
         return value
     return copy.deepcopy(value)
+
+
+def _plain_json_size(value: dict[Any, Any]) -> int | None:
+    """``len(dump_json(value))`` for the usual kwargs, worked out without
+    encoding them: a dict whose keys are text and whose values are text,
+    ints, booleans or ``None``, every text printable ASCII without a quote
+    or backslash (what the encoder writes as it is, between quotes).
+    ``None`` for anything else (including an int too long to write out),
+    which the general path then checks and encodes."""
+    size = 1  # the opening brace; each item then adds its closing comma or brace
+    for key, item in value.items():
+        if type(key) is not str or not (key.isascii() and key.isprintable()):
+            return None
+        if '"' in key or "\\" in key:
+            return None
+        kind = type(item)
+        if kind is str:
+            if not (item.isascii() and item.isprintable()) or '"' in item or "\\" in item:
+                return None
+            size += len(item) + 2
+        elif kind is int:
+            try:
+                size += len(repr(item))
+            except ValueError:  # more digits than int-to-text conversion allows
+                return None
+        elif kind is bool:
+            size += 4 if item else 5
+        elif item is None:
+            size += 4
+        else:
+            return None
+        size += len(key) + 4  # two quotes, the colon and the separator
+    return size if value else 2
 
 
 def normalise_kwargs(
@@ -211,6 +249,13 @@ def normalise_kwargs(
             f"kwargs for trigger {trigger_name!r} must be a mapping, "
             f"not {type(trigger_kwargs).__name__}"
         )
+    if type(trigger_kwargs) is dict and max_depth is not None:
+        # The usual kwargs (see _plain_json_size) pass every check below,
+        # and a shallow copy is private: only their size is left to check,
+        # which they give without being encoded (every fire normalises them).
+        size = _plain_json_size(trigger_kwargs)
+        if size is not None and (max_bytes is None or size <= max_bytes):
+            return dict(trigger_kwargs)
     for key in trigger_kwargs:
         if not isinstance(key, str):
             raise InvalidTriggerTypeError(

@@ -11,6 +11,7 @@ unchanged (see :mod:`triggers.storages.document`).
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 import weakref
@@ -35,7 +36,11 @@ __all__ = [
 ]
 
 DEFAULT: Any = object()
-_CLIENTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+#: id of a cache object -> (weak reference to it, its Redis client or
+#: ``None``). Every storage built looks its cache up here; a
+#: ``WeakKeyDictionary`` would make a weak reference to ask with each time.
+#: The reference's callback drops the entry when the cache goes.
+_CLIENTS: dict[int, tuple[weakref.ref[Any], Any]] = {}
 #: ``TRIGGERS['REDIS_CLIENT']`` URL schemes that ask for a Redis Cluster
 #: client, and the redis-py scheme each stands for.
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -124,20 +129,36 @@ def _client_for(cache: Any, setting: Any = None) -> Any | None:
     if setting:
         # State and locks go on that client whatever the cache alias.
         return redis_client(setting)
-    try:
-        return _CLIENTS[cache]
-    except (KeyError, TypeError):
-        pass  # not looked up yet (or the cache cannot be a weak key): find it below
+    key = id(cache)
+    found = _CLIENTS.get(key)
+    if found is not None and found[0]() is cache:
+        return found[1]
     client = with_timeouts(redis_client_for_cache(cache), conf.get("REDIS_TIMEOUT"))
     try:
-        _CLIENTS[cache] = client
+        ref = weakref.ref(cache, functools.partial(_forget_client, key))
     except TypeError:
-        pass  # a cache that cannot be a weak key is looked up each time instead
+        return client  # a cache that cannot be weakly referenced is looked up each time
+    _CLIENTS[key] = (ref, client)
     return client
 
 
-def _cache(alias: str | None) -> tuple[str, Any]:
-    name = alias or str(conf.get("CACHE"))
+def _forget_client(key: int, ref: weakref.ref[Any]) -> None:
+    """Drop the entry of a cache that is gone (unless its id already names
+    another cache's)."""
+    found = _CLIENTS.get(key)
+    if found is not None and found[0] is ref:
+        del _CLIENTS[key]
+
+
+def _cache(alias: str | None, user: Any = None) -> tuple[str, Any]:
+    """The cache named ``alias`` (default: ``TRIGGERS['CACHE']``; ``user``:
+    the ``TRIGGERS`` setting when the caller has read it already)."""
+    if alias:
+        name = alias
+    elif user is not None:
+        name = str(user["CACHE"] if "CACHE" in user else conf.DEFAULTS["CACHE"])
+    else:
+        name = str(conf.get("CACHE"))
     try:
         return name, caches[name]
     except Exception as exc:
@@ -188,7 +209,7 @@ class CacheStorageBackend(BaseTriggerStorage):
     def __init__(self, uid: str, cache: str | None = None, timeout: Any = DEFAULT) -> None:
         super().__init__(uid)
         user = conf.user_settings()  # read once: a web request builds a storage per fire
-        self.cache_name, self.cache = _cache(cache or user.get("CACHE"))
+        self.cache_name, self.cache = _cache(cache, user)
         if timeout is DEFAULT:
             timeout = user["TIMEOUT"] if "TIMEOUT" in user else self.cache.default_timeout
         if timeout is not None and timeout <= 0:

@@ -46,12 +46,17 @@ def build_index(configs: dict[str, TaskConfig]) -> dict[str, list[str]]:
     return dict(index)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class FetchRequest:
     """What one operation needs loaded: the tasks that mention ``triggers``
     (with the instances waiting on them and whether each trigger fired), the
     named ``instances`` and ``tasks``, the session metadata and counters --
-    or, with ``everything``, the whole session."""
+    or, with ``everything``, the whole session.
+
+    (Its ``__init__`` is written out, as :class:`~triggers.effects.Load`'s:
+    every fetch makes one, and the generated code of a frozen class calls
+    ``object.__setattr__`` per field where a store into the instance's
+    dictionary does.)"""
 
     triggers: tuple[str, ...] = ()
     instances: tuple[str, ...] = ()
@@ -66,6 +71,25 @@ class FetchRequest:
     idempotency_key: str | None = None
     #: Load the session's pending timers (:attr:`Snapshot.timers`).
     timers: bool = False
+
+    def __init__(
+        self,
+        triggers: tuple[str, ...] = (),
+        instances: tuple[str, ...] = (),
+        tasks: tuple[str, ...] = (),
+        everything: bool = False,
+        kwargs: tuple[str, ...] = (),
+        idempotency_key: str | None = None,
+        timers: bool = False,
+    ) -> None:
+        values = self.__dict__
+        values["triggers"] = triggers
+        values["instances"] = instances
+        values["tasks"] = tasks
+        values["everything"] = everything
+        values["kwargs"] = kwargs
+        values["idempotency_key"] = idempotency_key
+        values["timers"] = timers
 
 
 #: Marks a collection argument of :class:`Snapshot` and :class:`Changes`

@@ -46,6 +46,12 @@ def checked_parts(storage: BaseTriggerStorage) -> tuple[frozenset[str], bool]:
     )
 
 
+def parts_in_fetch(storage: BaseTriggerStorage) -> bool:
+    """Whether every fetch already reports the parts (the second half of
+    :func:`checked_parts`, without building the first: a fire asks this)."""
+    return bool(getattr(storage, "_parts_in_fetch", False))
+
+
 def existing_parts(storage: BaseTriggerStorage) -> set[str] | None:
     """The parts of the session that exist (``None``: the backend cannot tell)."""
     return storage.existing_parts()

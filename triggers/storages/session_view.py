@@ -166,19 +166,21 @@ class SessionView:
             waiting = self._waiting
             for key, names in snap.waiting.items():
                 waiting.setdefault(key, set()).update(names)
-        instances = self.instances
+        loaded = self.instances
         for name, record in snap.records.items():
             config = configs.get(record["task"])
             if config is None:
                 continue
-            if name in instances:
-                self._complete(instances[name], record)
+            if name in loaded:
+                self._complete(loaded[name], record)
                 continue
             inst = TaskInstance.from_record(name, record, config)
-            instances[name] = inst
+            loaded[name] = inst
             if not inst.partial:
                 self._membership[name] = inst.waiting_on()
             self._records[name] = record
+        # The names asked for count as read even when the session has no such
+        # instance (a second ask needs no round trip), and so do those read.
         self._known_instances.update(instances)
         self._known_instances.update(snap.records)
         kwargs_known, fetched = self._kwargs_known, snap.latest_kwargs
