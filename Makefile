@@ -1,6 +1,5 @@
 # `make test` is the one command: it builds .venv, installs the package with its
-# test extras and hiredis (the benchmark's set-up; tox's envs run without it),
-# makes sure some Redis can be had, and runs the whole suite.
+# test extras, makes sure some Redis can be had, and runs the whole suite.
 
 PYTHON ?= python3
 VENV := .venv
@@ -21,7 +20,7 @@ $(STAMP): pyproject.toml setup.py
 	@# The distribution was called `triggers` before it became triggers-django;
 	@# an old editable install under that name would shadow the new metadata.
 	if $(PY) -m pip show -q triggers >/dev/null 2>&1; then $(PY) -m pip uninstall -q -y triggers; fi
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,filters,hiredis]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,filters]'
 	touch $(STAMP)
 
 # The tests start an embedded Redis when none answers on 127.0.0.1:6379; that
