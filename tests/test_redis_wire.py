@@ -8,10 +8,8 @@ import uuid
 
 import pytest
 import redis
-from redis.backoff import NoBackoff
 from redis.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.retry import Retry
 
 from triggers.storages import redis_wire
 from triggers.storages.redis_wire import Script, pack
@@ -78,6 +76,10 @@ class _FlakyConnection:
     to each command, with redis-py's retry policy of ``retries``."""
 
     def __init__(self, failures: int, retries: int) -> None:
+        # (redis-py 4 and later: imported here so the module loads on redis-py 3.)
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         self.retry = Retry(NoBackoff(), retries)
         self.failures = failures
         self.sends = 0
