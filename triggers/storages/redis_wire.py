@@ -255,24 +255,43 @@ def _packed_keys(head: tuple[Any, ...]) -> tuple[str, int]:
     return found
 
 
-def _pack_exactly(commands: list[tuple[Any, ...]]) -> bytes:
-    """What :func:`pack` returns, each argument's head counting the bytes it
-    encodes to."""
+def _pack_args(args: Any, out: list[str]) -> None:
+    """``args`` packed with each head counting the characters of its
+    argument (:func:`pack` checks the count; an argument of 1024 characters
+    or more raises IndexError)."""
+    joins = _JOINS
+    for arg in args:
+        if type(arg) is not str:
+            kind = type(arg)
+            arg = repr(arg) if kind is int or kind is float else _text(arg)
+        out.append(joins[len(arg)])
+        out.append(arg)
+
+
+def _pack_with(
+    commands: list[tuple[Any, ...]], pack_args: Callable[[Any, list[str]], None]
+) -> tuple[str, int]:
+    """``commands`` as RESP text, their arguments packed by ``pack_args``,
+    and how many more bytes than characters the cached script heads hold."""
     out: list[str] = []
-    counts = _FIRST_COUNTS
+    counts, extra = _FIRST_COUNTS, 0
     for command in commands:
         size = len(command)
         out.append(counts[size] if size < 256 else _count(size, counts is _FIRST_COUNTS))
         counts = _NEXT_COUNTS
         args = command
         if command[0] == "EVALSHA" and type(command[2]) is int:
-            end = 3 + command[2]
+            end = 3 + command[2]  # EVALSHA, the SHA, the count and the keys
             head = command[:end]
-            out.append((_PACKED_KEYS.get(head) or _packed_keys(head))[0])
+            found = _PACKED_KEYS.get(head)
+            if found is None:
+                found = _packed_keys(head)
+            out.append(found[0])
+            extra += found[1]
             args = command[end:]
-        _pack_args_exactly(args, out)
+        pack_args(args, out)
     out.append("\r\n")
-    return "".join(out).encode("utf-8", "surrogateescape")
+    return "".join(out), extra
 
 
 def pack(commands: list[tuple[Any, ...]]) -> bytes:
@@ -287,39 +306,21 @@ def pack(commands: list[tuple[Any, ...]]) -> bytes:
     least one byte per character, so when the whole text encodes to exactly
     as many bytes as it has characters (beyond the cached heads' own excess)
     every head was right; else, rarely, the text is packed again with each
-    head counting bytes. (``out.append`` is called as a method: Python 3.11
-    runs that faster than a saved ``out.append``.)"""
-    out: list[str] = []
-    joins, counts, extra = _JOINS, _FIRST_COUNTS, 0
+    head counting bytes."""
     try:
-        for command in commands:
-            size = len(command)
-            out.append(counts[size] if size < 256 else _count(size, counts is _FIRST_COUNTS))
-            counts = _NEXT_COUNTS
-            args = command
-            if command[0] == "EVALSHA" and type(command[2]) is int:
-                end = 3 + command[2]  # EVALSHA, the SHA, the count and the keys
-                head = command[:end]
-                found = _PACKED_KEYS.get(head)
-                if found is None:
-                    found = _packed_keys(head)
-                out.append(found[0])
-                extra += found[1]
-                args = command[end:]
-            for arg in args:
-                if type(arg) is not str:
-                    kind = type(arg)
-                    arg = repr(arg) if kind is int or kind is float else _text(arg)
-                out.append(joins[len(arg)])
-                out.append(arg)
+        text, extra = _pack_with(commands, _pack_args)
     except IndexError:  # an argument of 1024 characters or more
         return _pack_exactly(commands)
-    out.append("\r\n")
-    text = "".join(out)
     data = text.encode("utf-8", "surrogateescape")
     if len(data) != len(text) + extra:
         return _pack_exactly(commands)
     return data
+
+
+def _pack_exactly(commands: list[tuple[Any, ...]]) -> bytes:
+    """What :func:`pack` returns, each argument's head counting the bytes it
+    encodes to."""
+    return _pack_with(commands, _pack_args_exactly)[0].encode("utf-8", "surrogateescape")
 
 
 def _exchange(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
