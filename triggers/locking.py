@@ -230,7 +230,7 @@ class SessionLock:
     def _acquire_until_deadline(self) -> None:
         while True:
             if self._lock.acquire(blocking=True, timeout=LOCK_POLL):
-                self._taken()
+                self.took()
                 return
             if time.monotonic() >= self._deadline:
                 raise LockTimeoutError(self.uid, self._timeout)
@@ -241,8 +241,6 @@ class SessionLock:
         self.pending = False
         self._held = True
         renewer.add(self, self.expire / 3)
-
-    _taken = took
 
     def take_with(
         self,
@@ -293,7 +291,7 @@ class SessionLock:
                     # raises if Redis is really gone.
                     pass
             result = attempt()
-        self._taken()
+        self.took()
         return result
 
     def _drop_connection(self) -> None:
