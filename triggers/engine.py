@@ -144,8 +144,7 @@ def apply_trigger(session: SessionData, trigger: str, kwargs: Mapping[str, Any])
                 fx.first_of.append(config.name)
             inst = _create_instance(session, config, number, when)
             fx.created.append(inst)
-            if type(config) is not TaskConfig or DEADLINE in config.extras:
-                fx.timers_add.update(_deadline(inst))
+            fx.timers_add.update(_deadline(inst))
             candidates = [inst]
         else:
             fx.changed += candidates
