@@ -262,19 +262,16 @@ def decode_all(replies: list[Any], idem: str | None) -> Snapshot:
 
 def operations(changes: Changes, lease_prefix: str, leases: list[str]) -> list[Any]:
     """commit.lua's operations for ``changes``; the lease keys they name
-    are appended to ``leases`` (the script's KEYS from ``FIRST_LEASE``).
-    (Each kind is looked at only when there is some: a commit has a few.)"""
+    are appended to ``leases`` (the script's KEYS from ``FIRST_LEASE``)."""
     ops: list[Any] = []
-    if changes.configs:
-        for name, cfg in changes.configs.items():
-            ops += [_H_CONFIG, name, dumps(cfg.to_directives())]
+    for name, cfg in changes.configs.items():
+        ops += [_H_CONFIG, name, dumps(cfg.to_directives())]
     if changes.index is not None:
         ops += ["X", _INDEX]
         for trig, task_names in changes.index.items():
             ops += [_H_INDEX, trig, dumps(task_names)]
-    if changes.instances:
-        for name, inst in changes.instances.items():
-            ops += [_H_INSTANCES, name, dumps(inst.to_record(kwargs=False))]
+    for name, inst in changes.instances.items():
+        ops += [_H_INSTANCES, name, dumps(inst.to_record(kwargs=False))]
     if changes.received:
         received: list[Any] = []  # after the shared values, in one HSET
         for name, fields in changes.received.items():
@@ -286,39 +283,30 @@ def operations(changes: Changes, lease_prefix: str, leases: list[str]) -> list[A
                     value = "@" + digest
                 received += [_H_RECEIVED, f"{name}{SEP}{field}", value]
         ops += received
-    if changes.received_drop:
-        for name, gone in changes.received_drop.items():
-            for field in gone:
-                ops += ["D", _RECEIVED, f"{name}{SEP}{field}"]
-    if changes.waiting_remove:
-        for task, trig, name in sorted(changes.waiting_remove):
-            ops += ["R", f"{task}{SEP}{trig}{SEP}{name}"]
-    if changes.waiting_add:
-        for task, trig, name in sorted(changes.waiting_add):
-            ops += ["Z", f"{task}{SEP}{trig}{SEP}{name}"]
-    if changes.counters:
-        for task, number in changes.counters.items():
-            ops += [_H_COUNTERS, task, str(number)]
-    if changes.latest_kwargs:
-        for trig, kwargs in changes.latest_kwargs.items():
-            ops += [_H_KWARGS, trig, dumps(kwargs)]
+    for name, gone in changes.received_drop.items():
+        for field in gone:
+            ops += ["D", _RECEIVED, f"{name}{SEP}{field}"]
+    for task, trig, name in sorted(changes.waiting_remove):
+        ops += ["R", f"{task}{SEP}{trig}{SEP}{name}"]
+    for task, trig, name in sorted(changes.waiting_add):
+        ops += ["Z", f"{task}{SEP}{trig}{SEP}{name}"]
+    for task, number in changes.counters.items():
+        ops += [_H_COUNTERS, task, str(number)]
+    for trig, kwargs in changes.latest_kwargs.items():
+        ops += [_H_KWARGS, trig, dumps(kwargs)]
     if changes.meta is not None:
         ops += ["S", dumps(changes.meta)]
-    if changes.timers_add:
-        for timer, pending in changes.timers_add.items():
-            ops += [_H_TIMERS, timer, dumps(pending)]
-    if changes.timers_remove:
-        for timer in changes.timers_remove:
-            ops += ["D", _TIMERS, timer]
+    for timer, pending in changes.timers_add.items():
+        ops += [_H_TIMERS, timer, dumps(pending)]
+    for timer in changes.timers_remove:
+        ops += ["D", _TIMERS, timer]
     if changes.idempotency is not None:
         key, expiry = changes.idempotency
         ops += ["I", key, repr(float(expiry)), str(max_idempotency_keys())]
-    if changes.leases_set:
-        for name, (token, ms) in changes.leases_set.items():
-            leases.append(lease_prefix + name)
-            ops += ["L", str(FIRST_LEASE + len(leases) - 1), token, str(int(ms))]
-    if changes.leases_drop:
-        for name in changes.leases_drop:
-            leases.append(lease_prefix + name)
-            ops += ["U", str(FIRST_LEASE + len(leases) - 1)]
+    for name, (token, ms) in changes.leases_set.items():
+        leases.append(lease_prefix + name)
+        ops += ["L", str(FIRST_LEASE + len(leases) - 1), token, str(int(ms))]
+    for name in changes.leases_drop:
+        leases.append(lease_prefix + name)
+        ops += ["U", str(FIRST_LEASE + len(leases) - 1)]
     return ops
