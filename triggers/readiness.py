@@ -58,17 +58,6 @@ def progress_of(
     side has groups)."""
     # Plain loops, no generator per side: every instance a commit writes
     # whole is counted here.
-    after, unless = config.after_rule, config.unless_rule
-    if not after.groups and not unless.groups:
-        # The usual task (no groups): the two counts and nothing else.
-        unmet_after = unmet_unless = 0
-        for name in after.plain:
-            if name not in kwargs:
-                unmet_after += 1
-        for name in unless.plain:
-            if name not in abandon_state:
-                unmet_unless += 1
-        return {"after": unmet_after, "unless": unmet_unless}
     progress: dict[str, Any] = {}
     for side, rule, received in (
         ("after", config.after_rule, kwargs),
